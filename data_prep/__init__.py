@@ -1,0 +1,1 @@
+"""Data preparation: raw bars -> Qlib binary folder -> leak-free sliding-window splits."""

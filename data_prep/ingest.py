@@ -1,0 +1,196 @@
+"""Turn validated bars into a Qlib data folder, or adapt an existing Qlib folder in place.
+
+Both paths produce a folder that Qlib reads with `qlib.init(provider_uri=...)` and that holds
+every field later stages use: open, high, low, close, volume, amount, factor, vwap, change,
+plus `calendars/day_future.txt` so a backtest can run to the last day.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from data_prep import qlib_format
+from data_prep.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PRICE_FIELDS = ("open", "high", "low", "close")
+# `change` above this multiple of the close-to-close return means the file stores percent.
+PERCENT_CHANGE_RATIO = 20.0
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    instruments: int
+    days: int
+    rows: int
+    first_day: str
+    last_day: str
+    derived_fields: dict[str, int]  # field -> number of instruments it was derived for
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def derive_amount(volume: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    """Traded value when the source has none: volume x mean(open, high, low, close)."""
+    return volume * prices.mean(axis=0)
+
+
+def derive_change(close: np.ndarray) -> np.ndarray:
+    """Close-to-close return as a fraction, against the last traded close (rows = instruments)."""
+    last_close = pd.DataFrame(close).ffill(axis=1).shift(1, axis=1).to_numpy()
+    return close / last_close - 1.0
+
+
+def derive_vwap(amount: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(volume > 0, amount / volume, np.nan)
+
+
+def write_qlib_folder(bars: pd.DataFrame, qlib_dir: Path, universe: str) -> IngestSummary:
+    """Write validated long-format bars (see data_prep.sources) as a Qlib folder."""
+    calendar = pd.DatetimeIndex(np.sort(bars["date"].unique()))
+    day_index = calendar.get_indexer(bars["date"])
+    symbol_codes, symbols = pd.factorize(bars["symbol"], sort=True)
+
+    def dense(column: str) -> np.ndarray:  # (instruments, days), NaN where a symbol has no bar
+        matrix = np.full((len(symbols), len(calendar)), np.nan)
+        matrix[symbol_codes, day_index] = bars[column].to_numpy(dtype=np.float64)
+        return matrix
+
+    fields = {name: dense(name) for name in PRICE_FIELDS + ("volume",)}
+    derived = {}
+    for name, make in (
+        ("amount", lambda: derive_amount(fields["volume"], np.stack([fields[p] for p in PRICE_FIELDS]))),
+        ("factor", lambda: np.where(np.isnan(fields["close"]), np.nan, 1.0)),
+        ("vwap", lambda: derive_vwap(fields["amount"], fields["volume"])),
+    ):
+        if name in bars:
+            fields[name] = dense(name)
+        else:
+            fields[name] = make()
+            derived[name] = len(symbols)
+    fields["change"] = derive_change(fields["close"])
+    derived["change"] = len(symbols)
+
+    first_day = np.full(len(symbols), len(calendar))
+    last_day = np.full(len(symbols), -1)
+    np.minimum.at(first_day, symbol_codes, day_index)
+    np.maximum.at(last_day, symbol_codes, day_index)
+
+    qlib_format.write_calendar(qlib_dir, calendar)
+    spans = pd.DataFrame({"symbol": symbols, "start": calendar[first_day], "end": calendar[last_day]})
+    for name in {"all", universe}:
+        qlib_format.write_instruments(qlib_dir, name, spans)
+    for code, symbol in enumerate(tqdm(symbols, desc="writing Qlib features", unit="symbol", leave=False)):
+        lo, hi = first_day[code], last_day[code] + 1
+        for name, matrix in fields.items():
+            qlib_format.write_feature(qlib_format.feature_path(qlib_dir, symbol, name), lo, matrix[code, lo:hi])
+    return IngestSummary(
+        instruments=len(symbols),
+        days=len(calendar),
+        rows=len(bars),
+        first_day=str(calendar[0].date()),
+        last_day=str(calendar[-1].date()),
+        derived_fields=derived,
+    )
+
+
+def link_qlib_folder(source: Path, view_dir: Path, universe: str) -> IngestSummary:
+    """Expose an existing Qlib folder through `view_dir` without copying or modifying it.
+
+    The view links every file of the source, with feature folders and files in lower case (Qlib
+    looks them up that way), adds `day_future.txt` when the source has none, and writes the
+    fields the pipeline needs but the source lacks (amount, factor, vwap, change), plus a
+    fractional `change` where the source stores percent.
+    """
+    source = Path(source).resolve()
+    if not source.is_dir():
+        raise DataError(f"Qlib folder {source} not found: set data.provider_uri to an existing Qlib data folder")
+    calendar = qlib_format.read_calendar(source)
+    members = qlib_format.read_instruments(source, universe)
+    features_dir = source / "features"
+    if not features_dir.is_dir():
+        raise DataError(f"{features_dir} not found: a Qlib data folder needs features/<symbol>/<field>.day.bin")
+    feature_dirs = {p.name.lower(): p for p in features_dir.iterdir() if p.is_dir()}
+    missing = sorted(set(members["symbol"].str.lower()) - set(feature_dirs))
+    if len(missing) == members["symbol"].nunique():
+        raise DataError(f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: the universe is empty")
+    if missing:
+        log.warning("%d instruments of universe '%s' have no features and are skipped, e.g. %s", len(missing), universe, missing[:5])
+
+    (view_dir / "calendars").mkdir(parents=True)
+    os.symlink(source / "calendars" / "day.txt", view_dir / "calendars" / "day.txt")
+    future_calendar = source / "calendars" / "day_future.txt"
+    if future_calendar.is_file():
+        os.symlink(future_calendar, view_dir / "calendars" / "day_future.txt")
+    else:
+        qlib_format.write_future_calendar(view_dir / "calendars" / "day_future.txt", calendar)
+    (view_dir / "instruments").mkdir()
+    for path in (source / "instruments").glob("*.txt"):
+        os.symlink(path, view_dir / "instruments" / path.name)
+
+    derived: dict[str, int] = {}
+    for name, folder in tqdm(sorted(feature_dirs.items()), desc="linking Qlib features", unit="symbol", leave=False):
+        target = view_dir / "features" / name
+        target.mkdir(parents=True)
+        files = {p.name.lower(): p for p in folder.glob("*.bin")}
+        for file_name, path in files.items():
+            os.symlink(path, target / file_name)
+        for field in _complete_fields(folder, target, files):
+            derived[field] = derived.get(field, 0) + 1
+    if derived:
+        log.info("derived fields missing from %s: %s (instruments per field)", source, derived)
+    return IngestSummary(
+        instruments=len(feature_dirs),
+        days=len(calendar),
+        rows=0,
+        first_day=str(calendar[0].date()),
+        last_day=str(calendar[-1].date()),
+        derived_fields=derived,
+    )
+
+
+def _complete_fields(folder: Path, target: Path, files: dict[str, Path]) -> list[str]:
+    """Write the fields this instrument lacks into the view; returns their names."""
+    required = PRICE_FIELDS + ("volume",)
+    absent = [name for name in required if f"{name}.day.bin" not in files]
+    if absent:
+        raise DataError(f"{folder}: missing {absent}; every instrument needs open, high, low, close and volume")
+    present = required + tuple(name for name in ("amount", "change") if f"{name}.day.bin" in files)
+    start, data = qlib_format.read_aligned({name: files[f"{name}.day.bin"] for name in present})
+    written = []
+
+    def write(name: str, values: np.ndarray) -> None:
+        path = target / f"{name}.day.bin"
+        if path.is_symlink():
+            path.unlink()
+        qlib_format.write_feature(path, start, values)
+        written.append(name)
+
+    if "amount" not in data:
+        data["amount"] = derive_amount(data["volume"], np.stack([data[p] for p in PRICE_FIELDS]))
+        write("amount", data["amount"])
+    if "factor.day.bin" not in files:
+        write("factor", np.where(np.isnan(data["close"]), np.nan, 1.0))
+    if "vwap.day.bin" not in files:
+        write("vwap", derive_vwap(data["amount"], data["volume"]))
+    fractional = derive_change(data["close"][None, :])[0]
+    if "change" not in data or _stored_in_percent(data["change"], fractional):
+        write("change", fractional)
+    return written
+
+
+def _stored_in_percent(stored: np.ndarray, fractional: np.ndarray) -> bool:
+    both = np.isfinite(stored) & np.isfinite(fractional) & (fractional != 0)
+    if both.sum() < 5:
+        return False
+    return np.median(np.abs(stored[both])) > PERCENT_CHANGE_RATIO * np.median(np.abs(fractional[both]))

@@ -1,0 +1,1 @@
+"""Forecasting models: Kronos, Time-LLM and baselines."""

@@ -1,0 +1,1 @@
+"""Pipeline orchestration: CLI, stage graph, caching and MLflow tracking."""

@@ -1,0 +1,97 @@
+"""Stage output cache: one folder per (stage, key), complete or absent.
+
+A stage writes into a temporary sibling folder; only after it returns is a manifest written and
+the folder renamed to its final name in one step. An interrupted stage therefore leaves at most
+a `.tmp-*` folder, which no lookup ever takes as a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "_stage.json"
+
+
+class StageCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> dict[str, Any] | None:
+        """The manifest of a complete output, or None."""
+        manifest = self.path(stage, key) / MANIFEST
+        if not manifest.is_file():
+            return None
+        return json.loads(manifest.read_text())
+
+    @contextmanager
+    def writing(self, stage: str, key: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield (temporary folder, manifest dict); publish both if the block succeeds."""
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".tmp-{key}-*"):
+            if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
+                shutil.rmtree(stale, ignore_errors=True)
+        temporary = final.parent / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        manifest: dict[str, Any] = {"stage": stage, "key": key}
+        try:
+            yield temporary, manifest
+            manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            _write_json_atomic(temporary / MANIFEST, manifest)
+            if final.exists():  # --force: replace the old output only once the new one is whole
+                retired = final.parent / f".old-{key}-{os.getpid()}"
+                final.rename(retired)
+                temporary.rename(final)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                temporary.rename(final)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str))
+    partial.replace(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fingerprint(path: Path, hash_contents: bool = True) -> str:
+    """Identity of an input file or folder: contents hash, or names, sizes and mtimes.
+
+    Folders of many large files (an existing Qlib folder) use `hash_contents=False`, the same
+    rule `make` uses; a changed file then gets a new size or mtime.
+    """
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        if hash_contents:
+            with open(file, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "blake2b").digest())
+        else:
+            stat = file.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()

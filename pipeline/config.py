@@ -1,0 +1,190 @@
+"""Typed run configuration: pydantic models, YAML loading and `--set key=value` overrides.
+
+Every default lives in the models below; a YAML file under `configs/` only states what a run
+changes. Validation happens once, at start-up, and errors name the offending key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+PRICE_FIELDS = ("open", "high", "low", "close")
+MODEL_FIELDS = ("open", "high", "low", "close", "volume", "amount")
+
+
+class ConfigError(ValueError):
+    """The run configuration is invalid; the message names the key and how to fix it."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DateRange = tuple[dt.date, dt.date]
+
+
+class DataConfig(StrictModel):
+    source: Literal["sample", "csv", "qlib"] = "sample"
+    path: Path | None = None
+    provider_uri: Path | None = None
+    region: Literal["us", "cn"] = "us"
+    instruments: str = "sp500"
+    benchmark: str | None = None
+    # Canonical field name -> column name in the source file, for files that name columns
+    # differently (matching is case-insensitive either way).
+    columns: dict[str, str] = {}
+    # Per-instrument series the models see, in this order.
+    fields: tuple[str, ...] = MODEL_FIELDS
+
+    @model_validator(mode="after")
+    def _source_needs_location(self) -> DataConfig:
+        if self.source == "csv" and self.path is None:
+            raise ValueError("data.source is 'csv' but data.path is not set: point it at a CSV/Parquet file or a folder of per-symbol files")
+        if self.source == "qlib" and self.provider_uri is None:
+            raise ValueError("data.source is 'qlib' but data.provider_uri is not set: point it at a Qlib data folder")
+        return self
+
+    @field_validator("instruments")
+    @classmethod
+    def _universe_name(cls, name: str) -> str:
+        if not name or "/" in name or name.strip() != name:
+            raise ValueError(f"data.instruments must be a plain universe name such as 'csi300', got {name!r}")
+        return name
+
+
+class SplitConfig(StrictModel):
+    lookback: int = 60
+    horizon: int = 5
+    # The defaults fit the embedded S&P 500 sample (2009-08-21 .. 2010-08-20).
+    train: DateRange = (dt.date(2009, 8, 21), dt.date(2010, 4, 30))
+    valid: DateRange = (dt.date(2010, 5, 1), dt.date(2010, 6, 15))
+    test: DateRange = (dt.date(2010, 6, 16), dt.date(2010, 8, 20))
+    # Normalised inputs are clipped to +-clip standard deviations (Kronos uses 5).
+    clip: float = 5.0
+
+    @field_validator("lookback", "horizon")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be a positive number of trading days")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_segments(self) -> SplitConfig:
+        segments = {"train": self.train, "valid": self.valid, "test": self.test}
+        for name, (start, end) in segments.items():
+            if start > end:
+                raise ValueError(f"split.{name} starts after it ends ({start} > {end})")
+        if not self.train[1] < self.valid[0] <= self.valid[1] < self.test[0]:
+            raise ValueError("segments must be in time order without overlap: train ends before valid starts, valid ends before test starts")
+        return self
+
+
+class TrackingConfig(StrictModel):
+    # None: MLFLOW_TRACKING_URI if set, else a SQLite store inside ./mlruns.
+    uri: str | None = None
+    experiment: str = "kronos-pipeline"
+
+
+class PipelineConfig(StrictModel):
+    profile: Literal["smoke", "cpu", "paper"] = "smoke"
+    seed: int = 42
+    cache_dir: Path = Path(".cache/pipeline")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def section(self, dotted_key: str) -> Any:
+        """Value at a dotted key such as 'data.fields', as plain JSON-able data."""
+        value: Any = self.model_dump(mode="json")
+        for part in dotted_key.split("."):
+            value = value[part]
+        return value
+
+    def config_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def stable_hash(payload: Any) -> str:
+    """Short, order-independent hash of JSON-able data."""
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ['a.b=1', 'c=[x, y]'] into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw_value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set split.lookback=90")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set to a value and also used as a section")
+        node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else None
+    return nested
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config (default: configs/default.yaml), apply overrides, validate."""
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} not found: pass --config with an existing YAML file")
+    try:
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {config_path} must hold a mapping of sections, not {type(raw).__name__}")
+    raw = deep_merge(_anchor_data_paths(raw, config_path.parent), parse_overrides(overrides or []))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {config_path}:\n" + describe_errors(exc)) from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}': check the spelling against pipeline/config.py")
+        else:
+            lines.append(f"  - '{key or '<root>'}': {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _anchor_data_paths(raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """Data paths written in a config file are relative to that file (overrides: to the cwd)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    anchored = dict(data)
+    for key in ("path", "provider_uri"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            anchored[key] = str((config_dir / value).resolve())
+    return {**raw, "data": anchored}

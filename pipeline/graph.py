@@ -1,0 +1,106 @@
+"""The stage graph: which stages exist, what each needs, and what its cache key depends on.
+
+A stage's key hashes its version, the config keys it reads, a fingerprint of external inputs
+(for ingest: the data files) and the keys of the stages it needs. Change any of these and the
+stage, and everything downstream of it, runs again; change nothing and its output is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep.sources import sample_bars_path
+from pipeline import stages
+from pipeline.cache import fingerprint
+from pipeline.config import ConfigError, PipelineConfig, stable_hash
+
+StageFunction = Callable[[PipelineConfig, dict[str, Path], Path], stages.StageResult]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    needs: tuple[str, ...]
+    # Config keys (dotted) whose values change the stage's output.
+    config_keys: tuple[str, ...] = ()
+    run: StageFunction | None = None  # None: declared in the graph, built by a later issue
+    # Bump when a code change alters the output, so old cache entries stop matching.
+    version: int = 1
+    external_inputs: Callable[[PipelineConfig], str] | None = None
+    planned_in: str = ""
+
+    @property
+    def implemented(self) -> bool:
+        return self.run is not None
+
+
+def data_fingerprint(config: PipelineConfig) -> str:
+    data = config.data
+    if data.source == "sample":
+        return fingerprint(sample_bars_path())
+    if data.source == "csv":
+        if not Path(data.path).exists():
+            return "missing"  # the ingest stage itself reports the missing file
+        return fingerprint(data.path)
+    if not Path(data.provider_uri).is_dir():
+        return "missing"
+    return fingerprint(data.provider_uri, hash_contents=False)
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage(
+            "ingest",
+            needs=(),
+            config_keys=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments"),
+            run=stages.ingest,
+            external_inputs=data_fingerprint,
+        ),
+        Stage(
+            "split",
+            needs=("ingest",),
+            config_keys=("split", "data.instruments", "data.fields"),
+            run=stages.split,
+        ),
+        Stage("tokenizer", needs=("split",), planned_in="issue 3 (Kronos)"),
+        Stage("predictor", needs=("tokenizer", "split"), planned_in="issue 3 (Kronos)"),
+        Stage("timellm", needs=("split",), planned_in="issue 6 (Time-LLM)"),
+        Stage("signals", needs=("predictor", "timellm", "split"), planned_in="issue 4 (signals)"),
+        Stage("backtest", needs=("signals", "ingest"), planned_in="issue 5 (backtests)"),
+    )
+}
+
+
+def plan(target: str) -> list[Stage]:
+    """The target and every stage it needs, each after the stages it needs."""
+    if target not in STAGES:
+        raise ConfigError(f"unknown stage {target!r}: choose one of {list(STAGES)} (see --list)")
+    ordered: list[Stage] = []
+
+    def visit(name: str) -> None:
+        stage = STAGES[name]
+        for need in stage.needs:
+            visit(need)
+        if stage not in ordered:
+            ordered.append(stage)
+
+    visit(target)
+    missing = [stage for stage in ordered if not stage.implemented]
+    if missing:
+        details = ", ".join(f"{stage.name} ({stage.planned_in})" for stage in missing)
+        raise ConfigError(f"stage {target!r} needs stages that are declared but not built yet: {details}")
+    return ordered
+
+
+def cache_key(stage: Stage, config: PipelineConfig, upstream_keys: dict[str, str]) -> str:
+    payload = {
+        "stage": stage.name,
+        "version": stage.version,
+        "config": {key: config.section(key) for key in stage.config_keys},
+        "upstream": {name: upstream_keys[name] for name in stage.needs},
+        "external": stage.external_inputs(config) if stage.external_inputs else None,
+    }
+    return stable_hash(payload)

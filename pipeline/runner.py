@@ -1,0 +1,86 @@
+"""Run a stage and everything it needs: reuse cached outputs, track every stage in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from pipeline import tracking
+from pipeline.cache import StageCache
+from pipeline.config import PipelineConfig
+from pipeline.graph import Stage, cache_key, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    key: str
+    output: Path
+    reused: bool
+    run_id: str  # MLflow run that produced the output
+    seconds: float
+    summary: list[str]
+
+
+def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
+    """Run `target` and the stages it needs; `force` reruns the target even if cached."""
+    stages = plan(target)
+    cache = StageCache(config.cache_dir)
+    uri = tracking.setup(config)
+    log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
+    outcomes: dict[str, StageOutcome] = {}
+    with tracking.parent_run(config, target, config_file) as parent:
+        log.info("MLflow parent run %s", parent.info.run_id)
+        for stage in stages:
+            upstream = {name: outcomes[name] for name in stage.needs}
+            key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
+            manifest = cache.lookup(stage.name, key)
+            if manifest is not None and not (force and stage.name == target):
+                outcome = _reuse(stage, key, cache.path(stage.name, key), manifest)
+            else:
+                outcome = _execute(stage, key, config, cache, {name: o.output for name, o in upstream.items()})
+            outcomes[stage.name] = outcome
+        mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
+    return list(outcomes.values())
+
+
+def _reuse(stage: Stage, key: str, output: Path, manifest: dict) -> StageOutcome:
+    log.info("stage %s: inputs unchanged, reusing %s (produced by run %s)", stage.name, output, manifest["run_id"])
+    tags = {"cache_key": key, "reused": "true", "produced_by_run_id": manifest["run_id"]}
+    with tracking.stage_run(stage.name, manifest["params"], tags):
+        tracking.log_metrics(manifest["metrics"])
+    return StageOutcome(stage.name, key, output, True, manifest["run_id"], 0.0, manifest["summary"])
+
+
+def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, inputs: dict[str, Path]) -> StageOutcome:
+    log.info("stage %s: running (cache key %s)", stage.name, key)
+    params = {name: config.section(name) for name in stage.config_keys}
+    seed_everything(config.seed)
+    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false"}) as run:
+        with cache.writing(stage.name, key) as (folder, manifest):
+            started = time.perf_counter()
+            result = stage.run(config, inputs, folder)
+            seconds = time.perf_counter() - started
+            metrics = {**result.metrics, "seconds": seconds}
+            tracking.log_metrics(metrics)
+            tracking.log_artifacts(result.artifacts)
+            manifest.update(run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary)
+    for line in result.summary:
+        log.info("stage %s: %s", stage.name, line)
+    log.info("stage %s: done in %.1fs", stage.name, seconds)
+    return StageOutcome(stage.name, key, cache.path(stage.name, key), False, run.info.run_id, seconds, result.summary)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,90 @@
+"""Stage bodies: plain functions from (config, upstream output folders, output folder) to a result.
+
+They know nothing of caching or tracking; pipeline.runner handles both. Each one writes only
+inside `out`, which the runner publishes atomically once the function returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from data_prep.ingest import link_qlib_folder, write_qlib_folder
+from data_prep.panel import load_panel
+from data_prep.sources import read_bars, sample_bars_path
+from data_prep.windows import SEGMENTS, Split, build_windows
+from pipeline.config import PipelineConfig
+
+QLIB_FOLDER = "qlib"
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, float]
+    summary: list[str]  # lines for the console
+    artifacts: list[Path] = field(default_factory=list)  # small files inside `out` to log
+
+
+def ingest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+    """Bars (embedded sample, CSV/Parquet) -> Qlib folder, or an existing Qlib folder -> view."""
+    data = config.data
+    started = time.perf_counter()
+    if data.source == "qlib":
+        summary = link_qlib_folder(data.provider_uri, out / QLIB_FOLDER, data.instruments)
+    else:
+        bars = read_bars(sample_bars_path() if data.source == "sample" else data.path, data.columns)
+        summary = write_qlib_folder(bars, out / QLIB_FOLDER, data.instruments)
+    seconds = time.perf_counter() - started
+    (out / "ingest_summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
+    metrics = {"instruments": summary.instruments, "days": summary.days, "rows": summary.rows}
+    if summary.rows:
+        metrics["rows_per_second"] = summary.rows / seconds
+    return StageResult(
+        metrics=metrics,
+        summary=[f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"],
+        artifacts=[out / "ingest_summary.json"],
+    )
+
+
+def split(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+    """Qlib folder -> panel array + train/valid/test window indices."""
+    settings = config.split
+    panel = load_panel(inputs["ingest"] / QLIB_FOLDER, config.data.instruments, config.data.fields)
+    segments = {name: getattr(settings, name) for name in SEGMENTS}
+    windows, reports = build_windows(panel, settings.lookback, settings.horizon, segments)
+    result = Split(panel, windows, settings.lookback, settings.horizon)
+    result.save(out, extra_meta={"ranges": segments, "reports": {name: asdict(r) for name, r in reports.items()}})
+
+    metrics: dict[str, float] = {"instruments": len(panel.instruments), "days": len(panel.calendar)}
+    summary = [f"panel: {len(panel.instruments)} instruments x {len(panel.calendar)} days, fields {list(panel.fields)}"]
+    for name, report in reports.items():
+        for key, value in asdict(report).items():
+            metrics[f"{key}_{name}"] = value
+        start, end = segments[name]
+        summary.append(
+            f"{name:>5}: {report.windows:>8,} windows  {start} .. {end}  "
+            f"(dropped: {report.short_history:,} short history, {report.no_target:,} target past segment, "
+            f"{report.missing_values:,} missing values)"
+        )
+    plot = out / "windows_per_day.png"
+    _plot_windows_per_day(result, plot)
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "split.json", plot])
+
+
+def _plot_windows_per_day(split_output: Split, path: Path) -> None:
+    figure = Figure(figsize=(9, 3))
+    axis = figure.subplots()
+    for name in split_output.windows:
+        segment = split_output.segment(name)
+        days = segment.dates(np.arange(len(segment)))[:, segment.lookback - 1]
+        unique, counts = np.unique(days, return_counts=True)
+        axis.plot(unique, counts, ".", markersize=3, label=name)
+    axis.set_ylabel("windows per decision day")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,104 @@
+"""MLflow tracking: one parent run per invocation, one nested run per stage.
+
+The default store is a SQLite database inside ./mlruns with artifacts beside it (MLflow 3
+refuses its old plain-folder store). Qlib's own recorder is pointed at the same URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from pipeline.config import REPO_ROOT, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = Path("mlruns")
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    """Config first, then MLFLOW_TRACKING_URI, then SQLite inside ./mlruns."""
+    if config.tracking.uri:
+        return config.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def setup(config: PipelineConfig) -> str:
+    """Point MLflow at the store and select (or create) the experiment; returns the URI."""
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = config.tracking.experiment
+    if mlflow.get_experiment_by_name(name) is None:
+        artifact_root = None
+        if uri.startswith("sqlite:///"):
+            artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        mlflow.create_experiment(name, artifact_location=artifact_root)
+    mlflow.set_experiment(name)
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def flatten(payload: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, for MLflow params."""
+    if not isinstance(payload, dict):
+        return {prefix: payload}
+    flat: dict[str, Any] = {}
+    for key, value in payload.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+@contextmanager
+def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterator[mlflow.ActiveRun]:
+    tags = {
+        "git_commit": git_commit(),
+        "config_hash": config.config_hash(),
+        "config_file": config_file,
+        "target_stage": target,
+        "profile": config.profile,
+        "data": config.data.source if config.data.source != "qlib" else str(config.data.provider_uri),
+    }
+    with mlflow.start_run(run_name=f"{target} [{config.profile}]", tags=tags) as run:
+        mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+        yield run
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **tags}) as run:
+        mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
+        yield run
+
+
+def _param_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+
+
+def log_artifacts(files: list[Path]) -> None:
+    for path in files:
+        mlflow.log_artifact(str(path))

@@ -1,0 +1,1 @@
+"""Signals, backtests and their metrics."""
