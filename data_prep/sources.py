@@ -101,21 +101,21 @@ def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
     """Parse types and reject bad rows; returns bars sorted by (symbol, date)."""
     bars = bars.copy()
     bars["date"] = _parse_dates(bars)
-    symbols = bars["symbol"].astype("string").str.strip().str.upper()
-    _reject(bars, symbols.isna() | (symbols == ""), "has an empty symbol")
-    bars["symbol"] = symbols.astype(str)
+    _reject(bars, bars["symbol"].isna(), "has an empty symbol")
+    symbols = _as_text(bars["symbol"]).str.strip().str.upper()
+    _reject(bars, symbols == "", "has an empty symbol")
+    bars["symbol"] = symbols
     for name in NUMERIC_COLUMNS:
         if name in bars:
             numbers = pd.to_numeric(bars[name], errors="coerce")
-            _reject(bars, numbers.isna() & bars[name].notna(), f"has a non-numeric {name}", bars[name])
+            _reject(bars, numbers.isna() & bars[name].notna(), f"has a non-numeric {name}", (name,))
             bars[name] = numbers.astype("float64")
     prices = bars[list(PRICE_COLUMNS)]
     _reject(bars, (prices <= 0).any(axis=1), "has a non-positive price (open/high/low/close must be > 0)")
-    _reject(bars, bars["high"] < bars["low"], "has high < low", bars["high"].astype(str) + " < " + bars["low"].astype(str))
-    _reject(bars, bars["volume"] < 0, "has a negative volume", bars["volume"])
+    _reject(bars, bars["high"] < bars["low"], "has high < low", ("high", "low"))
+    _reject(bars, bars["volume"] < 0, "has a negative volume", ("volume",))
     duplicated = bars.duplicated(["date", "symbol"], keep=False)
-    _reject(bars, duplicated, "repeats a (date, symbol) pair; keep one bar per symbol per day",
-            bars["symbol"] + " " + bars["date"].dt.strftime("%Y-%m-%d"))
+    _reject(bars, duplicated, "repeats a (date, symbol) pair; keep one bar per symbol per day", ("date", "symbol"))
     if bars.empty:
         raise DataError("the bars source holds no rows: the universe is empty")
     return bars.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
@@ -128,15 +128,23 @@ def _parse_dates(bars: pd.DataFrame) -> pd.Series:
     elif pd.api.types.is_datetime64_any_dtype(raw):
         parsed = raw
     else:
-        parsed = pd.to_datetime(raw.astype("string").str.strip(), errors="coerce", format="mixed")
-    _reject(bars, parsed.isna(), "has an unparsable date (use YYYY-MM-DD)", raw)
+        text = _as_text(raw).str.strip()
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        if parsed.isna().any():  # not all ISO: let pandas infer each value's format
+            parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    _reject(bars, parsed.isna(), "has an unparsable date (use YYYY-MM-DD)", ("date",))
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
     return parsed.dt.normalize().astype("datetime64[ns]")
 
 
-def _reject(bars: pd.DataFrame, bad: pd.Series, problem: str, shown: pd.Series | None = None) -> None:
-    """Raise one DataError naming the first offending rows, if any row is bad."""
+def _as_text(column: pd.Series) -> pd.Series:
+    """The column as strings; already-string columns are kept as they are (no copy)."""
+    return column if pd.api.types.is_string_dtype(column) else column.astype(str)
+
+
+def _reject(bars: pd.DataFrame, bad: pd.Series, problem: str, show: tuple[str, ...] = ()) -> None:
+    """Raise one DataError naming the first offending rows (with the `show` columns), if any."""
     bad = bad.fillna(False).to_numpy(dtype=bool)
     if not bad.any():
         return
@@ -144,8 +152,8 @@ def _reject(bars: pd.DataFrame, bad: pd.Series, problem: str, shown: pd.Series |
     places = []
     for row in rows[:MAX_REPORTED]:
         place = f"{bars['_where'].iloc[row]} {bars['_line'].iloc[row]}"
-        if shown is not None:
-            place += f" ({shown.iloc[row]!s})"
+        if show:
+            place += " (" + ", ".join(f"{name}={bars[name].iloc[row]}" for name in show) + ")"
         places.append(place)
     more = f" and {len(rows) - MAX_REPORTED} more" if len(rows) > MAX_REPORTED else ""
     raise DataError(f"{len(rows)} row(s) {problem}: " + "; ".join(places) + more)

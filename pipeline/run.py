@@ -44,15 +44,15 @@ def print_graph(console: Console) -> None:
 
 def print_outcomes(console: Console, outcomes) -> None:
     table = Table(title="stages")
-    for column in ("stage", "status", "seconds", "MLflow run", "output"):
-        table.add_column(column)
+    for column in ("stage", "status", "seconds", "produced by run", "output"):
+        table.add_column(column, overflow="fold")
     for outcome in outcomes:
         status = "reused" if outcome.reused else "ran"
         seconds = "-" if outcome.reused else f"{outcome.seconds:.1f}"
-        table.add_row(outcome.stage, status, seconds, outcome.run_id[:12], str(outcome.output))
+        table.add_row(outcome.stage, status, seconds, outcome.produced_by[:12], str(outcome.output))
     console.print(table)
     for line in outcomes[-1].summary:
-        console.print(line)
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ class StageOutcome:
     key: str
     output: Path
     reused: bool
-    run_id: str  # MLflow run that produced the output
+    run_id: str  # this invocation's nested MLflow run for the stage
+    produced_by: str  # the nested MLflow run that produced the output (run_id unless reused)
     seconds: float
     summary: list[str]
 
@@ -56,9 +57,9 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
 def _reuse(stage: Stage, key: str, output: Path, manifest: dict) -> StageOutcome:
     log.info("stage %s: inputs unchanged, reusing %s (produced by run %s)", stage.name, output, manifest["run_id"])
     tags = {"cache_key": key, "reused": "true", "produced_by_run_id": manifest["run_id"]}
-    with tracking.stage_run(stage.name, manifest["params"], tags):
+    with tracking.stage_run(stage.name, manifest["params"], tags) as run:
         tracking.log_metrics(manifest["metrics"])
-    return StageOutcome(stage.name, key, output, True, manifest["run_id"], 0.0, manifest["summary"])
+    return StageOutcome(stage.name, key, output, True, run.info.run_id, manifest["run_id"], 0.0, manifest["summary"])
 
 
 def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, inputs: dict[str, Path]) -> StageOutcome:
@@ -77,7 +78,8 @@ def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, 
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)
     log.info("stage %s: done in %.1fs", stage.name, seconds)
-    return StageOutcome(stage.name, key, cache.path(stage.name, key), False, run.info.run_id, seconds, result.summary)
+    run_id = run.info.run_id
+    return StageOutcome(stage.name, key, cache.path(stage.name, key), False, run_id, run_id, seconds, result.summary)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,74 @@
+"""Shared fixtures: small synthetic bars, run configs with an isolated cache and MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+SHARED_CSI300 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300_2018_2022"
+
+
+def make_bars(n_symbols: int = 6, n_days: int = 80, seed: int = 0, start: str = "2021-01-04") -> pd.DataFrame:
+    """Random-walk daily OHLCV bars in long format, valid by construction."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range(start, periods=n_days)
+    frames = []
+    for i in range(n_symbols):
+        close = 20 * np.exp(np.cumsum(rng.normal(0, 0.02, n_days)))
+        open_ = close * np.exp(rng.normal(0, 0.005, n_days))
+        high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n_days))
+        low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n_days))
+        frames.append(pd.DataFrame({
+            "date": dates.strftime("%Y-%m-%d"),
+            "symbol": f"S{i:03d}",
+            "open": open_, "high": high, "low": low, "close": close,
+            "volume": rng.integers(1_000, 100_000, n_days).astype(float),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def write_config(tmp_path, mlflow_uri):
+    """Write a YAML config for a CSV source into tmp_path; returns its path."""
+
+    def write(csv_path: Path, experiment: str = "tests", **sections) -> Path:
+        config = {
+            "cache_dir": str(tmp_path / "cache"),
+            "data": {"source": "csv", "path": str(csv_path), "instruments": "test"},
+            "split": {
+                "lookback": 10, "horizon": 3,
+                "train": ["2021-01-01", "2021-02-28"],
+                "valid": ["2021-03-01", "2021-03-31"],
+                "test": ["2021-04-01", "2021-04-30"],
+            },
+            "tracking": {"uri": mlflow_uri, "experiment": experiment},
+        }
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def bars_csv(tmp_path) -> Path:
+    path = tmp_path / "bars.csv"
+    make_bars().to_csv(path, index=False)
+    return path
+
+
+def require_shared_data() -> Path:
+    if not (SHARED_CSI300 / "calendars" / "day.txt").is_file():
+        pytest.skip(f"shared A-share data not found at {SHARED_CSI300} (see shared/data/README.md)")
+    return SHARED_CSI300

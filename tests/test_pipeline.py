@@ -1,0 +1,118 @@
+"""Stage graph: reuse of unchanged stages, atomic outputs, MLflow parent and nested runs."""
+
+import mlflow
+import pytest
+
+from pipeline import graph, stages
+from pipeline.config import load_config
+from pipeline.run import main
+from pipeline.runner import run_pipeline
+
+
+def runs_of(config, parent_id):
+    client = mlflow.MlflowClient(config.tracking.uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.data.tags["stage"]: run for run in children}
+
+
+def parent_id_of(outcomes, config):
+    client = mlflow.MlflowClient(config.tracking.uri)
+    return client.get_run(outcomes[-1].run_id).data.tags["mlflow.parentRunId"]
+
+
+def test_second_run_reuses_every_stage_and_logs_it(bars_csv, write_config):
+    config = load_config(write_config(bars_csv, experiment="reuse"))
+    first = run_pipeline(config, "split")
+    second = run_pipeline(config, "split")
+    assert [o.reused for o in first] == [False, False]
+    assert [o.reused for o in second] == [True, True]
+    assert [o.produced_by for o in second] == [o.run_id for o in first]
+
+    client = mlflow.MlflowClient(config.tracking.uri)
+    produced = runs_of(config, parent_id_of(first, config))
+    assert set(produced) == {"ingest", "split"}
+    assert produced["split"].data.metrics["windows_train"] > 0
+    assert produced["split"].data.params["split.lookback"] == "10"
+    assert produced["ingest"].data.metrics["instruments"] == 6
+    artifacts = {a.path for a in client.list_artifacts(produced["split"].info.run_id)}
+    assert {"split.json", "windows_per_day.png"} <= artifacts
+
+    reused = runs_of(config, parent_id_of(second, config))
+    assert reused["split"].data.tags["reused"] == "true"
+    assert reused["split"].data.tags["produced_by_run_id"] == first[1].run_id
+    assert reused["split"].data.metrics["windows_train"] == produced["split"].data.metrics["windows_train"]
+    parent = client.get_run(parent_id_of(second, config))
+    assert parent.data.tags["config_hash"] == config.config_hash()
+    assert parent.data.tags["git_commit"]
+
+
+def test_changed_split_setting_reruns_split_only(bars_csv, write_config):
+    path = write_config(bars_csv, experiment="partial")
+    first = run_pipeline(load_config(path), "split")
+    second = run_pipeline(load_config(path, ["split.horizon=2"]), "split")
+    assert second[0].reused and not second[1].reused
+    assert second[1].key != first[1].key
+
+
+def test_changed_input_file_reruns_everything(bars_csv, write_config):
+    config = load_config(write_config(bars_csv, experiment="input-change"))
+    run_pipeline(config, "split")
+    with open(bars_csv, "a") as handle:
+        handle.write("2021-05-03,S000,20,21,19,20.5,1000\n")
+    again = run_pipeline(config, "split")
+    assert not again[0].reused and not again[1].reused
+
+
+def test_interrupted_stage_leaves_nothing_a_rerun_would_reuse(bars_csv, write_config, monkeypatch):
+    config = load_config(write_config(bars_csv, experiment="interrupt"))
+
+    def interrupted(config, inputs, out):
+        (out / "panel").mkdir()
+        (out / "panel" / "values.npy").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), ("split",), run=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, "split")
+    split_dir = config.cache_dir / "split"
+    assert not any(split_dir.iterdir())  # no final folder, no temporary left behind
+
+    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), ("split",), run=stages.split))
+    outcomes = run_pipeline(config, "split")
+    assert outcomes[0].reused and not outcomes[1].reused
+    assert (outcomes[1].output / "panel" / "values.npy").stat().st_size > 100
+
+
+def test_force_reruns_the_requested_stage(bars_csv, write_config):
+    config = load_config(write_config(bars_csv, experiment="force"))
+    first = run_pipeline(config, "split")
+    forced = run_pipeline(config, "split", force=True)
+    assert forced[0].reused and not forced[1].reused
+    assert forced[1].output == first[1].output and (forced[1].output / "split.json").is_file()
+
+
+def test_cli_runs_and_lists(bars_csv, write_config, capsys):
+    path = write_config(bars_csv, experiment="cli")
+    assert main(["--stage", "split", "--config", str(path)]) == 0
+    assert "windows" in capsys.readouterr().out
+    assert main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("ingest", "split", "tokenizer", "predictor", "timellm", "signals", "backtest"):
+        assert name in listing
+
+
+def test_unbuilt_stage_is_refused(bars_csv, write_config, capsys):
+    assert main(["--stage", "backtest", "--config", str(write_config(bars_csv))]) == 2
+    assert "declared but not built yet" in capsys.readouterr().out
+
+
+def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
+    import numpy as np
+
+    config = load_config(write_config(bars_csv, experiment="repro"))
+    first = run_pipeline(config, "split", force=True)[1].output
+    copy = {p.name: np.load(p) for p in first.glob("windows_*.npy")}
+    second = run_pipeline(config, "split", force=True)[1].output
+    for name, array in copy.items():
+        np.testing.assert_array_equal(np.load(second / name), array)
