@@ -22,7 +22,9 @@ StageFunction = Callable[[PipelineConfig, dict[str, Path], Path], stages.StageRe
 @dataclass(frozen=True)
 class Stage:
     name: str
-    needs: tuple[str, ...]
+    # Stages whose outputs this one reads; a function of the config when that decides it
+    # (e.g. the backtest needs the model stages only for the signal sources it is given).
+    needs: tuple[str, ...] | Callable[[PipelineConfig], tuple[str, ...]]
     # Config keys (dotted) whose values change the stage's output.
     config_keys: tuple[str, ...] = ()
     run: StageFunction | None = None  # None: declared in the graph, built by a later issue
@@ -34,6 +36,9 @@ class Stage:
     @property
     def implemented(self) -> bool:
         return self.run is not None
+
+    def needs_for(self, config: PipelineConfig) -> tuple[str, ...]:
+        return self.needs(config) if callable(self.needs) else self.needs
 
 
 def data_fingerprint(config: PipelineConfig) -> str:
@@ -68,21 +73,21 @@ STAGES: dict[str, Stage] = {
         Stage("tokenizer", needs=("split",), planned_in="issue 3 (Kronos)"),
         Stage("predictor", needs=("tokenizer", "split"), planned_in="issue 3 (Kronos)"),
         Stage("timellm", needs=("split",), planned_in="issue 6 (Time-LLM)"),
-        Stage("signals", needs=("predictor", "timellm", "split"), planned_in="issue 4 (signals)"),
-        Stage("backtest", needs=("signals", "ingest"), planned_in="issue 5 (backtests)"),
+        Stage("signals", needs=("predictor", "tokenizer", "split"), planned_in="issue 4 (signals)"),
+        Stage("backtest", needs=("ingest", "split", "signals", "timellm"), planned_in="issue 5 (backtests)"),
     )
 }
 
 
-def plan(target: str) -> list[Stage]:
-    """The target and every stage it needs, each after the stages it needs."""
+def plan(target: str, config: PipelineConfig) -> list[Stage]:
+    """The target and every stage it needs under this config, each after the stages it needs."""
     if target not in STAGES:
         raise ConfigError(f"unknown stage {target!r}: choose one of {list(STAGES)} (see --list)")
     ordered: list[Stage] = []
 
     def visit(name: str) -> None:
         stage = STAGES[name]
-        for need in stage.needs:
+        for need in stage.needs_for(config):
             visit(need)
         if stage not in ordered:
             ordered.append(stage)
@@ -100,7 +105,7 @@ def cache_key(stage: Stage, config: PipelineConfig, upstream_keys: dict[str, str
         "stage": stage.name,
         "version": stage.version,
         "config": {key: config.section(key) for key in stage.config_keys},
-        "upstream": {name: upstream_keys[name] for name in stage.needs},
+        "upstream": {name: upstream_keys[name] for name in stage.needs_for(config)},
         "external": stage.external_inputs(config) if stage.external_inputs else None,
     }
     return stable_hash(payload)

@@ -38,7 +38,8 @@ def print_graph(console: Console) -> None:
         table.add_column(column)
     for stage in STAGES.values():
         state = "ready" if stage.implemented else f"declared, built in {stage.planned_in}"
-        table.add_row(stage.name, ", ".join(stage.needs) or "-", ", ".join(stage.config_keys) or "-", state)
+        needs = "depends on config" if callable(stage.needs) else ", ".join(stage.needs) or "-"
+        table.add_row(stage.name, needs, ", ".join(stage.config_keys) or "-", state)
     console.print(table)
 
 

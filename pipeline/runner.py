@@ -34,7 +34,7 @@ class StageOutcome:
 
 def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
     """Run `target` and the stages it needs; `force` reruns the target even if cached."""
-    stages = plan(target)
+    stages = plan(target, config)
     cache = StageCache(config.cache_dir)
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
@@ -42,7 +42,7 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
     with tracking.parent_run(config, target, config_file) as parent:
         log.info("MLflow parent run %s", parent.info.run_id)
         for stage in stages:
-            upstream = {name: outcomes[name] for name in stage.needs}
+            upstream = {name: outcomes[name] for name in stage.needs_for(config)}
             key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
             manifest = cache.lookup(stage.name, key)
             if manifest is not None and not (force and stage.name == target):
