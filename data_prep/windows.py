@@ -167,6 +167,15 @@ class Split:
     def segment(self, name: str) -> WindowSet:
         return WindowSet(self.panel, self.windows[name], self.lookback, self.horizon)
 
+    def forecast_windows(self, start: dt.date, end: dt.date) -> WindowSet:
+        """Inputs for forecasting from every decision day in [start, end], targets or not.
+
+        Unlike the split's segments this keeps the last `horizon` days, which a live signal needs;
+        the returned set serves inputs only (its horizon is 0).
+        """
+        index, _ = build_windows(self.panel, self.lookback, self.horizon, {"forecast": (start, end)}, require_target=False)
+        return WindowSet(self.panel, index["forecast"], self.lookback, 0)
+
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         self.panel.save(folder / "panel")
         for name, index in self.windows.items():

@@ -134,3 +134,14 @@ def test_split_round_trips_through_disk(panel, tmp_path):
     for name in SEGMENTS:
         np.testing.assert_array_equal(loaded.windows[name], windows[name])
     assert loaded.panel.calendar.equals(panel.calendar)
+
+
+def test_forecast_windows_keep_the_last_days(panel):
+    windows, _ = build_windows(panel, 10, 3, SEGMENT_DATES)
+    split = Split(panel, windows, 10, 3)
+    forecast = split.forecast_windows(*SEGMENT_DATES["test"])
+    assert len(forecast) > len(split.segment("test"))
+    last_decision = forecast.dates(np.arange(len(forecast)))[:, -1].max()
+    assert last_decision == panel.calendar[-1]
+    inputs, targets = forecast.get(np.arange(len(forecast)))
+    assert inputs.shape[1:] == (10, 6) and targets.shape[1] == 0
