@@ -35,8 +35,13 @@ class StageCache:
         return json.loads(manifest.read_text())
 
     @contextmanager
-    def writing(self, stage: str, key: str) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """Yield (temporary folder, manifest dict); publish both if the block succeeds."""
+    def writing(self, stage: str, key: str, keep_partial: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield (temporary folder, manifest dict); publish both if the block succeeds.
+
+        With keep_partial, a failed or interrupted attempt leaves its folder as `.partial-<key>`
+        and the next attempt starts from it (e.g. to resume training from a checkpoint); a
+        partial folder is never taken as a complete output.
+        """
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".tmp-{key}-*"):
@@ -44,7 +49,12 @@ class StageCache:
                 shutil.rmtree(stale, ignore_errors=True)
         temporary = final.parent / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
+        partial = final.parent / f".partial-{key}"
+        if keep_partial and partial.is_dir():
+            partial.rename(temporary)
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+            temporary.mkdir()
         manifest: dict[str, Any] = {"stage": stage, "key": key}
         try:
             yield temporary, manifest
@@ -57,6 +67,10 @@ class StageCache:
                 shutil.rmtree(retired, ignore_errors=True)
             else:
                 temporary.rename(final)
+        except BaseException:
+            if keep_partial and temporary.is_dir():
+                temporary.rename(partial)
+            raise
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
 

@@ -96,6 +96,59 @@ class TrackingConfig(StrictModel):
     experiment: str = "kronos-pipeline"
 
 
+class KronosTrainConfig(StrictModel):
+    epochs: int = 3
+    steps_per_epoch: int = 100  # batches per epoch, drawn at random from the training windows
+    batch_size: int = 32  # per process
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    grad_clip: float = 3.0
+    patience: int = 2
+    val_windows: int = 512
+    min_context: int = 16
+    random_context_share: float = 0.3  # share of batches trained on a shorter, random context
+    teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token while training
+
+
+class KronosConfig(StrictModel):
+    # Hub id (e.g. NeoQuasar/Kronos-small) or local folder to fine-tune; "" trains from scratch.
+    tokenizer_pretrained: str = ""
+    predictor_pretrained: str = ""
+    tokenizer_architecture: dict[str, Any] = {}
+    predictor_architecture: dict[str, Any] = {}
+    tokenizer_training: KronosTrainConfig = KronosTrainConfig()
+    predictor_training: KronosTrainConfig = KronosTrainConfig()
+    device: str = "auto"  # cuda, then mps, then cpu
+    bf16: bool = True  # autocast on CUDA
+    nproc: int = 1  # >1: train under torchrun with DistributedDataParallel
+
+
+_SMOKE_TOKENIZER = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2, ffn_dropout_p=0.0,
+                        attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=8, s2_bits=8, beta=0.05, gamma0=1.0, gamma=1.1,
+                        zeta=0.05, group_size=4)
+_SMOKE_PREDICTOR = dict(s1_bits=8, s2_bits=8, n_layers=2, d_model=64, n_heads=2, ff_dim=128, ffn_dropout_p=0.0,
+                        attn_dropout_p=0.0, resid_dropout_p=0.0, token_dropout_p=0.0, learn_te=True)
+# Model sizes and training budgets per `profile`; a config's `kronos:` section overrides them.
+KRONOS_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {  # tiny, a few steps: CI and the default config
+        "tokenizer_architecture": _SMOKE_TOKENIZER,
+        "predictor_architecture": _SMOKE_PREDICTOR,
+    },
+    "cpu": {  # tokenizer-base and Kronos-mini sizes from scratch: hours on a laptop
+        "tokenizer_architecture": {**_SMOKE_TOKENIZER, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4, "s1_bits": 10, "s2_bits": 10},
+        "predictor_architecture": {**_SMOKE_PREDICTOR, "s1_bits": 10, "s2_bits": 10, "n_layers": 4, "d_model": 256, "n_heads": 4, "ff_dim": 512},
+        "tokenizer_training": {"epochs": 10, "steps_per_epoch": 200, "lr": 2e-4, "patience": 3},
+        "predictor_training": {"epochs": 10, "steps_per_epoch": 200, "lr": 3e-4, "patience": 3},
+    },
+    "paper": {  # fine-tune the published models on a GPU with the upstream hyper-parameters
+        "tokenizer_pretrained": "NeoQuasar/Kronos-Tokenizer-base",
+        "predictor_pretrained": "NeoQuasar/Kronos-small",
+        "tokenizer_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 2e-4, "patience": 3, "val_windows": 20000},
+        "predictor_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 4e-5, "patience": 3, "val_windows": 20000},
+    },
+}
+
+
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
     seed: int = 42
@@ -103,6 +156,22 @@ class PipelineConfig(StrictModel):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()
+    kronos: KronosConfig = KronosConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("profile", "smoke") in KRONOS_PROFILES:
+            preset = KRONOS_PROFILES[raw.get("profile", "smoke")]
+            raw = {**raw, "kronos": deep_merge(preset, raw.get("kronos") or {})}
+        return raw
+
+    @model_validator(mode="after")
+    def _tokenizer_reads_the_fields(self) -> PipelineConfig:
+        d_in = self.kronos.tokenizer_architecture.get("d_in")
+        if d_in is not None and d_in != len(self.data.fields):
+            raise ValueError(f"kronos.tokenizer_architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree")
+        return self
 
     def section(self, dotted_key: str) -> Any:
         """Value at a dotted key such as 'data.fields', as plain JSON-able data."""

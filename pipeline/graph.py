@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.sources import sample_bars_path
-from pipeline import stages
+from pipeline import kronos_stages, stages
 from pipeline.cache import fingerprint
 from pipeline.config import ConfigError, PipelineConfig, stable_hash
 
@@ -31,6 +31,8 @@ class Stage:
     # Bump when a code change alters the output, so old cache entries stop matching.
     version: int = 1
     external_inputs: Callable[[PipelineConfig], str] | None = None
+    # An interrupted run leaves its partial output for the next run to resume from.
+    resumable: bool = False
     planned_in: str = ""
 
     @property
@@ -70,8 +72,22 @@ STAGES: dict[str, Stage] = {
             config_keys=("split", "data.instruments", "data.fields"),
             run=stages.split,
         ),
-        Stage("tokenizer", needs=("split",), planned_in="issue 3 (Kronos)"),
-        Stage("predictor", needs=("tokenizer", "split"), planned_in="issue 3 (Kronos)"),
+        Stage(
+            "tokenizer",
+            needs=("split",),
+            config_keys=("kronos.tokenizer_pretrained", "kronos.tokenizer_architecture", "kronos.tokenizer_training",
+                         "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
+            run=kronos_stages.tokenizer,
+            resumable=True,
+        ),
+        Stage(
+            "predictor",
+            needs=("tokenizer", "split"),
+            config_keys=("kronos.predictor_pretrained", "kronos.predictor_architecture", "kronos.predictor_training",
+                         "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
+            run=kronos_stages.predictor,
+            resumable=True,
+        ),
         Stage("timellm", needs=("split",), planned_in="issue 6 (Time-LLM)"),
         Stage("signals", needs=("predictor", "tokenizer", "split"), planned_in="issue 4 (signals)"),
         Stage("backtest", needs=("ingest", "split", "signals", "timellm"), planned_in="issue 5 (backtests)"),

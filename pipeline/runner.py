@@ -67,12 +67,13 @@ def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, 
     params = {name: config.section(name) for name in stage.config_keys}
     seed_everything(config.seed)
     with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false"}) as run:
-        with cache.writing(stage.name, key) as (folder, manifest):
+        with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
             started = time.perf_counter()
             result = stage.run(config, inputs, folder)
             seconds = time.perf_counter() - started
             metrics = {**result.metrics, "seconds": seconds}
             tracking.log_metrics(metrics)
+            tracking.log_history(result.history)
             tracking.log_artifacts(result.artifacts)
             manifest.update(run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary)
     for line in result.summary:

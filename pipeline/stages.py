@@ -28,6 +28,8 @@ class StageResult:
     metrics: dict[str, float]
     summary: list[str]  # lines for the console
     artifacts: list[Path] = field(default_factory=list)  # small files inside `out` to log
+    # Metrics over training steps: rows of {"step": n, name: value, ...}.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def ingest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:

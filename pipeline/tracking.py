@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.entities import Metric
 
 from pipeline.config import REPO_ROOT, PipelineConfig
 
@@ -97,6 +99,16 @@ def _param_text(value: Any) -> str:
 
 def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+
+
+def log_history(rows: list[dict[str, float]]) -> None:
+    """Per-step metrics (rows of {"step": n, name: value}) in batches, one request per 1000."""
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, int(row["step"])) for row in rows for name, value in row.items() if name != "step"]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def log_artifacts(files: list[Path]) -> None:

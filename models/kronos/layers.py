@@ -1,0 +1,121 @@
+"""Transformer building blocks shared by the Kronos tokenizer and predictor.
+
+Parameter and buffer names follow the published Kronos checkpoints (norm1, self_attn.q_proj,
+self_attn.rotary.inv_freq, ffn.w1, ...), so their state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions computed for any position on the fly: no maximum length."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, heads, T, head_dim); positions: (T,) or (B, T) integer positions."""
+        angles = positions.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq  # (..., T, head_dim/2)
+        angles = torch.cat([angles, angles], dim=-1)
+        if angles.dim() == 3:  # per-sequence positions: (B, T, D) -> (B, 1, T, D)
+            angles = angles.unsqueeze(1)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for causal attention with optional key padding.
+
+    query_positions (Tq,), key_positions (Tk,): a query attends to keys at or before its position.
+    key_padding (B, Tk): nonzero where a key is padding. A query always keeps itself (or its
+    latest key), so padded rows never produce NaN.
+    """
+    mask = key_positions[None, :] <= query_positions[:, None]  # (Tq, Tk)
+    if key_padding is None:
+        return mask
+    mask = mask[None, None] & ~key_padding.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
+    diagonal = key_positions[None, :] == query_positions[:, None]
+    return mask | diagonal[None, None]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with rotary positions; self-attention when key_value is query."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.rotary = RotaryEmbedding(self.head_dim)
+        self.attn_dropout_p = attn_dropout_p
+        self.resid_dropout = nn.Dropout(resid_dropout_p)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, heads, T, head_dim)
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        query: torch.Tensor,  # (B, Tq, D)
+        key_value: torch.Tensor,  # (B, Tk, D)
+        query_positions: torch.Tensor,  # (Tq,) or (B, Tq)
+        key_positions: torch.Tensor,  # (Tk,) or (B, Tk)
+        mask: torch.Tensor | None,  # bool, True = may attend; None = attend to every key
+    ) -> torch.Tensor:
+        q = self.rotary(self.split_heads(self.q_proj(query)), query_positions)
+        k = self.rotary(self.split_heads(self.k_proj(key_value)), key_positions)
+        v = self.split_heads(self.v_proj(key_value))
+        dropout = self.attn_dropout_p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, heads, Tq, head_dim)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        return self.resid_dropout(self.out_proj(out))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, ff_dim: int, dropout_p: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w3 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm causal block: x + attn(norm1(x)), then x + ffn(norm2(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout_p, resid_dropout_p)
+        self.norm2 = RMSNorm(d_model)
+        self.ffn = FeedForward(d_model, ff_dim, ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D); positions: (T,); mask: causal (and padding) mask from attention_mask."""
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, positions, positions, mask)
+        return x + self.ffn(self.norm2(x))
