@@ -72,3 +72,27 @@ def require_shared_data() -> Path:
     if not (SHARED_CSI300 / "calendars" / "day.txt").is_file():
         pytest.skip(f"shared A-share data not found at {SHARED_CSI300} (see shared/data/README.md)")
     return SHARED_CSI300
+
+
+@pytest.fixture(scope="session")
+def tiny_split_dir(tmp_path_factory) -> Path:
+    """A saved split over synthetic bars: 8 symbols x 120 days, lookback 24, horizon 4."""
+    import datetime as dt
+
+    from data_prep.ingest import write_qlib_folder
+    from data_prep.panel import load_panel
+    from data_prep.sources import validate_bars
+    from data_prep.windows import Split, build_windows
+
+    root = tmp_path_factory.mktemp("tiny_split")
+    bars = make_bars(n_symbols=8, n_days=120)
+    write_qlib_folder(validate_bars(bars.assign(_where="synthetic", _line=range(len(bars)))), root / "qlib", "test")
+    panel = load_panel(root / "qlib", "test", ("open", "high", "low", "close", "volume", "amount"))
+    segments = {
+        "train": (dt.date(2021, 1, 1), dt.date(2021, 4, 30)),
+        "valid": (dt.date(2021, 5, 1), dt.date(2021, 5, 31)),
+        "test": (dt.date(2021, 6, 1), dt.date(2021, 6, 30)),
+    }
+    windows, _ = build_windows(panel, 24, 4, segments)
+    Split(panel, windows, 24, 4).save(root / "split")
+    return root / "split"

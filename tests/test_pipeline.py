@@ -116,3 +116,18 @@ def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
     second = run_pipeline(config, "split", force=True)[1].output
     for name, array in copy.items():
         np.testing.assert_array_equal(np.load(second / name), array)
+
+
+def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
+    overrides = [f"kronos.{part}_training.{key}={value}" for part in ("tokenizer", "predictor")
+                 for key, value in (("epochs", 2), ("steps_per_epoch", 10), ("batch_size", 16), ("val_windows", 64), ("min_context", 6))]
+    config = load_config(write_config(bars_csv, experiment="kronos"), overrides)
+    outcomes = run_pipeline(config, "predictor")
+    assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor"]
+    client = mlflow.MlflowClient(config.tracking.uri)
+    predictor_run = client.get_run(outcomes[-1].run_id)
+    assert predictor_run.data.metrics["best_val_ce_s1"] < predictor_run.data.metrics["uniform_ce_s1"]
+    losses = client.get_metric_history(outcomes[-1].run_id, "train_loss")
+    assert len(losses) == 20 and [m.step for m in losses] == list(range(20))
+    assert (outcomes[-1].output / "best" / "model.safetensors").is_file()
+    assert all(o.reused for o in run_pipeline(config, "predictor"))

@@ -192,7 +192,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
             scheduler.step()
             windows_seen += len(x) * world.size
             global_step = epoch * settings.steps_per_epoch + step
-            row = {f"train_{k}": float(v) for k, v in metrics.items()}
+            row = {f"train_{k}": float(v.detach()) for k, v in metrics.items()}
             state["history"].append({"step": global_step, **row, "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
         validation = validate(task, model, valid, val_items, settings, world)

@@ -1,0 +1,142 @@
+"""Kronos tokenizer and predictor: published sizes, checkpoint round trips, strict loading, causality."""
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from models.kronos import Kronos, KronosTokenizer
+from models.kronos.configs import KRONOS_BASE, KRONOS_MINI, KRONOS_SMALL, TOKENIZER_BASE
+from models.kronos.hub import CheckpointMismatchError
+
+TINY_TOKENIZER = dict(TOKENIZER_BASE, d_model=32, n_heads=2, ff_dim=64, s1_bits=4, s2_bits=4)
+TINY_PREDICTOR = dict(KRONOS_MINI, d_model=32, n_heads=2, ff_dim=64, n_layers=2, s1_bits=4, s2_bits=4)
+
+
+def n_parameters(model: torch.nn.Module) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+
+
+@pytest.mark.parametrize(("config", "millions"), [(KRONOS_MINI, 4.1), (KRONOS_SMALL, 24.7), (KRONOS_BASE, 102.3)], ids=["mini", "small", "base"])
+def test_published_predictor_sizes(config, millions):
+    assert n_parameters(Kronos(**config)) == millions
+
+
+def random_stamps(batch: int, steps: int) -> torch.Tensor:
+    return torch.stack([
+        torch.zeros(batch, steps), torch.zeros(batch, steps), torch.randint(0, 5, (batch, steps)),
+        torch.randint(1, 29, (batch, steps)), torch.randint(1, 13, (batch, steps)),
+    ], dim=-1).long()
+
+
+@pytest.mark.parametrize("config", [TOKENIZER_BASE, TINY_TOKENIZER], ids=["tokenizer-base", "tiny"])
+def test_tokenizer_round_trip(tmp_path, config):
+    torch.manual_seed(0)
+    tokenizer = KronosTokenizer(**config).eval()
+    tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == config
+    loaded = KronosTokenizer.from_pretrained(tmp_path)
+    x = torch.randn(3, 40, 6)
+    for a, b in zip(tokenizer.encode(x, half=True), loaded.encode(x, half=True)):
+        assert torch.equal(a, b)
+    ids = tokenizer.encode(x, half=True)
+    assert torch.equal(tokenizer.decode(ids, half=True), loaded.decode(ids, half=True))
+
+
+@pytest.mark.parametrize("config", [KRONOS_MINI, KRONOS_SMALL, KRONOS_BASE], ids=["mini", "small", "base"])
+def test_predictor_round_trip(tmp_path, config):
+    torch.manual_seed(0)
+    model = Kronos(**config).eval()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == config
+    loaded = Kronos.from_pretrained(tmp_path)
+    s1, s2 = torch.randint(0, 1024, (2, 2, 30))
+    stamps = random_stamps(2, 30)
+    with torch.no_grad():
+        expected = model(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
+        got = loaded(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_uses_the_published_names():
+    keys = set(Kronos(**TINY_PREDICTOR).state_dict())
+    for name in ("embedding.emb_s1.weight", "embedding.fusion_proj.weight", "time_emb.weekday_embed.weight",
+                 "transformer.1.self_attn.rotary.inv_freq", "transformer.0.ffn.w3.weight", "norm.weight",
+                 "dep_layer.cross_attn.q_proj.bias", "dep_layer.norm.weight", "head.proj_s1.weight", "head.proj_s2.bias"):
+        assert name in keys
+    tokenizer_keys = set(KronosTokenizer(**TINY_TOKENIZER).state_dict())
+    for name in ("embed.weight", "encoder.2.norm1.weight", "decoder.0.self_attn.out_proj.bias", "quant_embed.weight",
+                 "post_quant_embed_pre.weight", "post_quant_embed.bias", "head.weight",
+                 "tokenizer.bsq.basis", "tokenizer.bsq.group_basis"):
+        assert name in tokenizer_keys
+
+
+def test_loading_is_strict_and_names_the_keys(tmp_path):
+    KronosTokenizer(**TINY_TOKENIZER).save_pretrained(tmp_path)
+    weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    weights.pop("quant_embed.bias")
+    weights["extra.weight"] = torch.zeros(1)
+    safetensors.torch.save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \['quant_embed.bias'\], unexpected keys \['extra.weight'\]"):
+        KronosTokenizer.from_pretrained(tmp_path)
+
+
+def test_tokenizer_is_causal():
+    tokenizer = KronosTokenizer(**TINY_TOKENIZER).eval()
+    x = torch.randn(2, 50, 6)
+    changed = x.clone()
+    changed[:, 30:] = torch.randn(2, 20, 6) * 10
+    for a, b in zip(tokenizer.encode(x, half=True), tokenizer.encode(changed, half=True)):
+        assert torch.equal(a[:, :30], b[:, :30])
+
+
+def test_predictor_is_causal_for_both_heads():
+    model = Kronos(**TINY_PREDICTOR).eval()
+    s1, s2 = torch.randint(0, 16, (2, 2, 40))
+    stamps = random_stamps(2, 40)
+    later_s1, later_s2 = s1.clone(), s2.clone()
+    later_s1[:, 25:], later_s2[:, 25:] = torch.randint(0, 16, (2, 2, 15))
+    with torch.no_grad():
+        a = model(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
+        b = model(later_s1, later_s2, stamps, use_teacher_forcing=True, s1_targets=later_s1)
+    for first, second in zip(a, b):
+        torch.testing.assert_close(first[:, :25], second[:, :25])
+
+
+def test_any_context_length():
+    tokenizer = KronosTokenizer(**TINY_TOKENIZER).eval()
+    model = Kronos(**TINY_PREDICTOR).eval()
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(torch.randn(1, 3000, 6), half=True)
+        s1_logits, context = model.decode_s1(s1, s2, random_stamps(1, 3000))
+        s2_logits = model.decode_s2(context, s1_logits[:, -1:].argmax(-1))
+    assert s1_logits.shape == (1, 3000, 16) and s2_logits.shape == (1, 1, 16)
+    assert torch.isfinite(s1_logits).all() and torch.isfinite(s2_logits).all()
+
+
+def test_token_ids_and_codes_agree():
+    tokenizer = KronosTokenizer(**TINY_TOKENIZER).eval()
+    x = torch.randn(2, 20, 6)
+    with torch.no_grad():
+        _, _, codes, _ = tokenizer(x)
+        ids = tokenizer.encode(x, half=True)
+    torch.testing.assert_close(tokenizer.ids_to_codes(ids, half=True), codes)
+    assert int(ids[0].max()) < 2**TINY_TOKENIZER["s1_bits"] and int(ids[1].max()) < 2**TINY_TOKENIZER["s2_bits"]
+
+
+def test_padded_positions_do_not_change_the_others():
+    model = Kronos(**TINY_PREDICTOR).eval()
+    s1, s2 = torch.randint(0, 16, (2, 1, 20))
+    stamps = random_stamps(1, 20)
+    pad = 5  # left padding: junk tokens marked in padding_mask must not matter
+    junk_s1 = torch.cat([torch.randint(0, 16, (1, pad)), s1], dim=1)
+    junk_s2 = torch.cat([torch.randint(0, 16, (1, pad)), s2], dim=1)
+    junk_stamps = torch.cat([random_stamps(1, pad), stamps], dim=1)
+    mask = torch.cat([torch.ones(1, pad), torch.zeros(1, 20)], dim=1)
+    with torch.no_grad():
+        plain, _ = model.decode_s1(s1, s2, stamps)
+        padded, _ = model.decode_s1(junk_s1, junk_s2, junk_stamps, padding_mask=mask)
+    # rotary positions are relative, so shifting every real token by `pad` keeps their scores
+    torch.testing.assert_close(plain, padded[:, pad:], atol=1e-4, rtol=1e-4)
