@@ -140,3 +140,42 @@ def test_padded_positions_do_not_change_the_others():
         padded, _ = model.decode_s1(junk_s1, junk_s2, junk_stamps, padding_mask=mask)
     # rotary positions are relative, so shifting every real token by `pad` keeps their scores
     torch.testing.assert_close(plain, padded[:, pad:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("context", "max_context", "horizon"), [(12, 512, 10), (30, 40, 20), (50, 40, 8), (40, 40, 6)],
+                         ids=["fits", "crosses-limit", "longer-than-limit", "at-limit"])
+def test_cached_sampler_matches_full_recompute(context, max_context, horizon):
+    from models.kronos.generation import Sampling, generate_cached, generate_reference
+
+    torch.manual_seed(0)
+    model = Kronos(**dict(TINY_PREDICTOR, s1_bits=6, s2_bits=6)).eval()
+    s1, s2 = torch.randint(0, 64, (2, 3, context))
+    stamps = random_stamps(3, context + horizon)
+    for sampling, seeds in ((Sampling(top_k=1), None), (Sampling(temperature=0.8, top_k=20, top_p=0.9), [7, 8, 9])):
+        cached = generate_cached(model, s1, s2, stamps, horizon, max_context, sampling, seeds)
+        reference = generate_reference(model, s1, s2, stamps, horizon, max_context, sampling, seeds)
+        assert torch.equal(cached[0], reference[0]) and torch.equal(cached[1], reference[1])
+
+
+def test_per_series_seeds_do_not_depend_on_the_batch():
+    from models.kronos.generation import Sampling, generate_cached
+
+    torch.manual_seed(0)
+    model = Kronos(**dict(TINY_PREDICTOR, s1_bits=6, s2_bits=6)).eval()
+    s1, s2 = torch.randint(0, 64, (2, 3, 16))
+    stamps = random_stamps(3, 26)
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    together = generate_cached(model, s1, s2, stamps, 10, 512, sampling, seeds=[1, 2, 3])
+    alone = generate_cached(model, s1[1:2], s2[1:2], stamps[1:2], 10, 512, sampling, seeds=[2])
+    assert torch.equal(together[0][1:2], alone[0]) and torch.equal(together[1][1:2], alone[1])
+    other_seed = generate_cached(model, s1[1:2], s2[1:2], stamps[1:2], 10, 512, sampling, seeds=[99])
+    assert not torch.equal(other_seed[0], alone[0])
+
+
+def test_top_k_then_top_p_filtering():
+    from models.kronos.generation import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_k=4, top_p=0.6))
+    assert kept.tolist() == [[True, True, False, False, False]]  # top 4, then the 0.6 nucleus
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.01)).sum() == 1

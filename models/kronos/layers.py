@@ -55,6 +55,20 @@ def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, k
     return mask | diagonal[None, None]
 
 
+class LayerCache:
+    """Keys and values (B, heads, T, head_dim) of the positions seen so far, for decoding."""
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with rotary positions; self-attention when key_value is query."""
 
@@ -73,6 +87,11 @@ class MultiHeadAttention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, heads, T, head_dim)
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
+    def project_keys_values(self, key_value: torch.Tensor, key_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tk, D) -> rotated keys and values, each (B, heads, Tk, head_dim)."""
+        keys = self.rotary(self.split_heads(self.k_proj(key_value)), key_positions)
+        return keys, self.split_heads(self.v_proj(key_value))
+
     def forward(
         self,
         query: torch.Tensor,  # (B, Tq, D)
@@ -80,10 +99,16 @@ class MultiHeadAttention(nn.Module):
         query_positions: torch.Tensor,  # (Tq,) or (B, Tq)
         key_positions: torch.Tensor,  # (Tk,) or (B, Tk)
         mask: torch.Tensor | None,  # bool, True = may attend; None = attend to every key
+        cache: LayerCache | None = None,  # earlier positions' keys/values, extended in place
     ) -> torch.Tensor:
+        k, v = self.project_keys_values(key_value, key_positions)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        return self.attend(query, k, v, query_positions, mask)
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of query (B, Tq, D) to projected keys/values -> (B, Tq, D)."""
         q = self.rotary(self.split_heads(self.q_proj(query)), query_positions)
-        k = self.rotary(self.split_heads(self.k_proj(key_value)), key_positions)
-        v = self.split_heads(self.v_proj(key_value))
         dropout = self.attn_dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, heads, Tq, head_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
@@ -114,8 +139,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = RMSNorm(d_model)
         self.ffn = FeedForward(d_model, ff_dim, ffn_dropout_p)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D); positions: (T,); mask: causal (and padding) mask from attention_mask."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, D); positions: (T,); mask from attention_mask (None: attend to all keys)."""
         h = self.norm1(x)
-        x = x + self.self_attn(h, h, positions, positions, mask)
+        x = x + self.self_attn(h, h, positions, positions, mask, cache)
         return x + self.ffn(self.norm2(x))

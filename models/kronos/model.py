@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.kronos.hub import StrictHubMixin
-from models.kronos.layers import MultiHeadAttention, RMSNorm, TransformerBlock, attention_mask
+from models.kronos.layers import LayerCache, MultiHeadAttention, RMSNorm, TransformerBlock, attention_mask
 
 TIME_FEATURES = ("minute", "hour", "weekday", "day", "month")
 TIME_FEATURE_SIZES = (60, 24, 7, 32, 13)
@@ -141,16 +141,25 @@ class Kronos(nn.Module, StrictHubMixin):
 
     def decode_s1(self, s1_ids, s2_ids, stamp=None, padding_mask=None):
         """(B, T) ids [+ (B, T, 5) stamps] -> s1 logits (B, T, vocab_s1), context (B, T, D)."""
+        context = self.context(s1_ids, s2_ids, stamp, padding_mask)
+        return self.head(context), context
+
+    def context(self, s1_ids, s2_ids, stamp=None, padding_mask=None, start: int = 0, caches: list[LayerCache] | None = None):
+        """Normalised hidden states (B, T, D) of tokens at positions start .. start + T - 1.
+
+        With `caches` (one LayerCache per block) earlier positions' keys and values are reused
+        and extended, so decoding one more token costs one position of work.
+        """
         x = self.embedding(s1_ids, s2_ids)
         if stamp is not None:
             x = x + self.time_emb(stamp)
         x = self.token_drop(x)
-        positions = torch.arange(x.shape[1], device=x.device)
-        mask = attention_mask(positions, positions, padding_mask)
-        for block in self.transformer:
-            x = block(x, positions, mask)
-        x = self.norm(x)
-        return self.head(x), x
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        key_positions = torch.arange(start + x.shape[1], device=x.device) if caches is not None else positions
+        mask = attention_mask(positions, key_positions, padding_mask)
+        for index, block in enumerate(self.transformer):
+            x = block(x, positions, mask, caches[index] if caches is not None else None)
+        return self.norm(x)
 
     def decode_s2(self, context, s1_ids, padding_mask=None):
         """s2 logits given the context (B, T, D) and s1 ids.
