@@ -110,6 +110,15 @@ class KronosTrainConfig(StrictModel):
     teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token while training
 
 
+class KronosInferenceConfig(StrictModel):
+    sample_count: int = 5  # sample paths per series and day
+    temperature: float = 1.0
+    top_k: int = 0  # 1: greedy
+    top_p: float = 0.9
+    max_context: int = 512  # token window; longer contexts are cut from the left
+    batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
+
+
 class KronosConfig(StrictModel):
     # Hub id (e.g. NeoQuasar/Kronos-small) or local folder to fine-tune; "" trains from scratch.
     tokenizer_pretrained: str = ""
@@ -118,6 +127,7 @@ class KronosConfig(StrictModel):
     predictor_architecture: dict[str, Any] = {}
     tokenizer_training: KronosTrainConfig = KronosTrainConfig()
     predictor_training: KronosTrainConfig = KronosTrainConfig()
+    inference: KronosInferenceConfig = KronosInferenceConfig()
     device: str = "auto"  # cuda, then mps, then cpu
     bf16: bool = True  # autocast on CUDA
     nproc: int = 1  # >1: train under torchrun with DistributedDataParallel
@@ -145,6 +155,7 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
         "predictor_pretrained": "NeoQuasar/Kronos-small",
         "tokenizer_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 2e-4, "patience": 3, "val_windows": 20000},
         "predictor_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 4e-5, "patience": 3, "val_windows": 20000},
+        "inference": {"temperature": 0.6, "top_p": 0.9, "sample_count": 5},
     },
 }
 

@@ -89,7 +89,12 @@ STAGES: dict[str, Stage] = {
             resumable=True,
         ),
         Stage("timellm", needs=("split",), planned_in="issue 6 (Time-LLM)"),
-        Stage("signals", needs=("predictor", "tokenizer", "split"), planned_in="issue 4 (signals)"),
+        Stage(
+            "signals",
+            needs=("predictor", "tokenizer", "split"),
+            config_keys=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
+            run=kronos_stages.signals,
+        ),
         Stage("backtest", needs=("ingest", "split", "signals", "timellm"), planned_in="issue 5 (backtests)"),
     )
 }

@@ -1,4 +1,5 @@
-"""Stage bodies for Kronos: fine-tune (or train) the tokenizer, then the predictor on its tokens.
+"""Stage bodies for Kronos: fine-tune (or train) the tokenizer, then the predictor on its tokens,
+then turn test-period forecasts into signals.
 
 Training runs in this process, or under torchrun when `kronos.nproc > 1`; either way the output
 folder holds `best/` (save_pretrained), `last.pt` (to resume an interrupted run) and
@@ -11,13 +12,22 @@ import json
 import math
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
-from models.kronos import train_cli
+import numpy as np
+import pandas as pd
+
+from data_prep.windows import Split
+from models.kronos import Kronos, KronosTokenizer, train_cli
+from models.kronos.batches import time_features
+from models.kronos.generation import Sampling
+from models.kronos.predictor import FIELDS, KronosPredictor
 from models.kronos.training import TrainSettings
 from pipeline.config import KronosTrainConfig, PipelineConfig
 from pipeline.stages import StageResult
+from strategies.signal_table import expected_return, make_signal_table, write_signal_table
 
 
 def _settings(config: PipelineConfig, training: KronosTrainConfig) -> dict:
@@ -83,3 +93,58 @@ def predictor(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Sta
         f"CE_s2 {report['best_val_ce_s2']:.3f}, s1 accuracy {report['best_val_acc_s1']:.1%}",
     ]
     return _result(report, out, {"uniform_ce_s1": uniform}, summary)
+
+
+def future_days(calendar: pd.DatetimeIndex, decision_days: np.ndarray, horizon: int) -> np.ndarray:
+    """The `horizon` trading days after each decision day (business days past the calendar's end)."""
+    extended = calendar.append(pd.bdate_range(calendar[-1] + pd.Timedelta(days=1), periods=horizon))
+    positions = calendar.get_indexer(pd.DatetimeIndex(decision_days))[:, None] + np.arange(1, horizon + 1)
+    return extended.values[positions]
+
+
+def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+    """Forecast every test day and instrument with Kronos; score = expected horizon return."""
+    split = Split.load(inputs["split"])
+    settings = config.kronos.inference
+    predictor = KronosPredictor(
+        Kronos.from_pretrained(inputs["predictor"] / "best"),
+        KronosTokenizer.from_pretrained(inputs["tokenizer"] / "best"),
+        device=config.kronos.device,
+        max_context=settings.max_context,
+        clip=config.split.clip,
+    )
+    windows = split.forecast_windows(*config.split.test)
+    items = np.arange(len(windows))
+    history, _ = windows.get(items)  # (N, lookback, F) prices
+    dates = windows.dates(items)
+    decision_days = dates[:, -1]
+    future = future_days(split.panel.calendar, decision_days, split.horizon)
+    instrument_ids, end_rows = windows.index.T
+    # One seed per (instrument, day): a series' paths do not depend on how series are batched.
+    seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(split.panel.starts[i] + end) for i, end in zip(instrument_ids, end_rows)]
+    started = time.perf_counter()
+    forecast = predictor.forecast(
+        list(history), list(time_features(dates)), list(time_features(future)), split.horizon,
+        Sampling(settings.temperature, settings.top_k, settings.top_p), settings.sample_count, seeds,
+        settings.batch_size, verbose=True,
+    )
+    seconds = time.perf_counter() - started
+    close = forecast.paths[..., FIELDS.index("close")]  # (N, samples, horizon)
+    path_returns = expected_return(close, history[:, -1, FIELDS.index("close"), None])  # (N, samples)
+    instruments = np.array(split.panel.instruments)[instrument_ids]
+    table = make_signal_table(decision_days, instruments, path_returns.mean(1), path_returns.std(1), "kronos")
+    write_signal_table(table, out / "signals" / "kronos.parquet")
+    np.savez_compressed(out / "forecasts.npz", decision_days=decision_days.astype("datetime64[D]"), instruments=instruments,
+                        close_paths=close.astype(np.float32), last_close=history[:, -1, FIELDS.index("close")])
+    metrics = {
+        "series": len(table),
+        "series_per_second": len(table) / seconds,
+        "inference_seconds": seconds,
+        "mean_score": float(table["score"].mean()),
+        "mean_score_std": float(table["score_std"].mean()),
+    }
+    summary = [
+        f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
+        f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s on {predictor.device}",
+    ]
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "signals" / "kronos.parquet"])

@@ -118,10 +118,12 @@ def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
         np.testing.assert_array_equal(np.load(second / name), array)
 
 
+QUICK_KRONOS = [f"kronos.{part}_training.{key}={value}" for part in ("tokenizer", "predictor")
+                for key, value in (("epochs", 2), ("steps_per_epoch", 10), ("batch_size", 16), ("val_windows", 64), ("min_context", 6))]
+
+
 def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
-    overrides = [f"kronos.{part}_training.{key}={value}" for part in ("tokenizer", "predictor")
-                 for key, value in (("epochs", 2), ("steps_per_epoch", 10), ("batch_size", 16), ("val_windows", 64), ("min_context", 6))]
-    config = load_config(write_config(bars_csv, experiment="kronos"), overrides)
+    config = load_config(write_config(bars_csv, experiment="kronos"), QUICK_KRONOS)
     outcomes = run_pipeline(config, "predictor")
     assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor"]
     client = mlflow.MlflowClient(config.tracking.uri)
@@ -131,3 +133,23 @@ def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
     assert len(losses) == 20 and [m.step for m in losses] == list(range(20))
     assert (outcomes[-1].output / "best" / "model.safetensors").is_file()
     assert all(o.reused for o in run_pipeline(config, "predictor"))
+
+
+def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_config):
+    import numpy as np
+
+    from strategies.signal_table import SIGNAL_COLUMNS, read_signal_table
+
+    config = load_config(write_config(bars_csv, experiment="signals"), QUICK_KRONOS + ["kronos.inference.sample_count=3"])
+    outcome = run_pipeline(config, "signals")[-1]
+    table = read_signal_table(outcome.output / "signals" / "kronos.parquet")
+    assert list(table.columns) == list(SIGNAL_COLUMNS)
+    assert set(table["model"]) == {"kronos"}
+    test_days = table["datetime"].unique()
+    assert test_days.min() >= np.datetime64("2021-04-01") and len(table) == 6 * len(test_days)
+    assert np.isfinite(table["score"]).all() and (table["score_std"] > 0).all()
+    forecasts = np.load(outcome.output / "forecasts.npz")
+    assert forecasts["close_paths"].shape == (len(table), 3, 3)
+    # score = mean over paths of mean forecast close / last close - 1, recomputed here
+    expected = (forecasts["close_paths"].mean(axis=2) / forecasts["last_close"][:, None] - 1).mean(axis=1)
+    np.testing.assert_allclose(np.sort(table["score"]), np.sort(expected), rtol=1e-5)

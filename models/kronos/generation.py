@@ -80,23 +80,34 @@ def _s2_step(model: Kronos, last_hidden, keys, values, s1_new, sampling, uniform
 
 
 @torch.no_grad()
-def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None):
-    """s1, s2: (B, T) context ids; stamps: (B, T + pred_len, 5). Returns (B, pred_len) x2."""
+def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None, samples: int = 1):
+    """s1, s2: (B, T) context ids; stamps: (B, T + pred_len, 5). Returns (B * samples, pred_len) x2.
+
+    With samples > 1 each series' context is processed once and its cache shared by its
+    `samples` paths (rows b * samples .. b * samples + samples - 1); `seeds` then has one
+    entry per path.
+    """
     context_len = s1.shape[1]
     draws = _Draws(seeds, pred_len, s1.device)
-    tokens_s1, tokens_s2 = s1, s2
+    tokens_s1, tokens_s2 = s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0)
     new_s1, new_s2 = [], []
 
-    def prefill(end: int):
+    def prefill(end: int, tokens_s1, tokens_s2, stamps, repeat: int = 1):
         start = max(0, end - max_context)
-        caches = [LayerCache() for _ in model.transformer]
+        capacity = min(max_context, end - start + pred_len)
+        caches = [LayerCache(capacity) for _ in model.transformer]
         hidden = model.context(tokens_s1[:, start:end], tokens_s2[:, start:end], stamps[:, start:end], caches=caches)
         zeros = torch.zeros(hidden.shape[1], dtype=torch.long, device=hidden.device)
-        cross = LayerCache()
+        cross = LayerCache(capacity)
         cross.extend(*model.dep_layer.cross_attn.project_keys_values(hidden, zeros))
+        if repeat > 1:  # share one context's work among its sample paths
+            for cache in caches + [cross]:
+                cache.repeat_interleave(repeat)
+            hidden = hidden.repeat_interleave(repeat, 0)
         return caches, cross, hidden[:, -1:], end - start
 
-    caches, cross, last, window = prefill(context_len)
+    caches, cross, last, window = prefill(context_len, s1, s2, stamps, samples)
+    stamps = stamps.repeat_interleave(samples, 0)
     for step in range(pred_len):
         s1_next = sample_tokens(model.head(last)[:, -1], sampling, draws.s1(step))
         s2_next = _s2_step(model, last, cross.keys, cross.values, s1_next, sampling, draws.s2(step))
@@ -112,7 +123,7 @@ def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: i
             cross.extend(*model.dep_layer.cross_attn.project_keys_values(last, torch.zeros(1, dtype=torch.long, device=last.device)))
             window += 1
         else:  # the window slides: every position's history changes, so rebuild from the window
-            caches, cross, last, window = prefill(end)
+            caches, cross, last, window = prefill(end, tokens_s1, tokens_s2, stamps)
     return torch.stack(new_s1, dim=1), torch.stack(new_s2, dim=1)
 
 

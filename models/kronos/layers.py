@@ -23,19 +23,28 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary positions computed for any position on the fly: no maximum length."""
+    """Rotary positions: a cos/sin table that grows on demand, so there is no maximum length."""
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self._cos: torch.Tensor | None = None  # (positions, head_dim), not saved
+        self._sin: torch.Tensor | None = None
+
+    def _tables(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cos is None or self._cos.shape[0] < size or self._cos.device != self.inv_freq.device:
+            size = max(size, 2 * (0 if self._cos is None else self._cos.shape[0]), 256)
+            angles = torch.arange(size, device=self.inv_freq.device, dtype=self.inv_freq.dtype)[:, None] * self.inv_freq
+            angles = torch.cat([angles, angles], dim=-1)
+            self._cos, self._sin = angles.cos(), angles.sin()
+        return self._cos, self._sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (B, heads, T, head_dim); positions: (T,) or (B, T) integer positions."""
-        angles = positions.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq  # (..., T, head_dim/2)
-        angles = torch.cat([angles, angles], dim=-1)
-        if angles.dim() == 3:  # per-sequence positions: (B, T, D) -> (B, 1, T, D)
-            angles = angles.unsqueeze(1)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos_table, sin_table = self._tables(int(positions.max()) + 1)
+        cos, sin = cos_table[positions].to(x.dtype), sin_table[positions].to(x.dtype)  # (..., T, head_dim)
+        if cos.dim() == 3:  # per-sequence positions: (B, T, D) -> (B, 1, T, D)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         first, second = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-second, first], dim=-1) * sin
 
@@ -56,17 +65,41 @@ def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, k
 
 
 class LayerCache:
-    """Keys and values (B, heads, T, head_dim) of the positions seen so far, for decoding."""
+    """Keys and values (B, heads, T, head_dim) of the positions seen so far, for decoding.
 
-    def __init__(self):
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+    Stored in buffers of `capacity` positions, so adding a position writes in place instead of
+    copying the whole cache.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, :, : self.length]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, :, : self.length]
 
     def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys is not None:
-            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
-        self.keys, self.values = keys, values
-        return keys, values
+        end = self.length + keys.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"cache holds {self.capacity} positions, {end} requested")
+        if self._keys is None:
+            shape = (keys.shape[0], keys.shape[1], self.capacity, keys.shape[3])
+            self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
+        self._keys[:, :, self.length : end] = keys
+        self._values[:, :, self.length : end] = values
+        self.length = end
+        return self.keys, self.values
+
+    def repeat_interleave(self, repeats: int) -> None:
+        """Share each row's cache with `repeats` consecutive rows (sample paths of one series)."""
+        self._keys = self._keys.repeat_interleave(repeats, 0)
+        self._values = self._values.repeat_interleave(repeats, 0)
 
 
 class MultiHeadAttention(nn.Module):

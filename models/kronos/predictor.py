@@ -1,0 +1,137 @@
+"""KronosPredictor: forecasts of OHLCV bars, with upstream's `predict` / `predict_batch` API.
+
+Upstream behaviour kept so user code and published checkpoints give the same greedy forecasts:
+each series is z-scored with its own context statistics and clipped, tokenised whole, its token
+window cut from the left to `max_context`, decoded step by step (here with the KV-cached
+sampler), and the window's last `pred_len` bars decoded back and de-normalised.
+
+New on top: `forecast` takes many series at once (grouped by length, so no padding is needed),
+returns every sample path in price space (B, samples, pred_len, fields) and quantiles, uses
+per-series seeds, and halves its batch on out-of-memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from models.kronos.batches import time_features
+from models.kronos.generation import Sampling, generate_cached
+from models.kronos.model import Kronos
+from models.kronos.tokenizer import KronosTokenizer
+from models.kronos.training import pick_device
+
+PRICE_COLUMNS = ["open", "high", "low", "close"]
+FIELDS = PRICE_COLUMNS + ["volume", "amount"]
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class Forecast:
+    paths: np.ndarray  # (B, samples, pred_len, fields) prices
+    quantiles: np.ndarray  # (B, len(QUANTILES), pred_len, fields)
+
+    @property
+    def mean(self) -> np.ndarray:  # (B, pred_len, fields)
+        return self.paths.mean(axis=1)
+
+
+class KronosPredictor:
+    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5):
+        self.device = pick_device("auto" if device is None else str(device))
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.max_context, self.clip = max_context, clip
+
+    def forecast(
+        self,
+        series: list[np.ndarray],  # each (T_i, 6) raw open, high, low, close, volume, amount
+        x_stamps: list[np.ndarray],  # each (T_i, 5) minute, hour, weekday, day, month
+        y_stamps: list[np.ndarray],  # each (pred_len, 5)
+        pred_len: int,
+        sampling: Sampling = Sampling(),
+        sample_count: int = 1,
+        seeds: list[int] | None = None,  # one per series; None: torch's global generator
+        batch_size: int = 256,
+        verbose: bool = False,
+    ) -> Forecast:
+        paths = np.empty((len(series), sample_count, pred_len, len(FIELDS)), dtype=np.float32)
+        groups: dict[int, list[int]] = {}
+        for index, values in enumerate(series):
+            groups.setdefault(len(values), []).append(index)
+        chunks = [members[i : i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+        bar = tqdm(total=len(series), desc="forecasting", unit="series", disable=not verbose, mininterval=1.0)
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                paths[chunk] = self._forecast_group(
+                    [series[i] for i in chunk], [x_stamps[i] for i in chunk], [y_stamps[i] for i in chunk],
+                    pred_len, sampling, sample_count, None if seeds is None else [seeds[i] for i in chunk],
+                )
+            except torch.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                torch.cuda.empty_cache()
+                half = len(chunk) // 2
+                chunks[:0] = [chunk[:half], chunk[half:]]  # retry the same series in halves
+                continue
+            bar.update(len(chunk))
+        bar.close()
+        return Forecast(paths, np.quantile(paths, QUANTILES, axis=1).transpose(1, 0, 2, 3))
+
+    @torch.no_grad()
+    def _forecast_group(self, series, x_stamps, y_stamps, pred_len, sampling, sample_count, seeds) -> np.ndarray:
+        x = np.stack(series).astype(np.float32)  # (B, T, F), all of one length
+        mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True)
+        scaled = np.clip((x - mean) / (std + 1e-5), -self.clip, self.clip)
+        stamps = torch.from_numpy(np.concatenate([np.stack(x_stamps), np.stack(y_stamps)], axis=1)).to(self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        with autocast:
+            s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device), half=True)
+            path_seeds = None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
+            new_s1, new_s2 = generate_cached(self.model, s1, s2, stamps, pred_len, self.max_context, sampling, path_seeds, sample_count)
+            all_s1 = torch.cat([s1.repeat_interleave(sample_count, 0), new_s1], dim=1)
+            all_s2 = torch.cat([s2.repeat_interleave(sample_count, 0), new_s2], dim=1)
+            start = max(0, all_s1.shape[1] - self.max_context)
+            decoded = self.tokenizer.decode([all_s1[:, start:], all_s2[:, start:]], half=True)[:, -pred_len:]
+        decoded = decoded.float().cpu().numpy().reshape(len(series), sample_count, pred_len, -1)
+        return decoded * (std[:, None] + 1e-5) + mean[:, None]
+
+    def _prepare(self, df: pd.DataFrame, where: str) -> np.ndarray:
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+        missing = [column for column in PRICE_COLUMNS if column not in df.columns]
+        if missing:
+            raise ValueError(f"{where}: missing price columns {missing}")
+        df = df.copy()
+        if "volume" not in df.columns:
+            df["volume"], df["amount"] = 0.0, 0.0
+        if "amount" not in df.columns:
+            df["amount"] = df["volume"] * df[PRICE_COLUMNS].mean(axis=1)
+        if df[FIELDS].isnull().values.any():
+            raise ValueError(f"{where}: NaN in price, volume or amount columns")
+        return df[FIELDS].to_numpy(dtype=np.float32)
+
+    def predict_batch(self, df_list, x_timestamp_list, y_timestamp_list, pred_len, T=1.0, top_k=0, top_p=0.9, sample_count=1, verbose=True):
+        """Upstream's batch API: one DataFrame of mean forecasts per input, indexed by y_timestamp."""
+        if not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)):
+            raise ValueError("df_list, x_timestamp_list and y_timestamp_list must have the same length")
+        series = [self._prepare(df, f"DataFrame {i}") for i, df in enumerate(df_list)]
+        x_stamps = [time_features(pd.DatetimeIndex(ts).values) for ts in x_timestamp_list]
+        y_stamps = [time_features(pd.DatetimeIndex(ts).values) for ts in y_timestamp_list]
+        for i, (values, stamps, future) in enumerate(zip(series, x_stamps, y_stamps)):
+            if len(values) != len(stamps):
+                raise ValueError(f"series {i}: {len(values)} rows but {len(stamps)} x timestamps")
+            if len(future) != pred_len:
+                raise ValueError(f"series {i}: y_timestamp has {len(future)} entries, pred_len is {pred_len}")
+        result = self.forecast(series, x_stamps, y_stamps, pred_len, Sampling(T, top_k, top_p), sample_count, verbose=verbose)
+        return [pd.DataFrame(mean, columns=FIELDS, index=y_timestamp_list[i]) for i, mean in enumerate(result.mean)]
+
+    def predict(self, df, x_timestamp, y_timestamp, pred_len, T=1.0, top_k=0, top_p=0.9, sample_count=1, verbose=True):
+        """Upstream's single-series API: a DataFrame of mean forecasts indexed by y_timestamp."""
+        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T, top_k, top_p, sample_count, verbose)[0]
