@@ -56,7 +56,7 @@ def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) 
 def _result(report: dict, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
     metrics = {key: value for key, value in report.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     metrics.update(extra)
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "report.json", out / "best" / "config.json"], history=report["history"])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "report.json", out / "best"], history=report["history"])
 
 
 def tokenizer(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:

@@ -111,6 +111,10 @@ def log_history(rows: list[dict[str, float]]) -> None:
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def log_artifacts(files: list[Path]) -> None:
-    for path in files:
-        mlflow.log_artifact(str(path))
+def log_artifacts(paths: list[Path]) -> None:
+    """Files go to the run's artifact root; a folder keeps its name (e.g. best/)."""
+    for path in paths:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=path.name)
+        else:
+            mlflow.log_artifact(str(path))

@@ -82,3 +82,25 @@ def test_nan_input_is_rejected():
     df.loc[3, "close"] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         kronos.predict(df, x_time, y_time, pred_len=5, verbose=False)
+
+
+def test_out_of_memory_halves_the_batch(monkeypatch):
+    from models.kronos.batches import time_features
+
+    kronos = predictor()
+    df, x_time, y_time = frame(30)
+    x = df.assign(amount=df["volume"]).to_numpy(np.float32)
+    args = ([x] * 8, [time_features(x_time.values)] * 8, [time_features(y_time.values)] * 8, 5, Sampling(top_k=1), 1)
+    expected = kronos.forecast(*args, batch_size=8).paths
+    real, sizes = kronos._forecast_group, []
+
+    def limited(series, *rest):
+        sizes.append(len(series))
+        if len(series) > 2:  # pretend the device only fits two series
+            raise torch.OutOfMemoryError("simulated")
+        return real(series, *rest)
+
+    monkeypatch.setattr(kronos, "_forecast_group", limited)
+    got = kronos.forecast(*args, batch_size=8).paths
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

@@ -76,9 +76,11 @@ class KronosPredictor:
             except torch.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
-                torch.cuda.empty_cache()
-                half = len(chunk) // 2
-                chunks[:0] = [chunk[:half], chunk[half:]]  # retry the same series in halves
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                batch_size = len(chunk) // 2  # retry in halves, and keep every later batch that small
+                pending = [chunk] + chunks
+                chunks = [part[i : i + batch_size] for part in pending for i in range(0, len(part), batch_size)]
                 continue
             bar.update(len(chunk))
         bar.close()
