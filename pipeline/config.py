@@ -119,14 +119,19 @@ class KronosInferenceConfig(StrictModel):
     batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
 
 
+class KronosPartConfig(StrictModel):
+    """The tokenizer or the predictor: where it starts from and how it is trained."""
+
+    # Hub id (e.g. NeoQuasar/Kronos-small) or local folder to fine-tune; "" trains from scratch
+    # with `architecture` (constructor arguments; ignored when fine-tuning).
+    pretrained: str = ""
+    architecture: dict[str, Any] = {}
+    training: KronosTrainConfig = KronosTrainConfig()
+
+
 class KronosConfig(StrictModel):
-    # Hub id (e.g. NeoQuasar/Kronos-small) or local folder to fine-tune; "" trains from scratch.
-    tokenizer_pretrained: str = ""
-    predictor_pretrained: str = ""
-    tokenizer_architecture: dict[str, Any] = {}
-    predictor_architecture: dict[str, Any] = {}
-    tokenizer_training: KronosTrainConfig = KronosTrainConfig()
-    predictor_training: KronosTrainConfig = KronosTrainConfig()
+    tokenizer: KronosPartConfig = KronosPartConfig()
+    predictor: KronosPartConfig = KronosPartConfig()
     inference: KronosInferenceConfig = KronosInferenceConfig()
     device: str = "auto"  # cuda, then mps, then cpu
     bf16: bool = True  # autocast on CUDA
@@ -141,20 +146,28 @@ _SMOKE_PREDICTOR = dict(s1_bits=8, s2_bits=8, n_layers=2, d_model=64, n_heads=2,
 # Model sizes and training budgets per `profile`; a config's `kronos:` section overrides them.
 KRONOS_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {  # tiny, a few steps: CI and the default config
-        "tokenizer_architecture": _SMOKE_TOKENIZER,
-        "predictor_architecture": _SMOKE_PREDICTOR,
+        "tokenizer": {"architecture": _SMOKE_TOKENIZER},
+        "predictor": {"architecture": _SMOKE_PREDICTOR},
     },
     "cpu": {  # tokenizer-base and Kronos-mini sizes from scratch: hours on a laptop
-        "tokenizer_architecture": {**_SMOKE_TOKENIZER, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4, "s1_bits": 10, "s2_bits": 10},
-        "predictor_architecture": {**_SMOKE_PREDICTOR, "s1_bits": 10, "s2_bits": 10, "n_layers": 4, "d_model": 256, "n_heads": 4, "ff_dim": 512},
-        "tokenizer_training": {"epochs": 10, "steps_per_epoch": 200, "lr": 2e-4, "patience": 3},
-        "predictor_training": {"epochs": 10, "steps_per_epoch": 200, "lr": 3e-4, "patience": 3},
+        "tokenizer": {
+            "architecture": {**_SMOKE_TOKENIZER, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4, "s1_bits": 10, "s2_bits": 10},
+            "training": {"epochs": 10, "steps_per_epoch": 200, "lr": 2e-4, "patience": 3},
+        },
+        "predictor": {
+            "architecture": {**_SMOKE_PREDICTOR, "s1_bits": 10, "s2_bits": 10, "n_layers": 4, "d_model": 256, "n_heads": 4, "ff_dim": 512},
+            "training": {"epochs": 10, "steps_per_epoch": 200, "lr": 3e-4, "patience": 3},
+        },
     },
     "paper": {  # fine-tune the published models on a GPU with the upstream hyper-parameters
-        "tokenizer_pretrained": "NeoQuasar/Kronos-Tokenizer-base",
-        "predictor_pretrained": "NeoQuasar/Kronos-small",
-        "tokenizer_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 2e-4, "patience": 3, "val_windows": 20000},
-        "predictor_training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 4e-5, "patience": 3, "val_windows": 20000},
+        "tokenizer": {
+            "pretrained": "NeoQuasar/Kronos-Tokenizer-base",
+            "training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 2e-4, "patience": 3, "val_windows": 20000},
+        },
+        "predictor": {
+            "pretrained": "NeoQuasar/Kronos-small",
+            "training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 4e-5, "patience": 3, "val_windows": 20000},
+        },
         "inference": {"temperature": 0.6, "top_p": 0.9, "sample_count": 5},
     },
 }
@@ -179,9 +192,9 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tokenizer_reads_the_fields(self) -> PipelineConfig:
-        d_in = self.kronos.tokenizer_architecture.get("d_in")
-        if d_in is not None and d_in != len(self.data.fields):
-            raise ValueError(f"kronos.tokenizer_architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree")
+        d_in = self.kronos.tokenizer.architecture.get("d_in")
+        if not self.kronos.tokenizer.pretrained and d_in is not None and d_in != len(self.data.fields):
+            raise ValueError(f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree")
         return self
 
     def section(self, dotted_key: str) -> Any:

@@ -75,16 +75,14 @@ STAGES: dict[str, Stage] = {
         Stage(
             "tokenizer",
             needs=("split",),
-            config_keys=("kronos.tokenizer_pretrained", "kronos.tokenizer_architecture", "kronos.tokenizer_training",
-                         "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
+            config_keys=("kronos.tokenizer", "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
             run=kronos_stages.tokenizer,
             resumable=True,
         ),
         Stage(
             "predictor",
             needs=("tokenizer", "split"),
-            config_keys=("kronos.predictor_pretrained", "kronos.predictor_architecture", "kronos.predictor_training",
-                         "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
+            config_keys=("kronos.predictor", "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
             run=kronos_stages.predictor,
             resumable=True,
         ),

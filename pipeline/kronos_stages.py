@@ -25,7 +25,7 @@ from models.kronos.batches import time_features
 from models.kronos.generation import Sampling
 from models.kronos.predictor import FIELDS, KronosPredictor
 from models.kronos.training import TrainSettings
-from pipeline.config import KronosTrainConfig, PipelineConfig
+from pipeline.config import KronosPartConfig, KronosTrainConfig, PipelineConfig
 from pipeline.stages import StageResult
 from strategies.signal_table import expected_return, make_signal_table, write_signal_table
 
@@ -59,14 +59,12 @@ def _result(report: dict, out: Path, extra: dict[str, float], summary: list[str]
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / "report.json", out / "best"], history=report["history"])
 
 
+def _spec(config: PipelineConfig, part: KronosPartConfig) -> dict:
+    return {"settings": _settings(config, part.training), "architecture": part.architecture, "pretrained": part.pretrained}
+
+
 def tokenizer(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
-    kronos = config.kronos
-    spec = {
-        "settings": _settings(config, kronos.tokenizer_training),
-        "architecture": kronos.tokenizer_architecture,
-        "pretrained": kronos.tokenizer_pretrained,
-    }
-    report = run_training("tokenizer", inputs["split"], out, spec, kronos.nproc)
+    report = run_training("tokenizer", inputs["split"], out, _spec(config, config.kronos.tokenizer), config.kronos.nproc)
     summary = [
         f"tokenizer: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
         f"validation fine reconstruction MSE {report['best_val_recon_fine']:.4f}, "
@@ -76,14 +74,8 @@ def tokenizer(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Sta
 
 
 def predictor(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
-    kronos = config.kronos
-    spec = {
-        "settings": _settings(config, kronos.predictor_training),
-        "architecture": kronos.predictor_architecture,
-        "pretrained": kronos.predictor_pretrained,
-        "tokenizer": str(inputs["tokenizer"] / "best"),
-    }
-    report = run_training("predictor", inputs["split"], out, spec, kronos.nproc)
+    spec = {**_spec(config, config.kronos.predictor), "tokenizer": str(inputs["tokenizer"] / "best")}
+    report = run_training("predictor", inputs["split"], out, spec, config.kronos.nproc)
     tokenizer_config = json.loads((inputs["tokenizer"] / "best" / "config.json").read_text())
     uniform = math.log(2 ** tokenizer_config["s1_bits"])  # CE of guessing s1 codes uniformly
     summary = [

@@ -38,6 +38,10 @@ def test_tokenizer_then_predictor_learn(tiny_split_dir, tmp_path):
     assert 0 < tokenizer_report["best_val_s1_code_usage"] <= 1
     KronosTokenizer.from_pretrained(tmp_path / "tokenizer" / "best")
 
+    # fine-tuning starts from the saved weights (the architecture comes from the checkpoint)
+    finetuned = train("tokenizer", tiny_split_dir, tmp_path / "finetuned", spec(pretrained=str(tmp_path / "tokenizer" / "best"), architecture={}))
+    assert mean_loss(finetuned, first=True) < mean_loss(tokenizer_report, first=True) / 2
+
     predictor_spec = spec(architecture=TINY_PREDICTOR, tokenizer=str(tmp_path / "tokenizer" / "best"))
     report = train("predictor", tiny_split_dir, tmp_path / "predictor", predictor_spec)
     assert mean_loss(report, first=False) < mean_loss(report, first=True)

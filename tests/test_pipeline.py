@@ -118,7 +118,7 @@ def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
         np.testing.assert_array_equal(np.load(second / name), array)
 
 
-QUICK_KRONOS = [f"kronos.{part}_training.{key}={value}" for part in ("tokenizer", "predictor")
+QUICK_KRONOS = [f"kronos.{part}.training.{key}={value}" for part in ("tokenizer", "predictor")
                 for key, value in (("epochs", 2), ("steps_per_epoch", 10), ("batch_size", 16), ("val_windows", 64), ("min_context", 6))]
 
 
