@@ -117,6 +117,7 @@ class KronosInferenceConfig(StrictModel):
     top_p: float = 0.9
     max_context: int = 512  # token window; longer contexts are cut from the left
     batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
+    nproc: int = 1  # >1: shard the series over this many processes (torchrun) and merge
 
 
 class KronosPartConfig(StrictModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import pandas as pd
 from data_prep.windows import Split
 from models.kronos import Kronos, KronosTokenizer, train_cli
 from models.kronos.batches import time_features
+from models.kronos.forecast_cli import merge_shards
 from models.kronos.generation import Sampling
 from models.kronos.predictor import FIELDS, KronosPredictor
 from models.kronos.training import TrainSettings
@@ -94,17 +96,32 @@ def future_days(calendar: pd.DatetimeIndex, decision_days: np.ndarray, horizon: 
     return extended.values[positions]
 
 
+def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, work: Path) -> np.ndarray:
+    """Sample paths (N, samples, horizon, fields) in this process, or sharded over torchrun."""
+    if nproc <= 1:
+        predictor = KronosPredictor(
+            Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
+            device=spec["device"], max_context=spec["max_context"], clip=spec["clip"],
+        )
+        return predictor.forecast(
+            list(history), list(x_stamps), list(y_stamps), spec["pred_len"], Sampling(**spec["sampling"]),
+            spec["sample_count"], seeds.tolist(), spec["batch_size"], verbose=True,
+        ).paths
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "inputs.npz", history=history, x_stamps=x_stamps, y_stamps=y_stamps, seeds=seeds)
+    (work / "spec.json").write_text(json.dumps(spec, indent=2))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "models.kronos.forecast_cli", "--inputs", str(work / "inputs.npz"), "--out", str(work), "--spec", str(work / "spec.json")]
+    subprocess.run(command, check=True)
+    paths = merge_shards(work, len(history))
+    shutil.rmtree(work)  # the merged result is what the stage keeps
+    return paths
+
+
 def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
     """Forecast every test day and instrument with Kronos; score = expected horizon return."""
     split = Split.load(inputs["split"])
     settings = config.kronos.inference
-    predictor = KronosPredictor(
-        Kronos.from_pretrained(inputs["predictor"] / "best"),
-        KronosTokenizer.from_pretrained(inputs["tokenizer"] / "best"),
-        device=config.kronos.device,
-        max_context=settings.max_context,
-        clip=config.split.clip,
-    )
     windows = split.forecast_windows(*config.split.test)
     items = np.arange(len(windows))
     history, _ = windows.get(items)  # (N, lookback, F) prices
@@ -114,14 +131,21 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
     instrument_ids, end_rows = windows.index.T
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
     seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(split.panel.starts[i] + end) for i, end in zip(instrument_ids, end_rows)]
+    spec = {
+        "predictor": str(inputs["predictor"] / "best"),
+        "tokenizer": str(inputs["tokenizer"] / "best"),
+        "device": config.kronos.device,
+        "max_context": settings.max_context,
+        "clip": config.split.clip,
+        "pred_len": split.horizon,
+        "sampling": asdict(Sampling(settings.temperature, settings.top_k, settings.top_p)),
+        "sample_count": settings.sample_count,
+        "batch_size": settings.batch_size,
+    }
     started = time.perf_counter()
-    forecast = predictor.forecast(
-        list(history), list(time_features(dates)), list(time_features(future)), split.horizon,
-        Sampling(settings.temperature, settings.top_k, settings.top_p), settings.sample_count, seeds,
-        settings.batch_size, verbose=True,
-    )
+    paths = forecast_paths(history, time_features(dates), time_features(future), np.array(seeds), spec, settings.nproc, out / "shards")
     seconds = time.perf_counter() - started
-    close = forecast.paths[..., FIELDS.index("close")]  # (N, samples, horizon)
+    close = paths[..., FIELDS.index("close")]  # (N, samples, horizon)
     path_returns = expected_return(close, history[:, -1, FIELDS.index("close"), None])  # (N, samples)
     instruments = np.array(split.panel.instruments)[instrument_ids]
     table = make_signal_table(decision_days, instruments, path_returns.mean(1), path_returns.std(1), "kronos")
@@ -137,6 +161,6 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
     }
     summary = [
         f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
-        f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s on {predictor.device}",
+        f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s in {settings.nproc} process(es)",
     ]
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / "signals" / "kronos.parquet"])

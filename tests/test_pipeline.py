@@ -1,6 +1,7 @@
 """Stage graph: reuse of unchanged stages, atomic outputs, MLflow parent and nested runs."""
 
 import mlflow
+import pandas as pd
 import pytest
 
 from pipeline import graph, stages
@@ -153,3 +154,16 @@ def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_conf
     # score = mean over paths of mean forecast close / last close - 1, recomputed here
     expected = (forecasts["close_paths"].mean(axis=2) / forecasts["last_close"][:, None] - 1).mean(axis=1)
     np.testing.assert_allclose(np.sort(table["score"]), np.sort(expected), rtol=1e-5)
+
+
+def test_signals_sharded_over_two_processes_match_one(bars_csv, write_config):
+    from strategies.signal_table import read_signal_table
+
+    base = QUICK_KRONOS + ["kronos.inference.sample_count=2", "kronos.inference.top_k=1"]
+    config = load_config(write_config(bars_csv, experiment="shards"), base)
+    single = read_signal_table(run_pipeline(config, "signals")[-1].output / "signals" / "kronos.parquet")
+    sharded_config = load_config(write_config(bars_csv, experiment="shards"), base + ["kronos.inference.nproc=2"])
+    outcomes = run_pipeline(sharded_config, "signals")
+    assert outcomes[-2].reused and not outcomes[-1].reused  # same predictor, new signals
+    sharded = read_signal_table(outcomes[-1].output / "signals" / "kronos.parquet")
+    pd.testing.assert_frame_equal(single, sharded, rtol=1e-5)
