@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'")
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
     parser.add_argument("--list", action="store_true", help="show the stage graph and exit")
+    parser.add_argument("--status", action="store_true", help="show which stages are cached for this config, by which run, and where")
     return parser.parse_args(argv)
 
 
@@ -40,6 +41,15 @@ def print_graph(console: Console) -> None:
         state = "ready" if stage.implemented else f"declared, built in {stage.planned_in}"
         needs = "depends on config" if callable(stage.needs) else ", ".join(stage.needs) or "-"
         table.add_row(stage.name, needs, ", ".join(stage.config_keys) or "-", state)
+    console.print(table)
+
+
+def print_status(console: Console, rows: list[dict[str, str]]) -> None:
+    table = Table(title="stage status for this config")
+    for column in ("stage", "state", "created", "run", "output", "artifacts"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[column] for column in ("stage", "state", "created", "run", "output", "artifacts")))
     console.print(table)
 
 
@@ -65,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = load_config(args.config, args.overrides)
-        from pipeline.runner import run_pipeline  # heavy imports (torch, mlflow) after validation
+        from pipeline.runner import run_pipeline, stage_status  # heavy imports (torch, mlflow) after validation
 
+        if args.status:
+            print_status(console, stage_status(config))
+            return 0
         outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     except (ConfigError, DataError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -15,7 +15,7 @@ import torch
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
-from pipeline.graph import Stage, cache_key, plan
+from pipeline.graph import STAGES, Stage, cache_key, plan
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,34 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
             outcomes[stage.name] = outcome
         mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
     return list(outcomes.values())
+
+
+def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
+    """Each stage under this config: cached or not, when and by which run, where its outputs are."""
+    cache = StageCache(config.cache_dir)
+    client = mlflow.MlflowClient(tracking.tracking_uri(config))
+    keys: dict[str, str] = {}
+    rows = []
+    for stage in STAGES.values():
+        needs = stage.needs_for(config)
+        if not stage.implemented or any(need not in keys for need in needs):
+            state = "not built yet" if not stage.implemented else "needs a stage that is not built yet"
+            rows.append({"stage": stage.name, "state": state, "created": "-", "run": "-", "output": "-", "artifacts": "-"})
+            continue
+        keys[stage.name] = key = cache_key(stage, config, {need: keys[need] for need in needs})
+        manifest = cache.lookup(stage.name, key)
+        if manifest is None:
+            rows.append({"stage": stage.name, "state": "not cached: will run", "created": "-", "run": "-", "output": "-", "artifacts": "-"})
+            continue
+        try:
+            artifacts = client.get_run(manifest["run_id"]).info.artifact_uri
+        except mlflow.exceptions.MlflowException:
+            artifacts = "run not in this tracking store"
+        rows.append({
+            "stage": stage.name, "state": "cached", "created": manifest.get("created_at", "-"), "run": manifest["run_id"],
+            "output": str(cache.path(stage.name, key)), "artifacts": artifacts,
+        })
+    return rows
 
 
 def _reuse(stage: Stage, key: str, output: Path, manifest: dict) -> StageOutcome:

@@ -167,3 +167,20 @@ def test_signals_sharded_over_two_processes_match_one(bars_csv, write_config):
     assert outcomes[-2].reused and not outcomes[-1].reused  # same predictor, new signals
     sharded = read_signal_table(outcomes[-1].output / "signals" / "kronos.parquet")
     pd.testing.assert_frame_equal(single, sharded, rtol=1e-5)
+
+
+def test_status_reports_cached_stages_with_their_runs(bars_csv, write_config, capsys):
+    from pipeline.runner import stage_status
+
+    path = write_config(bars_csv, experiment="status")
+    config = load_config(path)
+    outcomes = run_pipeline(config, "split")
+    rows = {row["stage"]: row for row in stage_status(config)}
+    assert rows["split"]["state"] == "cached" and rows["split"]["run"] == outcomes[1].run_id
+    assert rows["split"]["output"] == str(outcomes[1].output)
+    assert rows["split"]["artifacts"].startswith("file:")
+    assert rows["tokenizer"]["state"] == "not cached: will run"
+    changed = {row["stage"]: row for row in stage_status(load_config(path, ["split.horizon=2"]))}
+    assert changed["ingest"]["state"] == "cached" and changed["split"]["state"] == "not cached: will run"
+    assert main(["--status", "--config", str(path)]) == 0
+    assert "cached" in capsys.readouterr().out
