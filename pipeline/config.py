@@ -174,6 +174,43 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Signal sources the backtest knows, and the stage that writes each (None: computed by the
+# backtest itself). Time-LLM and LightGBM/Alpha158 join when their stages are built.
+SIGNAL_SOURCES: dict[str, str | None] = {"kronos": "signals", "momentum": None, "reversal": None}
+
+
+class SignalsConfig(StrictModel):
+    sources: tuple[str, ...] = ("kronos", "momentum", "reversal")
+
+    @field_validator("sources")
+    @classmethod
+    def _known(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in sources if name not in SIGNAL_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown signal source(s) {unknown}: choose from {list(SIGNAL_SOURCES)}")
+        if not sources:
+            raise ValueError("list at least one signal source")
+        return sources
+
+
+class BacktestConfig(StrictModel):
+    # TopkDropout settings shared by the Qlib and vectorbt engines. The defaults suit the
+    # 524-stock US sample (no price limits); configs/cn_csi300.yaml uses Qlib's CSI300 setting.
+    topk: int = 20
+    n_drop: int = 2
+    hold_thresh: int = 1
+    deal_price: Literal["close", "open"] = "close"
+    open_cost: float = 0.0005
+    close_cost: float = 0.0015
+    min_cost: float = 5.0
+    limit_threshold: float | None = None
+    account: float = 100_000_000.0
+    # vectorbt sweep grid: every (topk, n_drop, cost multiplier) in one vectorised run
+    sweep_topk: tuple[int, ...] = (10, 20, 30, 40, 50)
+    sweep_n_drop: tuple[int, ...] = (1, 2, 3, 4, 5)
+    sweep_cost: tuple[float, ...] = (0.5, 1.0)
+
+
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
     seed: int = 42
@@ -182,6 +219,8 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()
     kronos: KronosConfig = KronosConfig()
+    signals: SignalsConfig = SignalsConfig()
+    backtest: BacktestConfig = BacktestConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.sources import sample_bars_path
-from pipeline import kronos_stages, stages
+from pipeline import backtest_stage, kronos_stages, stages
 from pipeline.cache import fingerprint
 from pipeline.config import ConfigError, PipelineConfig, stable_hash
 
@@ -93,7 +93,12 @@ STAGES: dict[str, Stage] = {
             config_keys=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
             run=kronos_stages.signals,
         ),
-        Stage("backtest", needs=("ingest", "split", "signals", "timellm"), planned_in="issue 5 (backtests)"),
+        Stage(
+            "backtest",
+            needs=backtest_stage.backtest_needs,
+            config_keys=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
+            run=backtest_stage.backtest,
+        ),
     )
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -46,9 +46,9 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
             key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
             manifest = cache.lookup(stage.name, key)
             if manifest is not None and not (force and stage.name == target):
-                outcome = _reuse(stage, key, cache.path(stage.name, key), manifest)
+                outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent.info.run_id)
             else:
-                outcome = _execute(stage, key, config, cache, {name: o.output for name, o in upstream.items()})
+                outcome = _execute(stage, key, config, cache, {name: o.output for name, o in upstream.items()}, parent.info.run_id)
             outcomes[stage.name] = outcome
         mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
     return list(outcomes.values())
@@ -82,15 +82,17 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     return rows
 
 
-def _reuse(stage: Stage, key: str, output: Path, manifest: dict) -> StageOutcome:
+def _reuse(stage: Stage, key: str, output: Path, manifest: dict, parent_run_id: str) -> StageOutcome:
     log.info("stage %s: inputs unchanged, reusing %s (produced by run %s)", stage.name, output, manifest["run_id"])
     tags = {"cache_key": key, "reused": "true", "produced_by_run_id": manifest["run_id"]}
     with tracking.stage_run(stage.name, manifest["params"], tags) as run:
         tracking.log_metrics(manifest["metrics"])
+        tracking.log_children(manifest.get("children", []))
+        tracking.log_to_run(parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
     return StageOutcome(stage.name, key, output, True, run.info.run_id, manifest["run_id"], 0.0, manifest["summary"])
 
 
-def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, inputs: dict[str, Path]) -> StageOutcome:
+def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, inputs: dict[str, Path], parent_run_id: str) -> StageOutcome:
     log.info("stage %s: running (cache key %s)", stage.name, key)
     params = {name: config.section(name) for name in stage.config_keys}
     seed_everything(config.seed)
@@ -103,7 +105,13 @@ def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, 
             tracking.log_metrics(metrics)
             tracking.log_history(result.history)
             tracking.log_artifacts(result.artifacts)
-            manifest.update(run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary)
+            children = [asdict(child) for child in result.children]
+            tracking.log_children(children)
+            tracking.log_to_run(parent_run_id, result.parent_artifacts)
+            manifest.update(
+                run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary, children=children,
+                parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],
+            )
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)
     log.info("stage %s: done in %.1fs", stage.name, seconds)

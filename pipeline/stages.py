@@ -24,12 +24,24 @@ QLIB_FOLDER = "qlib"
 
 
 @dataclass
+class ChildRun:
+    """A nested result inside a stage (e.g. one strategy of the backtest)."""
+
+    name: str
+    params: dict[str, object]
+    metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class StageResult:
     metrics: dict[str, float]
     summary: list[str]  # lines for the console
     artifacts: list[Path] = field(default_factory=list)  # small files inside `out` to log
     # Metrics over training steps: rows of {"step": n, name: value, ...}.
     history: list[dict[str, float]] = field(default_factory=list)
+    children: list[ChildRun] = field(default_factory=list)  # logged as runs nested in the stage's run
+    parent_artifacts: list[Path] = field(default_factory=list)  # files inside `out` for the invocation's run
 
 
 def ingest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:

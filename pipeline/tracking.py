@@ -101,6 +101,20 @@ def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
 
 
+def log_children(children: list[dict[str, Any]]) -> None:
+    """One run per child ({name, params, metrics, tags}), nested in the active run."""
+    for child in children:
+        with mlflow.start_run(run_name=child["name"], nested=True, tags={"child": child["name"], **child["tags"]}):
+            mlflow.log_params({key: _param_text(value) for key, value in flatten(child["params"]).items()})
+            log_metrics({key: value for key, value in child["metrics"].items() if value == value})  # NaN is not loggable
+
+
+def log_to_run(run_id: str, paths: list[Path]) -> None:
+    client = mlflow.MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+
+
 def log_history(rows: list[dict[str, float]]) -> None:
     """Per-step metrics (rows of {"step": n, name: value}) in batches, one request per 1000."""
     run_id = mlflow.active_run().info.run_id

@@ -1,0 +1,99 @@
+"""The backtest stage: every enabled signal source through IC analysis, Qlib and vectorbt.
+
+Writes comparison.csv / comparison.md (one row per strategy and engine), plots, quintile
+returns, IC decay and a vectorbt sweep per strategy; each (strategy, engine) becomes a nested
+MLflow run with the fixed metric names.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from data_prep.qlib_format import init_qlib
+from data_prep.windows import Split
+from pipeline.config import SIGNAL_SOURCES, PipelineConfig
+from pipeline.stages import ChildRun, StageResult
+from pipeline.tracking import tracking_uri
+from strategies.baselines import rule_baseline
+from strategies.evaluate import ENGINES, evaluate
+from strategies.plots import comparison_plots
+from strategies.qlib_backtest import TopkSettings
+from strategies.signal_table import read_signal_table
+from strategies.vbt_backtest import vbt_sweep
+
+log = logging.getLogger(__name__)
+
+METRICS = ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "ann_excess_return", "information_ratio", "max_drawdown", "turnover")
+COLUMNS = METRICS + tuple(f"{name}_with_cost" for name in METRICS[4:])
+
+
+def backtest_needs(config: PipelineConfig) -> tuple[str, ...]:
+    producers = sorted({SIGNAL_SOURCES[name] for name in config.signals.sources if SIGNAL_SOURCES[name]})
+    return ("ingest", "split", *producers)
+
+
+def load_signals(name: str, config: PipelineConfig, inputs: dict[str, Path], split: Split) -> pd.DataFrame:
+    producer = SIGNAL_SOURCES[name]
+    if producer is None:
+        return rule_baseline(name, split.panel, *config.split.test)
+    return read_signal_table(inputs[producer] / "signals" / f"{name}.parquet")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+    split = Split.load(inputs["split"])
+    calendar = split.panel.calendar
+    start, end = (pd.Timestamp(day) for day in config.split.test)
+    last_day = calendar[calendar <= end][-1]
+    close = split.panel.field_frame("close")
+    init_qlib(inputs["ingest"] / "qlib", config.data.region, tracking_uri(config))
+    # No index in the data: benchmark against the equal-weight universe (Qlib fails on None).
+    benchmark = config.data.benchmark or list(split.panel.instruments)
+    settings = TopkSettings(**config.backtest.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost"}))
+
+    evaluations, sweeps = [], []
+    for name in config.signals.sources:
+        table = load_signals(name, config, inputs, split)
+        table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
+        log.info("backtesting %s: %d scores over %d days", name, len(table), table["datetime"].nunique())
+        evaluation = evaluate(table, name, close, split.horizon, settings, benchmark, last_day)
+        evaluations.append(evaluation)
+        sweep = vbt_sweep(evaluation.scores, close, settings, config.backtest.sweep_topk, config.backtest.sweep_n_drop, config.backtest.sweep_cost)
+        sweeps.append(sweep.assign(strategy=name).reset_index())
+
+    rows = [{"strategy": e.name, "engine": engine, **{k: e.rows[engine][k] for k in COLUMNS}} for e in evaluations for engine in ENGINES]
+    comparison = pd.DataFrame(rows)
+    comparison.to_csv(out / "comparison.csv", index=False)
+    table_text = markdown_table(comparison[["strategy", "engine", *COLUMNS]])
+    (out / "comparison.md").write_text(table_text + "\n")
+    pd.DataFrame({e.name: e.quantiles for e in evaluations}).to_csv(out / "quintile_returns.csv")
+    pd.DataFrame({e.name: e.decay for e in evaluations}).rename_axis("lag").to_csv(out / "ic_decay.csv")
+    pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
+    for evaluation in evaluations:
+        for engine, daily in evaluation.daily.items():
+            daily.to_csv(out / f"daily_{evaluation.name}_{engine}.csv")
+    plots = comparison_plots(evaluations, out)
+
+    children = [
+        ChildRun(name=f"{e.name} [{engine}]", params={"strategy": e.name, "engine": engine, **config.backtest.model_dump(mode="json")},
+                 metrics=e.rows[engine], tags={"strategy": e.name, "engine": engine})
+        for e in evaluations for engine in ENGINES
+    ]
+    compact = comparison[["strategy", "engine", "ic", "rank_ic", "ann_excess_return", "ann_excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost", "turnover"]]
+    return StageResult(
+        metrics={"strategies": len(evaluations), "test_days": int(((calendar >= start) & (calendar <= end)).sum())},
+        summary=["comparison (test segment):", *markdown_table(compact).splitlines()],
+        artifacts=[out / "quintile_returns.csv", out / "ic_decay.csv", out / "vbt_sweep.csv"],
+        children=children,
+        parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
+    )
+

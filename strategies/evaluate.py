@@ -1,0 +1,77 @@
+"""Evaluate one signal table: IC analysis plus the Qlib and vectorbt backtests, as metric rows.
+
+Signals are checked against the data first: rows on days outside the backtest calendar, for
+instruments the data does not know, or with NaN scores are dropped with a logged count; a table
+left empty is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from data_prep.errors import DataError
+from strategies.metrics import daily_ic, forward_returns, ic_decay, portfolio_metrics, quantile_returns, score_matrix, signal_metrics
+from strategies.qlib_backtest import TopkSettings, qlib_topk_dropout
+from strategies.vbt_backtest import vbt_topk_dropout
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("qlib", "vectorbt")
+
+
+@dataclass
+class Evaluation:
+    name: str
+    scores: pd.DataFrame  # (datetime x instrument), after cleaning
+    rows: dict[str, dict[str, float]]  # engine -> metrics
+    daily: dict[str, pd.DataFrame]  # engine -> return, cost, bench, turnover
+    ic: pd.Series  # daily IC
+    quantiles: pd.Series
+    decay: pd.Series
+
+
+def clean_signals(table: pd.DataFrame, name: str, calendar: pd.DatetimeIndex, instruments: list[str]) -> pd.DataFrame:
+    checks = {
+        "NaN score": table["score"].isna(),
+        "day outside the backtest calendar": ~table["datetime"].isin(calendar),
+        "instrument unknown to the data": ~table["instrument"].isin(instruments),
+    }
+    keep = pd.Series(True, index=table.index)
+    for problem, bad in checks.items():
+        if bad.any():
+            log.warning("signal %s: dropping %d rows with %s", name, int(bad.sum()), problem)
+        keep &= ~bad
+    if not keep.any():
+        raise DataError(f"signal {name}: no usable rows in the backtest period {calendar[0].date()} .. {calendar[-1].date()}")
+    return table[keep]
+
+
+def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, settings: TopkSettings, benchmark, end: pd.Timestamp) -> Evaluation:
+    """close: (datetime x instrument) over the data calendar; the table's days define the period."""
+    table = clean_signals(table, name, close.loc[: end].index, list(close.columns))
+    scores = score_matrix(table)
+    signal = signal_metrics(scores, close, horizon)
+    qlib_daily = qlib_topk_dropout(scores, settings, benchmark, end)
+    vbt_daily = vbt_topk_dropout(scores, close, settings).reindex(qlib_daily.index).fillna(0.0)
+    vbt_daily["bench"] = qlib_daily["bench"]  # one benchmark series for both engines
+    rows = {}
+    for engine, daily in (("qlib", qlib_daily), ("vectorbt", vbt_daily)):
+        rows[engine] = {
+            **signal,
+            **portfolio_metrics(daily["return"], daily["bench"], daily["turnover"]),
+            **portfolio_metrics(daily["return"] - daily["cost"], daily["bench"], daily["turnover"], suffix="_with_cost"),
+        }
+    return Evaluation(
+        name=name,
+        scores=scores,
+        rows=rows,
+        daily={"qlib": qlib_daily, "vectorbt": vbt_daily},
+        ic=daily_ic(scores, forward_returns(close, horizon)),
+        quantiles=quantile_returns(scores, close, horizon),
+        decay=ic_decay(scores, close, horizon),
+    )
+
