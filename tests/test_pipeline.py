@@ -184,3 +184,37 @@ def test_status_reports_cached_stages_with_their_runs(bars_csv, write_config, ca
     assert changed["ingest"]["state"] == "cached" and changed["split"]["state"] == "not cached: will run"
     assert main(["--status", "--config", str(path)]) == 0
     assert "cached" in capsys.readouterr().out
+
+
+def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_config):
+    config = load_config(write_config(bars_csv, experiment="backtest"),
+                         QUICK_KRONOS + ["kronos.inference.sample_count=2", "backtest.topk=2", "backtest.n_drop=1",
+                                         "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"])
+    outcomes = run_pipeline(config, "backtest")
+    assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor", "signals", "backtest"]
+    comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
+    assert set(zip(comparison["strategy"], comparison["engine"])) == {
+        (s, e) for s in ("kronos", "momentum", "reversal") for e in ("qlib", "vectorbt")
+    }
+    for column in ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "ann_excess_return", "information_ratio",
+                   "max_drawdown", "turnover", "ann_return_with_cost", "max_drawdown_with_cost", "turnover_with_cost"):
+        assert column in comparison
+    client = mlflow.MlflowClient(config.tracking.uri)
+    stage_run = outcomes[-1].run_id
+    experiment = client.get_experiment_by_name("backtest").experiment_id
+    strategies = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{stage_run}'")
+    assert len(strategies) == 6
+    assert all({"ic", "rank_ic", "ann_return", "turnover_with_cost"} <= set(run.data.metrics) for run in strategies)
+    assert {run.data.tags["engine"] for run in strategies} == {"qlib", "vectorbt"}
+    parent = client.get_run(stage_run).data.tags["mlflow.parentRunId"]
+    names = {artifact.path for artifact in client.list_artifacts(parent)}
+    assert {"comparison.csv", "comparison.md", "cumulative_excess_return.png", "drawdown.png", "ic_over_time.png", "quintile_returns.png"} <= names
+
+    again = run_pipeline(config, "backtest")
+    assert all(o.reused for o in again)
+    assert len(client.search_runs([experiment], f"tags.mlflow.parentRunId = '{again[-1].run_id}'")) == 6
+
+
+def test_unknown_signal_source_is_named(bars_csv, write_config, capsys):
+    assert main(["--stage", "backtest", "--config", str(write_config(bars_csv)), "--set", "signals.sources=[kronos, lgbm]"]) == 2
+    assert "unknown signal source(s) ['lgbm']" in capsys.readouterr().out

@@ -1,0 +1,122 @@
+"""Signal metrics, baselines, the two backtest engines and their agreement, bad signal files."""
+
+import datetime as dt
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from data_prep.errors import DataError
+from data_prep.qlib_format import init_qlib
+from data_prep.windows import Split
+from strategies.baselines import rule_baseline
+from strategies.evaluate import clean_signals
+from strategies.metrics import daily_ic, forward_returns, score_matrix, signal_metrics
+from strategies.qlib_backtest import TopkSettings, qlib_topk_dropout
+from strategies.signal_table import check_signal_table, make_signal_table
+from strategies.vbt_backtest import topk_dropout_orders, vbt_sweep, vbt_topk_dropout
+
+
+def random_scores(close: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.normal(size=close.shape), index=close.index, columns=close.columns).where(close.notna())
+
+
+@pytest.fixture(scope="module")
+def panel(tiny_split_dir):
+    return Split.load(tiny_split_dir).panel
+
+
+def test_ic_matches_an_independent_pandas_and_scipy_computation(panel):
+    close = panel.field_frame("close").astype(float)
+    scores = random_scores(close) + 3 * forward_returns(close, 4).fillna(0)  # some real signal
+    returns = forward_returns(close, 4)
+    pearson = scores.corrwith(returns, axis=1).dropna()
+    spearman = pd.Series({day: stats.spearmanr(scores.loc[day], returns.loc[day], nan_policy="omit")[0] for day in pearson.index})
+    np.testing.assert_allclose(daily_ic(scores, returns).loc[pearson.index], pearson, atol=1e-6)
+    np.testing.assert_allclose(daily_ic(scores, returns, rank=True).loc[pearson.index], spearman, atol=1e-6)
+    metrics = signal_metrics(scores, close, 4)
+    assert metrics["ic"] == pytest.approx(pearson.mean(), abs=1e-6)
+    assert metrics["icir"] == pytest.approx(pearson.mean() / pearson.std(), abs=1e-6)
+    assert metrics["rank_ic"] == pytest.approx(spearman.mean(), abs=1e-6)
+
+
+def test_rule_baselines_are_causal(panel):
+    start, end = dt.date(2021, 3, 1), dt.date(2021, 4, 30)
+    before = rule_baseline("momentum", panel, start, end)
+    future = panel.values.copy()
+    instrument = 0
+    last_rows = slice(panel.offsets[instrument + 1] - 10, panel.offsets[instrument + 1])
+    future[last_rows] *= 2  # change the last 10 days of one instrument
+    changed = type(panel)(panel.instruments, panel.fields, panel.calendar, future, panel.offsets, panel.starts, panel.member)
+    after = rule_baseline("momentum", changed, start, end)
+    cutoff = panel.calendar[panel.starts[instrument] + panel.offsets[instrument + 1] - panel.offsets[instrument] - 10]
+    early = before["datetime"] < cutoff
+    pd.testing.assert_frame_equal(before[early], after[early])
+    reversal = rule_baseline("reversal", panel, start, end)
+    close = panel.field_frame("close")
+    day, name = reversal.iloc[30][["datetime", "instrument"]]
+    position = close.index.get_loc(day)
+    assert reversal.iloc[30]["score"] == pytest.approx(-(close[name].iloc[position] / close[name].iloc[position - 5] - 1), rel=1e-5)
+
+
+def test_topk_dropout_rule_limits_holdings_and_sells(panel):
+    scores = random_scores(panel.field_frame("close"), seed=1).dropna(how="all")
+    orders = topk_dropout_orders(scores, topk=3, n_drop=1)
+    held = set()
+    for _, row in orders.iterrows():
+        sells, buys = set(row.index[row == 0]), set(row.index[row > 0])
+        assert sells <= held and len(sells) <= 1 and not buys & held
+        held = (held - sells) | buys
+        assert len(held) <= 3
+
+
+def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path):
+    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    close = panel.field_frame("close").astype(float)
+    scores = random_scores(close, seed=2).loc["2021-03-01":"2021-05-31"]
+    settings = TopkSettings(topk=3, n_drop=1, min_cost=0.0, limit_threshold=None, account=1e7)
+    qlib_daily = qlib_topk_dropout(scores, settings, list(panel.instruments), scores.index[-1])
+    vbt_daily = vbt_topk_dropout(scores, close, settings).reindex(qlib_daily.index)
+    difference = (qlib_daily["return"] - vbt_daily["return"]).abs()
+    print(f"daily return difference: mean {difference.mean():.2e}, max {difference.max():.2e}, "
+          f"correlation {qlib_daily['return'].corr(vbt_daily['return']):.4f}")
+    assert qlib_daily["return"].corr(vbt_daily["return"]) > 0.95
+    assert difference.mean() < 2e-3
+    assert abs(qlib_daily["cost"].sum() - vbt_daily["cost"].sum()) < 0.5 * qlib_daily["cost"].sum()
+
+
+def test_sweep_runs_every_combination(panel):
+    close = panel.field_frame("close").astype(float)
+    scores = random_scores(close, seed=3).loc["2021-03-01":"2021-05-31"]
+    sweep = vbt_sweep(scores, close, TopkSettings(account=1e7), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
+    assert len(sweep) == 8
+    free, costly = sweep.xs(0.0, level="cost"), sweep.xs(1.0, level="cost")
+    assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
+
+
+def test_bad_signal_tables(panel, caplog):
+    close = panel.field_frame("close")
+    table = make_signal_table([close.index[40]] * 3, panel.instruments[:3], [0.1, np.nan, 0.3], None, "x")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['score'\]"):
+        check_signal_table(table.drop(columns="score"), "bad.parquet")
+    with pytest.raises(DataError, match="duplicate"):
+        check_signal_table(pd.concat([table, table.iloc[:1]]), "bad.parquet")
+    odd = pd.concat([table, make_signal_table([pd.Timestamp("2035-01-02"), close.index[40]], ["S000", "NOPE"], [0.2, 0.2], None, "x")])
+    with caplog.at_level(logging.WARNING):
+        kept = clean_signals(odd, "x", close.index, list(close.columns))
+    assert len(kept) == 2
+    assert "dropping 1 rows with NaN score" in caplog.text
+    assert "dropping 1 rows with day outside the backtest calendar" in caplog.text
+    assert "dropping 1 rows with instrument unknown to the data" in caplog.text
+    with pytest.raises(DataError, match="no usable rows"):
+        clean_signals(odd.iloc[1:2], "x", close.index, list(close.columns))
+
+
+def test_score_matrix_round_trip(panel):
+    close = panel.field_frame("close")
+    table = make_signal_table([close.index[5], close.index[5], close.index[6]], ["S000", "S001", "S000"], [1.0, 2.0, 3.0], None, "x")
+    matrix = score_matrix(table)
+    assert matrix.loc[close.index[5], "S001"] == 2.0 and np.isnan(matrix.loc[close.index[6], "S001"])
