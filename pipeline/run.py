@@ -21,7 +21,7 @@ log = logging.getLogger("pipeline")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default="split", help="stage to run, with everything it needs (default: split)")
+    parser.add_argument("--stage", default="backtest", help="stage to run, with everything it needs (default: backtest)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="YAML run configuration (default: configs/default.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'")
