@@ -104,7 +104,7 @@ def test_cli_runs_and_lists(bars_csv, write_config, capsys):
 
 
 def test_unbuilt_stage_is_refused(bars_csv, write_config, capsys):
-    assert main(["--stage", "backtest", "--config", str(write_config(bars_csv))]) == 2
+    assert main(["--stage", "timellm", "--config", str(write_config(bars_csv))]) == 2
     assert "declared but not built yet" in capsys.readouterr().out
 
 
