@@ -49,6 +49,19 @@ class Panel:
         dates = self.calendar[self.starts[i] : self.starts[i] + hi - lo]
         return pd.DataFrame(self.values[lo:hi], index=dates, columns=list(self.fields))
 
+    def field_frame(self, field: str) -> pd.DataFrame:
+        """One field for every instrument as a (calendar day x instrument) frame, NaN outside series."""
+        matrix = np.full((len(self.calendar), len(self.instruments)), np.nan, dtype=np.float32)
+        column = self.fields.index(field)
+        matrix[self.row_calendar_index(), self.row_instrument()] = self.values[:, column]
+        return pd.DataFrame(matrix, index=self.calendar, columns=self.instruments)
+
+    def member_frame(self) -> pd.DataFrame:
+        """Universe membership as a (calendar day x instrument) boolean frame."""
+        matrix = np.zeros((len(self.calendar), len(self.instruments)), dtype=bool)
+        matrix[self.row_calendar_index(), self.row_instrument()] = self.member
+        return pd.DataFrame(matrix, index=self.calendar, columns=self.instruments)
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("values", "offsets", "starts", "member"):

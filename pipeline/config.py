@@ -175,12 +175,21 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 
 
 # Signal sources the backtest knows, and the stage that writes each (None: computed by the
-# backtest itself). Time-LLM and LightGBM/Alpha158 join when their stages are built.
-SIGNAL_SOURCES: dict[str, str | None] = {"kronos": "signals", "momentum": None, "reversal": None}
+# backtest itself). Time-LLM joins when its stage is built.
+SIGNAL_SOURCES: dict[str, str | None] = {"kronos": "signals", "momentum": None, "reversal": None, "lgbm_alpha158": "baselines"}
+
+
+class BaselinesConfig(StrictModel):
+    # Qlib's CSI300 Alpha158 benchmark settings for LGBModel (threads sized for this machine).
+    lgbm: dict[str, Any] = {
+        "loss": "mse", "colsample_bytree": 0.8879, "learning_rate": 0.2, "subsample": 0.8789, "lambda_l1": 205.6999,
+        "lambda_l2": 580.9768, "max_depth": 8, "num_leaves": 210, "num_threads": 2, "early_stopping_rounds": 50,
+        "num_boost_round": 1000, "verbosity": -1,
+    }
 
 
 class SignalsConfig(StrictModel):
-    sources: tuple[str, ...] = ("kronos", "momentum", "reversal")
+    sources: tuple[str, ...] = ("kronos", "lgbm_alpha158", "momentum", "reversal")
 
     @field_validator("sources")
     @classmethod
@@ -220,6 +229,7 @@ class PipelineConfig(StrictModel):
     tracking: TrackingConfig = TrackingConfig()
     kronos: KronosConfig = KronosConfig()
     signals: SignalsConfig = SignalsConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     backtest: BacktestConfig = BacktestConfig()
 
     @model_validator(mode="before")

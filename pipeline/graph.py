@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.sources import sample_bars_path
-from pipeline import backtest_stage, kronos_stages, stages
+from pipeline import backtest_stage, baselines_stage, kronos_stages, stages
 from pipeline.cache import fingerprint
 from pipeline.config import ConfigError, PipelineConfig, stable_hash
 
@@ -92,6 +92,12 @@ STAGES: dict[str, Stage] = {
             needs=("predictor", "tokenizer", "split"),
             config_keys=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
             run=kronos_stages.signals,
+        ),
+        Stage(
+            "baselines",
+            needs=("ingest", "split"),
+            config_keys=("baselines", "split.train", "split.valid", "split.test", "data.instruments", "data.region"),
+            run=baselines_stage.baselines,
         ),
         Stage(
             "backtest",

@@ -189,6 +189,7 @@ def test_status_reports_cached_stages_with_their_runs(bars_csv, write_config, ca
 def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_config):
     config = load_config(write_config(bars_csv, experiment="backtest"),
                          QUICK_KRONOS + ["kronos.inference.sample_count=2", "backtest.topk=2", "backtest.n_drop=1",
+                                         "signals.sources=[kronos, momentum, reversal]",
                                          "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"])
     outcomes = run_pipeline(config, "backtest")
     assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor", "signals", "backtest"]

@@ -1,0 +1,1 @@
+"""Trained baselines (LightGBM on Qlib's Alpha158 features)."""
