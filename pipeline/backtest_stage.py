@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
 from pipeline.config import SIGNAL_SOURCES, PipelineConfig
@@ -58,6 +59,11 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
     init_qlib(inputs["ingest"] / "qlib", config.data.region, tracking_uri(config))
     # No index in the data: benchmark against the equal-weight universe (Qlib fails on None).
     benchmark = config.data.benchmark or list(split.panel.instruments)
+    if config.data.benchmark and not (inputs["ingest"] / "qlib" / "features" / config.data.benchmark.lower()).is_dir():
+        raise DataError(
+            f"data.benchmark {config.data.benchmark!r} has no data in the Qlib folder: name an index instrument "
+            "of the folder, or set it to null to benchmark against the equal-weight universe"
+        )
     settings = TopkSettings(**config.backtest.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost"}))
 
     evaluations, sweeps = [], []

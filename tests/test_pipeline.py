@@ -219,3 +219,9 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
 def test_unknown_signal_source_is_named(bars_csv, write_config, capsys):
     assert main(["--stage", "backtest", "--config", str(write_config(bars_csv)), "--set", "signals.sources=[kronos, lgbm]"]) == 2
     assert "unknown signal source(s) ['lgbm']" in capsys.readouterr().out
+
+
+def test_missing_benchmark_is_named(bars_csv, write_config, capsys):
+    overrides = ["signals.sources=[momentum]", "data.benchmark=SPX"]
+    assert main(["--stage", "backtest", "--config", str(write_config(bars_csv)), "--set", *overrides]) == 2
+    assert "data.benchmark 'SPX' has no data in the Qlib folder" in " ".join(capsys.readouterr().out.split())
