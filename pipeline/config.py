@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
-PRICE_FIELDS = ("open", "high", "low", "close")
 MODEL_FIELDS = ("open", "high", "low", "close", "volume", "amount")
 
 

@@ -10,5 +10,3 @@ _PREDICTOR_COMMON = dict(s1_bits=10, s2_bits=10, ffn_dropout_p=0.0, attn_dropout
 KRONOS_MINI = dict(_PREDICTOR_COMMON, d_model=256, n_layers=4, n_heads=4, ff_dim=512)
 KRONOS_SMALL = dict(_PREDICTOR_COMMON, d_model=512, n_layers=8, n_heads=8, ff_dim=1024)
 KRONOS_BASE = dict(_PREDICTOR_COMMON, d_model=832, n_layers=12, n_heads=16, ff_dim=2048)
-
-PREDICTORS = {"mini": KRONOS_MINI, "small": KRONOS_SMALL, "base": KRONOS_BASE}
