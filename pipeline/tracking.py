@@ -86,8 +86,14 @@ def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterato
 
 
 @contextmanager
+RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile")
+
+
 def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **tags}) as run:
+    """A run nested in the active (parent) run, which also carries the parent's commit and config hash."""
+    parent_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    inherited = {key: parent_tags[key] for key in RUN_IDENTITY_TAGS if key in parent_tags}
+    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **inherited, **tags}) as run:
         mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
         yield run
 

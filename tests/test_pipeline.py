@@ -36,6 +36,8 @@ def test_second_run_reuses_every_stage_and_logs_it(bars_csv, write_config):
     assert produced["split"].data.metrics["windows_train"] > 0
     assert produced["split"].data.params["split.lookback"] == "10"
     assert produced["ingest"].data.metrics["instruments"] == 6
+    assert produced["split"].data.tags["config_hash"] == config.config_hash()
+    assert produced["split"].data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(produced["split"].info.run_id)}
     assert {"split.json", "windows_per_day.png"} <= artifacts
 
