@@ -85,10 +85,10 @@ def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterato
         yield run
 
 
-@contextmanager
 RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile")
 
 
+@contextmanager
 def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     """A run nested in the active (parent) run, which also carries the parent's commit and config hash."""
     parent_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
