@@ -67,9 +67,11 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
     settings = TopkSettings(**config.backtest.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost"}))
 
     evaluations, sweeps = [], []
+    (out / "signals").mkdir()
     for name in config.signals.sources:
         table = load_signals(name, config, inputs, split)
         table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
+        table.to_parquet(out / "signals" / f"{name}.parquet", index=False)
         log.info("backtesting %s: %d scores over %d days", name, len(table), table["datetime"].nunique())
         evaluation = evaluate(table, name, close, split.horizon, settings, benchmark, last_day)
         evaluations.append(evaluation)
@@ -84,9 +86,13 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
     pd.DataFrame({e.name: e.quantiles for e in evaluations}).to_csv(out / "quintile_returns.csv")
     pd.DataFrame({e.name: e.decay for e in evaluations}).rename_axis("lag").to_csv(out / "ic_decay.csv")
     pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
-    for evaluation in evaluations:
-        for engine, daily in evaluation.daily.items():
-            daily.to_csv(out / f"daily_{evaluation.name}_{engine}.csv")
+    daily = pd.concat(
+        [frame.assign(strategy=e.name, engine=engine) for e in evaluations for engine, frame in e.daily.items()]
+    ).rename_axis("datetime")
+    daily.to_csv(out / "daily_returns.csv")
+    pd.DataFrame({e.name: e.ic for e in evaluations}).rename_axis("datetime").to_csv(out / "daily_ic.csv")
+    # closes from the test start to `horizon` days past it: what the forecasts are judged against
+    close.loc[start:].iloc[: len(close.loc[start:end]) + split.horizon].to_parquet(out / "close.parquet")
     plots = comparison_plots(evaluations, out)
 
     children = [
@@ -98,7 +104,8 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": int(((calendar >= start) & (calendar <= end)).sum())},
         summary=["comparison (test segment):", *markdown_table(compact).splitlines()],
-        artifacts=[out / "quintile_returns.csv", out / "ic_decay.csv", out / "vbt_sweep.csv"],
+        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
+                                           "daily_ic.csv", "close.parquet", "signals")],
         children=children,
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
     )

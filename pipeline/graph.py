@@ -92,6 +92,7 @@ STAGES: dict[str, Stage] = {
             needs=("predictor", "tokenizer", "split"),
             config_keys=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
             run=kronos_stages.signals,
+            version=2,  # 2: forecasts.npz is logged for the notebook
         ),
         Stage(
             "baselines",
@@ -104,6 +105,7 @@ STAGES: dict[str, Stage] = {
             needs=backtest_stage.backtest_needs,
             config_keys=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
             run=backtest_stage.backtest,
+            version=2,  # 2: daily returns, daily IC, closes and the signal tables are kept and logged
         ),
     )
 }

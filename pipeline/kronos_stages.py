@@ -163,4 +163,4 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
         f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
         f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s in {settings.nproc} process(es)",
     ]
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "signals" / "kronos.parquet"])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "signals" / "kronos.parquet", out / "forecasts.npz"])

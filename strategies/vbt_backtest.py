@@ -91,8 +91,8 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
         fees=pd.concat(fees, axis=1, keys=keys), group_by=["topk", "n_drop", "cost"], cash_sharing=True,
         call_seq="auto", init_cash=settings.account, freq="1D",
     )
-    returns = portfolio.returns()
+    # vectorbt squeezes a single group to scalars; index by the grid either way
     return pd.DataFrame({
-        "ann_return_with_cost": returns.mean() * 252,
-        "final_value": portfolio.final_value(),
-    })
+        "ann_return_with_cost": np.atleast_1d(portfolio.returns().mean()) * 252,
+        "final_value": np.atleast_1d(portfolio.final_value()),
+    }, index=keys)

@@ -95,6 +95,8 @@ def test_sweep_runs_every_combination(panel):
     assert len(sweep) == 8
     free, costly = sweep.xs(0.0, level="cost"), sweep.xs(1.0, level="cost")
     assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
+    single = vbt_sweep(scores, close, TopkSettings(account=1e7), topks=(3,), n_drops=(1,), costs=(1.0,))
+    assert single.loc[(3, 1, 1.0), "final_value"] == pytest.approx(sweep.loc[(3, 1, 1.0), "final_value"])
 
 
 def test_bad_signal_tables(panel, caplog):
