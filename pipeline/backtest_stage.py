@@ -96,8 +96,9 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
     plots = comparison_plots(evaluations, out)
 
     children = [
-        ChildRun(name=f"{e.name} [{engine}]", params={"strategy": e.name, "engine": engine, **config.backtest.model_dump(mode="json")},
-                 metrics=e.rows[engine], tags={"strategy": e.name, "engine": engine})
+        ChildRun(name=f"{e.name} [{engine}, top {settings.topk}, drop {settings.n_drop}]",
+                 params={"strategy": e.name, "engine": engine, **config.backtest.model_dump(mode="json")},
+                 metrics=e.rows[engine], tags={"strategy": e.name, "model": e.name, "engine": engine})
         for e in evaluations for engine in ENGINES
     ]
     compact = comparison[["strategy", "engine", "ic", "rank_ic", "ann_excess_return", "ann_excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost", "turnover"]]

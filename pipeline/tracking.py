@@ -79,21 +79,28 @@ def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterato
         "target_stage": target,
         "profile": config.profile,
         "data": config.data.source if config.data.source != "qlib" else str(config.data.provider_uri),
+        "universe": config.data.instruments,
+        "split": " | ".join(f"{name} {start}..{end}" for name, (start, end) in
+                            (("train", config.split.train), ("valid", config.split.valid), ("test", config.split.test))),
     }
     with mlflow.start_run(run_name=f"{target} [{config.profile}]", tags=tags) as run:
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
         yield run
 
 
-RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile")
+RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile", "data", "universe", "split")
+
+
+def _inherited_tags() -> dict[str, str]:
+    """The identity tags of the active run, for runs nested in it."""
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    return {key: tags[key] for key in RUN_IDENTITY_TAGS if key in tags}
 
 
 @contextmanager
 def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     """A run nested in the active (parent) run, which also carries the parent's commit and config hash."""
-    parent_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-    inherited = {key: parent_tags[key] for key in RUN_IDENTITY_TAGS if key in parent_tags}
-    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **inherited, **tags}) as run:
+    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **_inherited_tags(), **tags}) as run:
         mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
         yield run
 
@@ -109,8 +116,9 @@ def log_metrics(metrics: dict[str, float]) -> None:
 
 def log_children(children: list[dict[str, Any]]) -> None:
     """One run per child ({name, params, metrics, tags}), nested in the active run."""
+    inherited = _inherited_tags()
     for child in children:
-        with mlflow.start_run(run_name=child["name"], nested=True, tags={"child": child["name"], **child["tags"]}):
+        with mlflow.start_run(run_name=child["name"], nested=True, tags={"child": child["name"], **inherited, **child["tags"]}):
             mlflow.log_params({key: _param_text(value) for key, value in flatten(child["params"]).items()})
             log_metrics({key: value for key, value in child["metrics"].items() if value == value})  # NaN is not loggable
 

@@ -209,6 +209,9 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
     assert len(strategies) == 6
     assert all({"ic", "rank_ic", "ann_return", "turnover_with_cost"} <= set(run.data.metrics) for run in strategies)
     assert {run.data.tags["engine"] for run in strategies} == {"qlib", "vectorbt"}
+    assert {run.info.run_name for run in strategies} >= {"kronos [qlib, top 2, drop 1]", "reversal [vectorbt, top 2, drop 1]"}
+    assert all(run.data.tags["config_hash"] == config.config_hash() and "test 2021-04-01..2021-04-30" in run.data.tags["split"]
+               for run in strategies)
     parent = client.get_run(stage_run).data.tags["mlflow.parentRunId"]
     names = {artifact.path for artifact in client.list_artifacts(parent)}
     assert {"comparison.csv", "comparison.md", "cumulative_excess_return.png", "drawdown.png", "ic_over_time.png", "quintile_returns.png"} <= names
