@@ -90,7 +90,9 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
         [frame.assign(strategy=e.name, engine=engine) for e in evaluations for engine, frame in e.daily.items()]
     ).rename_axis("datetime")
     daily.to_csv(out / "daily_returns.csv")
-    pd.DataFrame({e.name: e.ic for e in evaluations}).rename_axis("datetime").to_csv(out / "daily_ic.csv")
+    daily_ic = pd.concat({"ic": pd.DataFrame({e.name: e.ic for e in evaluations}),
+                          "rank_ic": pd.DataFrame({e.name: e.rank_ic for e in evaluations})}, names=["measure", "datetime"])
+    daily_ic.to_csv(out / "daily_ic.csv")
     # closes from the test start to `horizon` days past it: what the forecasts are judged against
     close.loc[start:].iloc[: len(close.loc[start:end]) + split.horizon].to_parquet(out / "close.parquet")
     plots = comparison_plots(evaluations, out)

@@ -105,7 +105,7 @@ STAGES: dict[str, Stage] = {
             needs=backtest_stage.backtest_needs,
             config_keys=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
             run=backtest_stage.backtest,
-            version=3,  # 2: daily returns, IC, closes and signal tables kept; 3: strategy runs named with settings
+            version=4,  # 2: daily returns, IC, closes, signals kept; 3: runs named with settings; 4: daily Rank IC
         ),
     )
 }

@@ -29,6 +29,7 @@ class Evaluation:
     rows: dict[str, dict[str, float]]  # engine -> metrics
     daily: dict[str, pd.DataFrame]  # engine -> return, cost, bench, turnover
     ic: pd.Series  # daily IC
+    rank_ic: pd.Series  # daily Rank IC
     quantiles: pd.Series
     decay: pd.Series
 
@@ -70,6 +71,7 @@ def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, 
         rows=rows,
         daily={"qlib": qlib_daily, "vectorbt": vbt_daily},
         ic=daily_ic(scores, forward_returns(close, horizon)),
+        rank_ic=daily_ic(scores, forward_returns(close, horizon), rank=True),
         quantiles=quantile_returns(scores, close, horizon),
         decay=ic_decay(scores, close, horizon),
     )
