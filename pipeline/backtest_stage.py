@@ -27,8 +27,9 @@ from strategies.vbt_backtest import vbt_sweep
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "ann_excess_return", "information_ratio", "max_drawdown", "turnover")
-COLUMNS = METRICS + tuple(f"{name}_with_cost" for name in METRICS[4:])
+SIGNAL_COLUMNS = ("return_mse", "return_mae", "ic", "icir", "rank_ic", "rank_icir")
+PORTFOLIO_COLUMNS = ("ann_return", "ann_excess_return", "information_ratio", "max_drawdown", "turnover")
+COLUMNS = SIGNAL_COLUMNS + PORTFOLIO_COLUMNS + tuple(f"{name}_with_cost" for name in PORTFOLIO_COLUMNS)
 
 
 def backtest_needs(config: PipelineConfig) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
                  metrics=e.rows[engine], tags={"strategy": e.name, "model": e.name, "engine": engine})
         for e in evaluations for engine in ENGINES
     ]
-    compact = comparison[["strategy", "engine", "ic", "rank_ic", "ann_excess_return", "ann_excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost", "turnover"]]
+    compact = comparison[["strategy", "engine", "return_mae", "ic", "rank_ic", "ann_excess_return", "ann_excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost", "turnover"]]
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": int(((calendar >= start) & (calendar <= end)).sum())},
         summary=["comparison (test segment):", *markdown_table(compact).splitlines()],

@@ -173,9 +173,59 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+class TimeLLMTrainConfig(StrictModel):
+    epochs: int = 3
+    steps_per_epoch: int = 60  # batches per epoch, drawn at random from the training windows
+    batch_size: int = 32
+    lr: float = 1e-2  # Time-LLM's setting for ETT; 1e-3 learns too little in a CPU budget
+    patience: int = 2
+    val_windows: int = 512
+
+
+TIMELLM_VARIANTS = ("llm", "no_llm", "llm_to_attn")
+
+
+class TimeLLMSection(StrictModel):
+    """Time-LLM and its ablations; every variant gets the same windows, seed and budget."""
+
+    variants: tuple[Literal["llm", "no_llm", "llm_to_attn"], ...] = TIMELLM_VARIANTS
+    # Overrides of models.timellm.TimeLLMConfig, where the model's defaults live: backbone (hub id
+    # or folder; default the bundled all-MiniLM-L6-v2), llm_layers, patch_len, stride, d_model,
+    # d_ff, n_heads, num_tokens, dropout, description, trust_remote_code, load_in_4bit.
+    # seq_len and pred_len come from split.lookback and split.horizon.
+    model: dict[str, Any] = {}
+    channels: Literal["close", "all"] = "close"  # forecast the close only, or every field (channel-independent)
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware is fast at it
+    batch_size: int = 256  # series per forward pass when forecasting
+    training: TimeLLMTrainConfig = TimeLLMTrainConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _model_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        if not overrides:
+            return overrides
+        from models.timellm.model import TimeLLMConfig
+
+        allowed = sorted(set(TimeLLMConfig.__dataclass_fields__) - {"seq_len", "pred_len", "variant"})
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown Time-LLM model key(s) {unknown}: choose from {allowed} "
+                             "(seq_len/pred_len follow split.lookback/split.horizon, variants are set in timellm.variants)")
+        return overrides
+
+
 # Signal sources the backtest knows, and the stage that writes each (None: computed by the
-# backtest itself). Time-LLM joins when its stage is built.
-SIGNAL_SOURCES: dict[str, str | None] = {"kronos": "signals", "momentum": None, "reversal": None, "lgbm_alpha158": "baselines"}
+# backtest itself).
+SIGNAL_SOURCES: dict[str, str | None] = {
+    "kronos": "signals", "momentum": None, "reversal": None, "lgbm_alpha158": "baselines",
+    "timellm": "timellm", "timellm_no_llm": "timellm", "timellm_llm_to_attn": "timellm",
+}
+
+
+def timellm_source(variant: str) -> str:
+    """Signal source name of a Time-LLM variant: timellm, timellm_no_llm, timellm_llm_to_attn."""
+    return "timellm" if variant == "llm" else f"timellm_{variant}"
 
 
 class BaselinesConfig(StrictModel):
@@ -188,7 +238,7 @@ class BaselinesConfig(StrictModel):
 
 
 class SignalsConfig(StrictModel):
-    sources: tuple[str, ...] = ("kronos", "lgbm_alpha158", "momentum", "reversal")
+    sources: tuple[str, ...] = ("kronos", "timellm", "timellm_no_llm", "timellm_llm_to_attn", "lgbm_alpha158", "momentum", "reversal")
 
     @field_validator("sources")
     @classmethod
@@ -227,6 +277,7 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()
     kronos: KronosConfig = KronosConfig()
+    timellm: TimeLLMSection = TimeLLMSection()
     signals: SignalsConfig = SignalsConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     backtest: BacktestConfig = BacktestConfig()
@@ -244,6 +295,14 @@ class PipelineConfig(StrictModel):
         d_in = self.kronos.tokenizer.architecture.get("d_in")
         if not self.kronos.tokenizer.pretrained and d_in is not None and d_in != len(self.data.fields):
             raise ValueError(f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree")
+        return self
+
+    @model_validator(mode="after")
+    def _timellm_sources_are_trained(self) -> PipelineConfig:
+        missing = [name for name in self.signals.sources if name.startswith("timellm")
+                   and name not in {timellm_source(variant) for variant in self.timellm.variants}]
+        if missing:
+            raise ValueError(f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} does not train them: add the variant or drop the source")
         return self
 
     def section(self, dotted_key: str) -> Any:

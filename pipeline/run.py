@@ -35,12 +35,11 @@ def print_graph(console: Console) -> None:
     from pipeline.graph import STAGES
 
     table = Table(title="stage graph")
-    for column in ("stage", "needs", "config keys", "state"):
+    for column in ("stage", "needs", "config keys"):
         table.add_column(column)
     for stage in STAGES.values():
-        state = "ready" if stage.implemented else f"declared, built in {stage.planned_in}"
         needs = "depends on config" if callable(stage.needs) else ", ".join(stage.needs) or "-"
-        table.add_row(stage.name, needs, ", ".join(stage.config_keys) or "-", state)
+        table.add_row(stage.name, needs, ", ".join(stage.config_keys) or "-")
     console.print(table)
 
 

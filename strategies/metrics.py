@@ -25,6 +25,11 @@ def forward_returns(close: pd.DataFrame, horizon: int) -> pd.DataFrame:
     return close.shift(-horizon) / close - 1
 
 
+def mean_forward_returns(close: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """The quantity every score forecasts: mean close over t+1..t+horizon / close t - 1, at row t."""
+    return close[::-1].rolling(horizon, min_periods=horizon).mean()[::-1].shift(-1) / close - 1
+
+
 def daily_ic(scores: pd.DataFrame, returns: pd.DataFrame, rank: bool = False) -> pd.Series:
     """Cross-sectional Pearson (or Spearman with rank=True) correlation per day."""
     scores, returns = scores.align(returns, join="inner")
@@ -43,7 +48,11 @@ def daily_ic(scores: pd.DataFrame, returns: pd.DataFrame, rank: bool = False) ->
 def signal_metrics(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> dict[str, float]:
     returns = forward_returns(close, horizon)
     ic, rank_ic = daily_ic(scores, returns), daily_ic(scores, returns, rank=True)
+    # Forecast error of the score as a horizon return, on the (day, instrument) pairs with an outcome.
+    errors = (scores - mean_forward_returns(close, horizon).reindex_like(scores)).stack().dropna()
     return {
+        "return_mse": float((errors**2).mean()),
+        "return_mae": float(errors.abs().mean()),
         "ic": float(ic.mean()),
         "icir": float(ic.mean() / ic.std()) if ic.std() > 0 else np.nan,
         "rank_ic": float(rank_ic.mean()),

@@ -75,13 +75,13 @@ def test_interrupted_stage_leaves_nothing_a_rerun_would_reuse(bars_csv, write_co
         (out / "panel" / "values.npy").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), ("split",), run=interrupted))
+    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), config_keys=("split",), run=interrupted))
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, "split")
     split_dir = config.cache_dir / "split"
     assert not any(split_dir.iterdir())  # no final folder, no temporary left behind
 
-    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), ("split",), run=stages.split))
+    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), config_keys=("split",), run=stages.split))
     outcomes = run_pipeline(config, "split")
     assert outcomes[0].reused and not outcomes[1].reused
     assert (outcomes[1].output / "panel" / "values.npy").stat().st_size > 100
@@ -103,11 +103,6 @@ def test_cli_runs_and_lists(bars_csv, write_config, capsys):
     listing = capsys.readouterr().out
     for name in ("ingest", "split", "tokenizer", "predictor", "timellm", "signals", "backtest"):
         assert name in listing
-
-
-def test_unbuilt_stage_is_refused(bars_csv, write_config, capsys):
-    assert main(["--stage", "timellm", "--config", str(write_config(bars_csv))]) == 2
-    assert "declared but not built yet" in capsys.readouterr().out
 
 
 def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):

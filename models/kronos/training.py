@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from data_prep.windows import WindowSet
+from models.device import pick_device
 from models.kronos.batches import draw_context, make_batch
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
@@ -62,16 +63,6 @@ class World:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def init_world(preference: str = "auto") -> World:

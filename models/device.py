@@ -1,0 +1,34 @@
+"""Device choice shared by every model: an explicit name, or the best one present."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 pays off on CUDA and on CPUs with bf16 units (AVX512-BF16 / AMX); elsewhere it is slow."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` when asked for, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

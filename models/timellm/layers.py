@@ -1,0 +1,91 @@
+"""Building blocks of Time-LLM: instance normalisation, patch embedding, reprogramming
+cross-attention, the flatten head, and the self-attention layer of the `llm_to_attn` ablation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def revin(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reversible instance normalisation: z-score each series (B, L, C) with statistics of the
+    input window only; returns (normalised, mean, std) so forecasts map back by `y * std + mean`."""
+    mean = x.mean(dim=1, keepdim=True)
+    std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + eps)
+    return (x - mean) / std, mean, std
+
+
+class PatchEmbedding(nn.Module):
+    """(N, L) series -> (N, P, d_model) patch embeddings, P = (L - patch_len) // stride + 2.
+
+    The end is replicate-padded by `stride` so the last observations get a patch of their own.
+    """
+
+    def __init__(self, patch_len: int, stride: int, d_model: int, dropout: float):
+        super().__init__()
+        self.patch_len, self.stride = patch_len, stride
+        # A 1-D convolution over neighbouring patches (circular, as in Time-LLM's token embedding).
+        self.conv = nn.Conv1d(patch_len, d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_in", nonlinearity="leaky_relu")
+        self.dropout = nn.Dropout(dropout)
+
+    def count(self, seq_len: int) -> int:
+        return (seq_len - self.patch_len) // self.stride + 2
+
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(series.unsqueeze(1), (0, self.stride), mode="replicate").squeeze(1)  # (N, L + stride)
+        patches = padded.unfold(-1, self.patch_len, self.stride)  # (N, P, patch_len)
+        return self.dropout(self.conv(patches.transpose(1, 2)).transpose(1, 2))  # (N, P, d_model)
+
+
+class ReprogrammingAttention(nn.Module):
+    """Cross-attention from patch embeddings (queries) to text prototypes (keys and values),
+    projected to the language model's width: patches re-expressed in words the model knows."""
+
+    def __init__(self, d_model: int, n_heads: int, d_keys: int, d_llm: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.d_keys = n_heads, d_keys
+        self.query = nn.Linear(d_model, d_keys * n_heads)
+        self.key = nn.Linear(d_llm, d_keys * n_heads)
+        self.value = nn.Linear(d_llm, d_keys * n_heads)
+        self.out = nn.Linear(d_keys * n_heads, d_llm)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        n, p, _ = patches.shape
+        q = self.query(patches).view(n, p, self.n_heads, self.d_keys)  # (N, P, h, e)
+        k = self.key(prototypes).view(-1, self.n_heads, self.d_keys)  # (S, h, e)
+        v = self.value(prototypes).view(-1, self.n_heads, self.d_keys)  # (S, h, e)
+        scores = torch.einsum("nphe,she->nhps", q, k) / math.sqrt(self.d_keys)  # (N, h, P, S)
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        mixed = torch.einsum("nhps,she->nphe", weights, v).reshape(n, p, -1)  # (N, P, h * e)
+        return self.out(mixed)  # (N, P, d_llm)
+
+
+class FlattenHead(nn.Module):
+    """(N, P, d_ff) hidden states of the patch positions -> (N, horizon)."""
+
+    def __init__(self, n_features: int, horizon: int, dropout: float):
+        super().__init__()
+        self.linear = nn.Linear(n_features, horizon)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.linear(hidden.flatten(start_dim=1)))
+
+
+class SelfAttentionLayer(nn.Module):
+    """The `llm_to_attn` ablation: one trainable pre-norm self-attention layer in the LLM's place."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, n_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (N, T, W), mask (N, T) True = real token
+        h = self.norm(x)
+        attended, _ = self.attention(h, h, h, key_padding_mask=~mask, need_weights=False)
+        return x + attended

@@ -1,0 +1,156 @@
+"""Time-LLM: forecasting by reprogramming a frozen language model (Jin et al., ICLR 2024).
+
+    (B, L, C) prices -> RevIN -> C channel-independent series (N = B*C, L)
+        -> patches (N, P, d_model) -> reprogramming attention over text prototypes (N, P, W)
+        -> [prompt embeddings (N, T, W) ; reprogrammed patches] -> frozen LM (first llm_layers)
+        -> last P positions, first d_ff features -> flatten head -> (N, H) -> (B, H, C) prices
+
+Ablations with the same inputs and budget: `no_llm` sends the reprogrammed patches straight to
+the head; `llm_to_attn` puts one trainable self-attention layer where the language model was.
+Only the small trainable part is saved (`model.safetensors` + `config.json`); the backbone is
+reloaded from `config.backbone`, a hub id or a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.kronos.hub import CheckpointMismatchError
+from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from models.timellm.layers import FlattenHead, PatchEmbedding, ReprogrammingAttention, SelfAttentionLayer, revin
+from models.timellm.prompt import PromptBuilder
+
+VARIANTS = ("llm", "no_llm", "llm_to_attn")
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TimeLLMConfig:
+    seq_len: int = 96  # context the model sees; longer inputs are cut from the left, shorter padded
+    pred_len: int = 5
+    variant: str = "llm"
+    backbone: str = DEFAULT_BACKBONE  # hub id or local folder
+    llm_layers: int = 6
+    patch_len: int = 16
+    stride: int = 8
+    d_model: int = 16
+    d_ff: int = 32  # features kept from each LM position for the head (<= the LM width)
+    n_heads: int = 8
+    num_tokens: int = 1000  # text prototypes
+    dropout: float = 0.1
+    description: str = "Daily prices of large-cap stocks, one stock per series."
+    trust_remote_code: bool = False
+    load_in_4bit: bool = False
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown Time-LLM variant {self.variant!r}: choose from {VARIANTS}")
+        if self.seq_len < self.patch_len:
+            raise ValueError(f"seq_len ({self.seq_len}) is shorter than patch_len ({self.patch_len}): lower timellm.patch_len")
+
+
+class TimeLLM(nn.Module):
+    def __init__(self, config: TimeLLMConfig, backbone: Backbone | None = None):
+        super().__init__()
+        if backbone is None:
+            backbone = load_backbone(config.backbone, config.llm_layers, config.trust_remote_code, config.load_in_4bit)
+        if config.d_ff > backbone.width:
+            raise ValueError(f"d_ff ({config.d_ff}) is wider than the backbone ({backbone.width}): lower timellm.d_ff")
+        self.config = config
+        self.patch_embedding = PatchEmbedding(config.patch_len, config.stride, config.d_model, config.dropout)
+        self.n_patches = self.patch_embedding.count(config.seq_len)
+        self.word_embeddings = backbone.model.get_input_embeddings()  # frozen (vocab, W)
+        self.mapping = nn.Linear(self.word_embeddings.weight.shape[0], config.num_tokens)  # vocab -> prototypes
+        self.reprogramming = ReprogrammingAttention(config.d_model, config.n_heads, config.d_ff, backbone.width, config.dropout)
+        self.prompt = None
+        if config.variant != "no_llm":
+            self.prompt = PromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len)
+            longest = self.prompt.max_length + self.n_patches
+            if backbone.max_positions is not None and longest > backbone.max_positions:
+                raise ValueError(f"prompt ({self.prompt.max_length} tokens) + {self.n_patches} patches exceed the backbone's "
+                                 f"{backbone.max_positions} positions: shorten timellm.description or split.lookback")
+        self.llm = backbone.model if config.variant == "llm" else None
+        self.attention = SelfAttentionLayer(backbone.width, config.n_heads, config.dropout) if config.variant == "llm_to_attn" else None
+        self.head = FlattenHead(config.d_ff * self.n_patches, config.pred_len, config.dropout)
+
+    def train(self, mode: bool = True) -> TimeLLM:
+        super().train(mode)
+        if self.llm is not None:
+            self.llm.eval()  # the frozen model stays deterministic (no dropout) while the rest trains
+        return self
+
+    def text_prototypes(self) -> torch.Tensor:
+        """(num_tokens, W): a learned linear mix of the frozen vocabulary embeddings."""
+        return self.mapping(self.word_embeddings.weight.float().T).T
+
+    def forward(self, x: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, C) values of any length L -> (B, pred_len, C) forecasts in the same units.
+
+        `prototypes` may be passed in when the weights do not change (inference) to skip the
+        vocabulary projection.
+        """
+        x, mean, std = revin(x[:, -self.config.seq_len :])
+        b, length, c = x.shape
+        series = x.permute(0, 2, 1).reshape(b * c, length)  # (N, L)
+        if length < self.config.seq_len:  # too short: repeat the first observation on the left
+            series = F.pad(series.unsqueeze(1), (self.config.seq_len - length, 0), mode="replicate").squeeze(1)
+        patches = self.patch_embedding(series)  # (N, P, d_model)
+        tokens = self.reprogramming(patches, self.text_prototypes() if prototypes is None else prototypes)  # (N, P, W)
+        hidden = self.mix(series, tokens)[:, -self.n_patches :, : self.config.d_ff]  # (N, P, d_ff)
+        forecast = self.head(hidden.float()).view(b, c, -1).permute(0, 2, 1)  # (B, H, C)
+        return forecast * std + mean
+
+    def mix(self, series: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The sequence model between reprogramming and head: LM, one attention layer, or none."""
+        if self.prompt is None:
+            return tokens
+        prompt_ids, prompt_mask = self.prompt(series)  # (N, T)
+        sequence = torch.cat([self.word_embeddings(prompt_ids).to(tokens.dtype), tokens], dim=1)  # (N, T + P, W)
+        mask = torch.cat([prompt_mask, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)], dim=1)
+        if self.attention is not None:
+            return self.attention(sequence, mask)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+        return self.llm(inputs_embeds=sequence, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+
+    def parameter_counts(self) -> dict[str, int]:
+        unique = {id(p): p for p in self.parameters()}.values()
+        trainable = sum(p.numel() for p in unique if p.requires_grad)
+        return {"trainable": trainable, "frozen": sum(p.numel() for p in unique) - trainable}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def save_pretrained(self, folder: Path | str) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        state = {name: tensor.cpu().contiguous() for name, tensor in self.trainable_state().items()}
+        safetensors.torch.save_file(state, folder / WEIGHTS_NAME)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Path | str, backbone: Backbone | None = None) -> TimeLLM:
+        """Load from a folder written by save_pretrained or a hub repository holding one."""
+        folder = Path(name_or_path)
+        if folder.is_dir():
+            config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config_file = hf_hub_download(str(name_or_path), CONFIG_NAME)
+            weights_file = hf_hub_download(str(name_or_path), WEIGHTS_NAME)
+        model = cls(TimeLLMConfig(**json.loads(Path(config_file).read_text())), backbone)
+        state = safetensors.torch.load_file(str(weights_file))
+        expected = set(model.trainable_state())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise CheckpointMismatchError(f"{weights_file} does not match TimeLLM ({model.config.variant}): "
+                                          f"missing keys {missing}, unexpected keys {unexpected}")
+        model.load_state_dict(state, strict=False)
+        return model.eval()

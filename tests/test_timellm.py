@@ -1,0 +1,165 @@
+"""Time-LLM: prompts, shapes at any context length, frozen backbones, saving, training, the stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, GPT2TokenizerFast
+
+from data_prep.windows import Split
+from models.kronos.hub import CheckpointMismatchError
+from models.timellm import VARIANTS, TimeLLM, TimeLLMConfig
+from models.timellm.backbone import bundled_minilm_path, load_backbone
+from models.timellm.prompt import LoopPromptBuilder, PromptBuilder, input_statistics
+from models.timellm.training import TrainSettings, evaluate, fit, forecast
+
+DEVICE = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def backbone_dirs(tmp_path_factory) -> dict[str, str]:
+    """Tiny random GPT-2 and BERT models with real tokenizers, saved to folders."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    root = tmp_path_factory.mktemp("backbones")
+    texts = ["Dataset description: daily prices. Task description: forecast the next steps; min value -1.25, max value 2.50."] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, special_tokens=["<|endoftext|>"])
+    gpt2_tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                       unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    end = gpt2_tokenizer.eos_token_id
+    GPT2Model(GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=48, n_layer=3, n_head=2, n_positions=256, bos_token_id=end, eos_token_id=end)).save_pretrained(root / "gpt2")
+    gpt2_tokenizer.save_pretrained(root / "gpt2")
+    bert_tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())  # a real WordPiece vocabulary
+    BertModel(BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=48, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(root / "bert")
+    bert_tokenizer.save_pretrained(root / "bert")
+    return {"gpt2": str(root / "gpt2"), "bert": str(root / "bert")}
+
+
+def tiny_config(backbone: str, variant: str = "llm", **overrides) -> TimeLLMConfig:
+    options = dict(seq_len=24, pred_len=4, variant=variant, backbone=backbone, llm_layers=2, patch_len=8, stride=4,
+                   d_model=8, d_ff=16, n_heads=2, num_tokens=32, dropout=0.0)
+    return TimeLLMConfig(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_vectorised_prompts_equal_the_per_sample_loop(backbone_dirs, kind):
+    tokenizer = load_backbone(backbone_dirs[kind], 1).tokenizer
+    series = torch.randn(16, 24).cumsum(-1)
+    series = (series - series.mean(-1, keepdim=True)) / series.std(-1, keepdim=True)
+    series[0] = 0.0  # a flat series: zero statistics, arbitrary lags
+    ids, mask = PromptBuilder(tokenizer, "Daily stock prices.", 24, 4)(series)
+    loop_ids, loop_mask = LoopPromptBuilder(tokenizer, "Daily stock prices.", 24, 4)(series)
+    assert torch.equal(ids, loop_ids) and torch.equal(mask, loop_mask)
+    assert not mask[:, -1].logical_not().any()  # left padding: every prompt ends at the last position
+    text = tokenizer.decode(ids[1][mask[1]])
+    assert "max value" in text.lower() and "lags are" in text.lower()
+
+
+def test_prompt_statistics_match_numpy():
+    steps = torch.arange(60, dtype=torch.float32)
+    series = torch.stack([torch.sin(2 * torch.pi * steps / 7), torch.linspace(-2, 1, 60), -torch.linspace(-1, 1, 60)])
+    stats = input_statistics(series)
+    values = series.numpy()
+    assert stats["min"].tolist() == np.round(values.min(1) * 100).astype(int).tolist()
+    assert stats["max"].tolist() == np.round(values.max(1) * 100).astype(int).tolist()
+    assert stats["upward"].tolist() == [bool(values[0, -1] > values[0, 0]), True, False]
+    assert stats["lags"][0, 0].item() == 7  # the sine's period has the strongest autocorrelation
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_every_variant_forecasts_any_context_length(backbone_dirs, kind):
+    backbone = load_backbone(backbone_dirs[kind], 2)
+    assert len(backbone.model.h if kind == "gpt2" else backbone.model.encoder.layer) == 2  # truncated from 3
+    for variant in VARIANTS:
+        model = TimeLLM(tiny_config(backbone_dirs[kind], variant), backbone).eval()
+        for length in (5, 24, 300):  # shorter (left-padded), equal, longer (cut from the left)
+            out = model(torch.rand(3, length, 2) * 10 + 100)
+            assert out.shape == (3, 4, 2) and torch.isfinite(out).all()
+        long_input = torch.rand(2, 300, 1) + 50
+        assert torch.allclose(model(long_input), model(long_input[:, -24:]))
+
+
+def test_only_the_reprogramming_parts_train(backbone_dirs):
+    backbone = load_backbone(backbone_dirs["gpt2"], 2)
+    frozen_before = {name: p.clone() for name, p in backbone.model.named_parameters()}
+    model = TimeLLM(tiny_config(backbone_dirs["gpt2"]), backbone)
+    counts = model.parameter_counts()
+    assert counts["frozen"] == sum(p.numel() for p in backbone.model.parameters())
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    assert not backbone.model.training  # the frozen model keeps dropout off
+    model(torch.rand(4, 24, 1) + 1).pow(2).mean().backward()
+    optimiser.step()
+    assert all(p.grad is None for p in backbone.model.parameters())
+    assert all(torch.equal(p, frozen_before[name]) for name, p in backbone.model.named_parameters())
+    assert model.mapping.weight.grad is not None and model.head.linear.weight.grad is not None
+
+
+def test_save_and_load_round_trip(backbone_dirs, tmp_path):
+    backbone = load_backbone(backbone_dirs["bert"], 2)
+    torch.manual_seed(1)
+    model = TimeLLM(tiny_config(backbone_dirs["bert"], "llm_to_attn"), backbone).eval()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = TimeLLM.from_pretrained(tmp_path / "saved")  # reloads the backbone from its folder
+    x = torch.rand(2, 24, 1) + 3
+    assert torch.allclose(model(x), loaded(x), atol=1e-6)
+    (tmp_path / "saved" / "config.json").write_text((tmp_path / "saved" / "config.json").read_text().replace("llm_to_attn", "no_llm"))
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
+        TimeLLM.from_pretrained(tmp_path / "saved")
+
+
+def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_split_dir):
+    split = Split.load(tiny_split_dir)
+    backbone = load_backbone(backbone_dirs["gpt2"], 2)
+    settings = TrainSettings(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64, seed=3)
+    close = [list(split.panel.fields).index("close")]
+    valid = split.segment("valid")
+    reports = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = TimeLLM(tiny_config(backbone_dirs["gpt2"]), backbone)
+        before = evaluate(model, valid, np.arange(len(valid)), close, DEVICE, bf16=False)
+        history, report = fit(model, split.segment("train"), valid, close, settings, DEVICE, bf16=False, label="timellm")
+        reports.append(report["best_val_mse"])
+    assert report["best_val_mse"] < before["mse"]
+    assert reports[0] == reports[1]  # same seed, same batches, same result
+    assert any("timellm_train_mse" in row for row in history) and any("timellm_val_mse" in row for row in history)
+    history_values, _ = split.forecast_windows(*split_dates(split)).get(np.arange(5))
+    assert forecast(model, history_values[..., close], DEVICE, bf16=False, batch_size=2).shape == (5, 4, 1)
+
+
+def split_dates(split: Split):
+    days = split.segment("test").dates(np.array([0]))[0]
+    return pd.Timestamp(days[split.lookback - 1]).date(), pd.Timestamp(days[-1]).date()
+
+
+def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_csv, write_config):
+    import mlflow
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    overrides = [f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
+                 "n_heads: 2, num_tokens: 32}", "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32}",
+                 "signals.sources=[timellm, timellm_no_llm, timellm_llm_to_attn, momentum]", "backtest.topk=2", "backtest.n_drop=1",
+                 "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"]
+    config = load_config(write_config(bars_csv, experiment="timellm"), overrides)
+    outcomes = run_pipeline(config, "backtest")
+    assert [o.stage for o in outcomes] == ["ingest", "split", "timellm", "backtest"]
+    stage = outcomes[2]
+    for name in ("timellm", "timellm_no_llm", "timellm_llm_to_attn"):
+        table = pd.read_parquet(stage.output / "signals" / f"{name}.parquet")
+        assert len(table) > 0 and table["score"].notna().all() and (table["model"] == name).all()
+        assert (stage.output / "models" / name / "model.safetensors").is_file()
+    comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
+    assert {"timellm", "timellm_no_llm", "timellm_llm_to_attn", "momentum"} == set(comparison["strategy"])
+    assert comparison[["return_mse", "return_mae"]].notna().all().all()
+    metrics = mlflow.MlflowClient(config.tracking.uri).get_run(stage.run_id).data.metrics
+    assert metrics["timellm_frozen_params"] > 0 and metrics["timellm_no_llm_frozen_params"] < metrics["timellm_frozen_params"]
+    assert {"timellm_test_mse", "timellm_llm_to_attn_val_mse", "persistence_test_mse"} <= set(metrics)
