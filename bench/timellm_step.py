@@ -28,7 +28,8 @@ from models.timellm.prompt import LoopPromptBuilder, PromptBuilder
 def gpt2_width_backbone(folder: str, layers: int) -> str:
     tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=768, n_head=12, n_layer=layers, n_positions=1024)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=768, n_head=12, n_layer=layers, n_positions=1024,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
     GPT2Model(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

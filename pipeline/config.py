@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -215,11 +216,53 @@ class TimeLLMSection(StrictModel):
         return overrides
 
 
+class ChronosStudentConfig(StrictModel):
+    """Distillation of the Chronos-2 teacher into a smaller Chronos-2 (models/chronos/distill.py)."""
+
+    # Size overrides of the teacher's config; patches, rope_theta, context length and quantile
+    # levels are inherited. Keys: num_layers, d_model, d_ff, num_heads, d_kv, dropout_rate.
+    architecture: dict[str, Any] = {"num_layers": 3, "d_model": 384, "d_ff": 1536, "num_heads": 6}
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    target_weight: float = 0.5  # weight of the true-target pinball loss beside matching the teacher
+    min_context: int = 16  # shortest random training context
+    train_windows: int = 8192  # training windows the teacher labels once
+    val_windows: int = 512
+    eval_every: int = 50
+    patience: int = 3
+
+    @field_validator("architecture")
+    @classmethod
+    def _size_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        from models.chronos import SIZE_KEYS
+
+        unknown = sorted(set(overrides) - set(SIZE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown Chronos-2 student key(s) {unknown}: choose from {list(SIZE_KEYS)}")
+        return overrides
+
+
+class ChronosSection(StrictModel):
+    """Chronos-2 zero-shot (source chronos2) and its distilled student (source chronos2_student).
+
+    Needs the optional extra: pip install -e ".[chronos]".
+    """
+
+    teacher: str = "amazon/chronos-2"  # hub id or local folder (Chronos2Pipeline.from_pretrained)
+    covariates: bool = False  # the other data.fields as past-only covariates of the close
+    device: str = "auto"
+    batch_size: int = 256  # series per forecast batch
+    student: ChronosStudentConfig = ChronosStudentConfig()
+
+
 # Signal sources the backtest knows, and the stage that writes each (None: computed by the
 # backtest itself).
 SIGNAL_SOURCES: dict[str, str | None] = {
     "kronos": "signals", "momentum": None, "reversal": None, "lgbm_alpha158": "baselines",
     "timellm": "timellm", "timellm_no_llm": "timellm", "timellm_llm_to_attn": "timellm",
+    "chronos2": "chronos", "chronos2_student": "chronos_student",
 }
 
 
@@ -278,6 +321,7 @@ class PipelineConfig(StrictModel):
     tracking: TrackingConfig = TrackingConfig()
     kronos: KronosConfig = KronosConfig()
     timellm: TimeLLMSection = TimeLLMSection()
+    chronos: ChronosSection = ChronosSection()
     signals: SignalsConfig = SignalsConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     backtest: BacktestConfig = BacktestConfig()
@@ -303,6 +347,13 @@ class PipelineConfig(StrictModel):
                    and name not in {timellm_source(variant) for variant in self.timellm.variants}]
         if missing:
             raise ValueError(f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} does not train them: add the variant or drop the source")
+        return self
+
+    @model_validator(mode="after")
+    def _chronos_is_installed(self) -> PipelineConfig:
+        wanted = [name for name in self.signals.sources if name.startswith("chronos2")]
+        if wanted and importlib.util.find_spec("chronos") is None:
+            raise ValueError(f'signals.sources lists {wanted} but chronos-forecasting is not installed: pip install -e ".[chronos]"')
         return self
 
     def section(self, dotted_key: str) -> Any:

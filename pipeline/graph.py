@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.sources import sample_bars_path
-from pipeline import backtest_stage, baselines_stage, kronos_stages, stages, timellm_stage
+from pipeline import backtest_stage, baselines_stage, chronos_stages, kronos_stages, stages, timellm_stage
 from pipeline.cache import fingerprint
 from pipeline.config import ConfigError, PipelineConfig, stable_hash
 
@@ -51,6 +51,12 @@ def data_fingerprint(config: PipelineConfig) -> str:
     return fingerprint(data.provider_uri, hash_contents=False)
 
 
+def teacher_fingerprint(config: PipelineConfig) -> str:
+    """A local Chronos-2 folder by its files; a hub id stands for itself."""
+    teacher = Path(config.chronos.teacher)
+    return fingerprint(teacher) if teacher.is_dir() else config.chronos.teacher
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
@@ -86,6 +92,19 @@ STAGES: dict[str, Stage] = {
             needs=("split",),
             config_keys=("timellm", "seed"),
             run=timellm_stage.timellm,
+        ),
+        Stage(
+            "chronos",
+            needs=("split",),
+            config_keys=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
+            run=chronos_stages.chronos,
+            external_inputs=teacher_fingerprint,
+        ),
+        Stage(
+            "chronos_student",
+            needs=("chronos", "split"),
+            config_keys=("chronos", "split.test", "seed"),
+            run=chronos_stages.chronos_student,
         ),
         Stage(
             "signals",
