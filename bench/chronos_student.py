@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from models.chronos.forecasting import load_pipeline, pipeline_quantiles
+from models.chronos.forecasting import load_pipeline, pipeline_for, pipeline_quantiles
 from models.chronos.student import build_student, parameter_count
 from models.chronos.tiny import CHRONOS2_SIZE, tiny_chronos2
 from pipeline.config import ChronosStudentConfig
@@ -43,7 +43,7 @@ def main() -> None:
         source = args.teacher or str(tiny_chronos2(folder, **CHRONOS2_SIZE))
         teacher = load_pipeline(source, torch.device("cpu"))
     student_model = build_student(teacher.model, ChronosStudentConfig().architecture, seed=0).eval()
-    student = type(teacher)(student_model)
+    student = pipeline_for(student_model)
     print(f"torch threads {torch.get_num_threads()}; teacher {parameter_count(teacher.model) / 1e6:.1f}M parameters, "
           f"student {parameter_count(student_model) / 1e6:.1f}M; {args.series} series, horizon {args.horizon}, batch {args.batch_size}")
     rng = np.random.default_rng(0)

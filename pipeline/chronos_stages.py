@@ -18,7 +18,8 @@ import torch
 
 from data_prep.windows import Split
 from models.chronos.distill import DistillSettings, distil
-from models.chronos.forecasting import load_pipeline, pipeline_quantiles, prediction_length, quantile_levels, scores_from_quantiles
+from models.chronos.forecasting import (load_pipeline, pipeline_for, pipeline_quantiles, prediction_length, quantile_levels,
+                                         scores_from_quantiles)
 from models.chronos.student import build_student, parameter_count
 from models.device import pick_device
 from pipeline.config import ConfigError, PipelineConfig
@@ -62,9 +63,7 @@ def load_teacher(config: PipelineConfig, device: torch.device):
 def write_outputs(series: TestSeries, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
     score, spread = scores_from_quantiles(quantiles, levels, series.last_close())
     write_signal_table(make_signal_table(series.days, series.instruments, score, spread, source), out / "signals" / f"{source}.parquet")
-    partial = out / "forecasts.partial.npz"
-    np.savez_compressed(partial, quantiles=quantiles.astype(np.float32), levels=np.array(levels))
-    partial.replace(out / "forecasts.npz")
+    np.savez_compressed(out / "forecasts.npz", quantiles=quantiles.astype(np.float32), levels=np.array(levels))
 
 
 def chronos(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
@@ -99,7 +98,7 @@ def chronos_student(config: PipelineConfig, inputs: dict[str, Path], out: Path) 
     settings = DistillSettings(**section.student.model_dump(exclude={"architecture"}), seed=config.seed)
     history, report = distil(student, teacher.model, split.segment("train"), split.segment("valid"),
                              series.target, series.covariates, settings, device)
-    student_pipeline = type(teacher)(student)
+    student_pipeline = pipeline_for(student)
     student_pipeline.save_pretrained(out / "model")
 
     levels = quantile_levels(student)

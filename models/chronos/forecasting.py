@@ -33,6 +33,13 @@ def load_pipeline(source: str, device: torch.device):
     return pipeline
 
 
+def pipeline_for(model):
+    """A `Chronos2Pipeline` around a `Chronos2Model` built here (the distilled student)."""
+    from chronos import Chronos2Pipeline
+
+    return Chronos2Pipeline(model)
+
+
 def quantile_levels(model) -> list[float]:
     return list(model.chronos_config.quantiles)
 

@@ -31,7 +31,7 @@ class TrainSettings:
     epochs: int = 3
     steps_per_epoch: int = 60  # batches per epoch, drawn at random from the training windows
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 1e-3
     patience: int = 2  # epochs without validation improvement before stopping
     val_windows: int = 512
     seed: int = 42
