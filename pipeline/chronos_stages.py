@@ -29,7 +29,7 @@ from strategies.signal_table import make_signal_table, write_signal_table
 TIMING_SERIES = 1024  # test series both models forecast for the speed-up figure
 
 
-class TestSeries:
+class ForecastSeries:
     """Every test day and instrument with its lookback, in the layout the models take."""
 
     def __init__(self, config: PipelineConfig, split: Split):
@@ -60,7 +60,7 @@ def load_teacher(config: PipelineConfig, device: torch.device):
                           "config.json and model.safetensors, or a hub id with network access") from exc
 
 
-def write_outputs(series: TestSeries, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
+def write_outputs(series: ForecastSeries, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
     score, spread = scores_from_quantiles(quantiles, levels, series.last_close())
     write_signal_table(make_signal_table(series.days, series.instruments, score, spread, source), out / "signals" / f"{source}.parquet")
     np.savez_compressed(out / "forecasts.npz", quantiles=quantiles.astype(np.float32), levels=np.array(levels))
@@ -70,7 +70,7 @@ def chronos(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
     split = Split.load(inputs["split"])
     device = pick_device(config.chronos.device)
     pipeline = load_teacher(config, device)
-    series = TestSeries(config, split)
+    series = ForecastSeries(config, split)
     levels = quantile_levels(pipeline.model)
     started = time.perf_counter()
     quantiles = series.forecast(pipeline, config.chronos.batch_size, "Chronos-2 teacher forecast")
@@ -93,7 +93,7 @@ def chronos_student(config: PipelineConfig, inputs: dict[str, Path], out: Path) 
     if split.horizon > prediction_length(teacher.model):
         raise ConfigError(f"split.horizon {split.horizon} is longer than the {prediction_length(teacher.model)} steps the teacher "
                           "forecasts in one pass; distillation needs a shorter horizon (or a teacher with more max_output_patches)")
-    series = TestSeries(config, split)
+    series = ForecastSeries(config, split)
     student = build_student(teacher.model, section.student.architecture, config.seed)
     settings = DistillSettings(**section.student.model_dump(exclude={"architecture"}), seed=config.seed)
     history, report = distil(student, teacher.model, split.segment("train"), split.segment("valid"),
@@ -125,7 +125,7 @@ def chronos_student(config: PipelineConfig, inputs: dict[str, Path], out: Path) 
                        history=history)
 
 
-def forecast_agreement(series: TestSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]) -> dict[str, float]:
+def forecast_agreement(series: ForecastSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]) -> dict[str, float]:
     """How closely the student's test forecasts follow the teacher's."""
     middle = levels.index(0.5)
     scale = np.nanstd(series.values[..., series.target], axis=1)[:, None] + 1e-8
@@ -138,7 +138,7 @@ def forecast_agreement(series: TestSeries, student: np.ndarray, teacher: np.ndar
     }
 
 
-def time_both(series: TestSeries, teacher, student, batch_size: int) -> dict[str, float]:
+def time_both(series: ForecastSeries, teacher, student, batch_size: int) -> dict[str, float]:
     """Forecast time of teacher and student on the same test series, in this run."""
     rows = slice(0, min(TIMING_SERIES, len(series.values)))
     seconds = {}

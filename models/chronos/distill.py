@@ -88,16 +88,21 @@ def scaled(model, context_target: torch.Tensor, *series: torch.Tensor) -> list[t
     return out
 
 
+def pinball(quantiles: torch.Tensor, targets: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantile loss of (B, Q, H) forecasts at `levels` (Q,) against (B, H) targets, reduced as
+    the package's training loss: twice the pinball, mean over the horizon, sum over levels, mean over series."""
+    levels = levels.view(1, -1, 1).to(quantiles)
+    below = (targets[:, None] <= quantiles).float()
+    return (2 * ((targets[:, None] - quantiles) * (below - levels)).abs()).mean(-1).sum(-1).mean()
+
+
 def losses(student, batch: Labelled, target: int, covariates: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(teacher-matching loss, true-target pinball loss) for one batch."""
     inputs, targets, teacher = batch.inputs.to(device), batch.targets.to(device), batch.teacher.to(device)
     predicted = model_quantiles(student, inputs, target, covariates, targets.shape[-1])  # (B, Q, H)
     predicted, teacher, targets = scaled(student, inputs[..., target], predicted, teacher, targets)
-    levels = student.quantiles.view(1, -1, 1).to(predicted)
     match = (predicted - teacher).abs().mean(-1).sum(-1).mean()
-    below = (targets[:, None] <= predicted).float()
-    pinball = (2 * ((targets[:, None] - predicted) * (below - levels)).abs()).mean(-1).sum(-1).mean()
-    return match, pinball
+    return match, pinball(predicted, targets, student.quantiles)
 
 
 def subset(data: Labelled, items: torch.Tensor | slice) -> Labelled:
@@ -121,9 +126,7 @@ def evaluate(student, data: Labelled, target: int, covariates: list[int], settin
 def teacher_pinball(teacher, data: Labelled, target: int) -> float:
     """The teacher's own pinball loss on the labelled windows: the level the student aims at."""
     teacher_quantiles, targets = scaled(teacher, data.inputs[..., target], data.teacher, data.targets)
-    levels = teacher.quantiles.view(1, -1, 1).to(teacher_quantiles)
-    below = (targets[:, None] <= teacher_quantiles).float()
-    return (2 * ((targets[:, None] - teacher_quantiles) * (below - levels)).abs()).mean(-1).sum(-1).mean().item()
+    return pinball(teacher_quantiles, targets, teacher.quantiles).item()
 
 
 def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, covariates: list[int],

@@ -16,7 +16,6 @@ from models.chronos import SIZE_KEYS
 from models.chronos.forecasting import require_chronos
 
 
-
 def student_config(teacher_config, overrides: dict):
     """A copy of the teacher's `Chronos2CoreConfig` with the size overrides applied.
 
