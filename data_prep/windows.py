@@ -141,6 +141,15 @@ class WindowSet:
         days = (self.panel.starts[instrument] + end)[:, None] + self._steps
         return self.panel.calendar.values[days]
 
+    def decision_days(self) -> np.ndarray:
+        """Calendar day of every window's last input row (its decision day): (N,) datetime64[ns]."""
+        instrument, end = self.index.T
+        return self.panel.calendar.values[self.panel.starts[instrument] + end]
+
+    def instruments(self) -> np.ndarray:
+        """Instrument name of every window: (N,)."""
+        return np.array(self.panel.instruments)[self.index[:, 0]]
+
 
 def normalise(inputs: np.ndarray, targets: np.ndarray | None = None, clip: float = 5.0, eps: float = 1e-5):
     """Z-score inputs (B, L, F) and targets (B, H, F) with statistics of the inputs only.

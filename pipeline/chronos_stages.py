@@ -34,10 +34,9 @@ class ForecastSeries:
 
     def __init__(self, config: PipelineConfig, split: Split):
         windows = split.forecast_windows(*config.split.test)
-        items = np.arange(len(windows))
-        self.values, _ = windows.get(items)  # (N, L, F)
-        self.days = windows.dates(items)[:, -1]
-        self.instruments = np.array(split.panel.instruments)[windows.index[:, 0]]
+        self.values, _ = windows.get(np.arange(len(windows)))  # (N, L, F)
+        self.days = windows.decision_days()
+        self.instruments = windows.instruments()
         self.fields = list(split.panel.fields)
         self.target = self.fields.index("close")
         self.covariates = [i for i in range(len(self.fields)) if i != self.target] if config.chronos.covariates else []
@@ -143,7 +142,7 @@ def time_both(series: ForecastSeries, teacher, student, batch_size: int) -> dict
     rows = slice(0, min(TIMING_SERIES, len(series.values)))
     seconds = {}
     for name, pipeline in (("teacher", teacher), ("student", student)):
-        series.forecast(pipeline, batch_size, f"timing {name}", rows)  # warm-up
+        series.forecast(pipeline, batch_size, f"warm-up {name}", slice(0, min(batch_size, rows.stop)))
         started = time.perf_counter()
         series.forecast(pipeline, batch_size, f"timing {name}", rows)
         seconds[name] = time.perf_counter() - started

@@ -147,7 +147,7 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
     seconds = time.perf_counter() - started
     close = paths[..., FIELDS.index("close")]  # (N, samples, horizon)
     path_returns = expected_return(close, history[:, -1, FIELDS.index("close"), None])  # (N, samples)
-    instruments = np.array(split.panel.instruments)[instrument_ids]
+    instruments = windows.instruments()
     table = make_signal_table(decision_days, instruments, path_returns.mean(1), path_returns.std(1), "kronos")
     write_signal_table(table, out / "signals" / "kronos.parquet")
     np.savez_compressed(out / "forecasts.npz", decision_days=decision_days.astype("datetime64[D]"), instruments=instruments,

@@ -52,8 +52,8 @@ def timellm(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
     windows = split.forecast_windows(*config.split.test)
     items = np.arange(len(windows))
     history_values, _ = windows.get(items)  # (N, L, F)
-    decision_days = windows.dates(items)[:, -1]
-    instruments = np.array(split.panel.instruments)[windows.index[:, 0]]
+    decision_days = windows.decision_days()
+    instruments = windows.instruments()
     known = test_positions(split, windows.index)
     test_set = split.segment("test")
     test_inputs, test_targets = (torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set))))
