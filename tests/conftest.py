@@ -96,3 +96,38 @@ def tiny_split_dir(tmp_path_factory) -> Path:
     windows, _ = build_windows(panel, 24, 4, segments)
     Split(panel, windows, 24, 4).save(root / "split")
     return root / "split"
+
+
+@pytest.fixture(scope="session")
+def backbone_dirs(tmp_path_factory) -> dict[str, str]:
+    """Tiny random GPT-2 and BERT models with real tokenizers, saved to folders."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    from models.timellm.backbone import bundled_minilm_path
+
+    root = tmp_path_factory.mktemp("backbones")
+    texts = ["Dataset description: daily prices. Task description: forecast the next steps; min value -1.25, max value 2.50."] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, special_tokens=["<|endoftext|>"])
+    gpt2_tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                       unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    end = gpt2_tokenizer.eos_token_id
+    GPT2Model(GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=48, n_layer=3, n_head=2, n_positions=256, bos_token_id=end, eos_token_id=end)).save_pretrained(root / "gpt2")
+    gpt2_tokenizer.save_pretrained(root / "gpt2")
+    bert_tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())  # a real WordPiece vocabulary
+    BertModel(BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=48, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(root / "bert")
+    bert_tokenizer.save_pretrained(root / "bert")
+    return {"gpt2": str(root / "gpt2"), "bert": str(root / "bert")}
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A tiny random Chronos-2 model saved to a folder (needs the chronos extra)."""
+    pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra: pip install -e ".[chronos]"')
+    from models.chronos.tiny import tiny_chronos2
+
+    return tiny_chronos2(tmp_path_factory.mktemp("chronos") / "teacher", context_length=256)

@@ -15,15 +15,9 @@ from data_prep.windows import Split  # noqa: E402
 from models.chronos.distill import DistillSettings, distil, random_length_inputs  # noqa: E402
 from models.chronos.forecasting import load_pipeline, model_quantiles, pipeline_quantiles, scores_from_quantiles  # noqa: E402
 from models.chronos.student import build_student, parameter_count, student_config  # noqa: E402
-from models.chronos.tiny import tiny_chronos2  # noqa: E402
 
 DEVICE = torch.device("cpu")
 STUDENT = {"num_layers": 1, "d_model": 16, "d_ff": 32, "num_heads": 2}
-
-
-@pytest.fixture(scope="session")
-def teacher_dir(tmp_path_factory):
-    return tiny_chronos2(tmp_path_factory.mktemp("chronos") / "teacher", context_length=256)
 
 
 def test_tiny_model_loads_through_the_package_entry_points(teacher_dir):

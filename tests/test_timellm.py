@@ -6,38 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, GPT2TokenizerFast
 
 from data_prep.windows import Split
 from models.kronos.hub import CheckpointMismatchError
 from models.timellm import VARIANTS, TimeLLM, TimeLLMConfig
-from models.timellm.backbone import bundled_minilm_path, load_backbone
+from models.timellm.backbone import load_backbone
 from models.timellm.prompt import LoopPromptBuilder, PromptBuilder, input_statistics
 from models.timellm.training import TrainSettings, evaluate, fit, forecast
 
 DEVICE = torch.device("cpu")
-
-
-@pytest.fixture(scope="session")
-def backbone_dirs(tmp_path_factory) -> dict[str, str]:
-    """Tiny random GPT-2 and BERT models with real tokenizers, saved to folders."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    root = tmp_path_factory.mktemp("backbones")
-    texts = ["Dataset description: daily prices. Task description: forecast the next steps; min value -1.25, max value 2.50."] * 20
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=400, special_tokens=["<|endoftext|>"])
-    gpt2_tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                       unk_token="<|endoftext|>")
-    torch.manual_seed(0)
-    end = gpt2_tokenizer.eos_token_id
-    GPT2Model(GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=48, n_layer=3, n_head=2, n_positions=256, bos_token_id=end, eos_token_id=end)).save_pretrained(root / "gpt2")
-    gpt2_tokenizer.save_pretrained(root / "gpt2")
-    bert_tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())  # a real WordPiece vocabulary
-    BertModel(BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=48, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(root / "bert")
-    bert_tokenizer.save_pretrained(root / "bert")
-    return {"gpt2": str(root / "gpt2"), "bert": str(root / "bert")}
 
 
 def tiny_config(backbone: str, variant: str = "llm", **overrides) -> TimeLLMConfig:
