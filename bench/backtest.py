@@ -15,10 +15,11 @@ from pathlib import Path
 from data_prep.ingest import link_qlib_folder
 from data_prep.panel import load_panel
 from data_prep.qlib_format import init_qlib
-from strategies.baselines import rule_baseline
-from strategies.metrics import score_matrix
-from strategies.qlib_backtest import TopkSettings, qlib_topk_dropout
-from strategies.vbt_backtest import vbt_sweep, vbt_topk_dropout
+from evaluation.metrics import score_matrix
+from evaluation.qlib_backtest import qlib_topk_dropout
+from evaluation.rules import rule_baseline
+from evaluation.vbt_backtest import vbt_sweep, vbt_topk_dropout
+from pipeline.config import BacktestConfig
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300_2018_2022"
 
@@ -27,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qlib-folder", type=Path, default=DEFAULT_FOLDER)
     args = parser.parse_args()
-    settings = TopkSettings(topk=50, n_drop=5, limit_threshold=0.095)
+    settings = BacktestConfig(topk=50, n_drop=5, limit_threshold=0.095).topk_settings()
     with tempfile.TemporaryDirectory() as scratch:
         view = Path(scratch) / "view"
         link_qlib_folder(args.qlib_folder, view, "csi300")

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from models.kronos import Kronos
 from models.kronos.configs import KRONOS_MINI, KRONOS_SMALL
 from models.kronos.generation import Sampling, generate_cached, generate_reference
+from models.kronos.model import Kronos
 
 
 def compare(name: str, config: dict, batch: int, context: int, horizon: int, max_context: int) -> None:

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2Model
 from models.device import autocast
 from models.timellm import TimeLLM, TimeLLMConfig
 from models.timellm.backbone import bundled_minilm_path, load_backbone
-from models.timellm.prompt import LoopPromptBuilder, PromptBuilder
+from models.timellm.prompt import LoopPromptBuilder
 
 
 def gpt2_width_backbone(folder: str, layers: int) -> str:

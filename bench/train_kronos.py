@@ -19,9 +19,11 @@ from data_prep.ingest import write_qlib_folder
 from data_prep.panel import load_panel
 from data_prep.sources import read_bars, sample_bars_path
 from data_prep.windows import Split, build_windows
-from models.kronos import Kronos, KronosTokenizer
 from models.kronos.configs import KRONOS_MINI, TOKENIZER_BASE
-from models.kronos.training import PredictorTask, TokenizerTask, TrainSettings, fit, init_world
+from models.kronos.model import Kronos
+from models.kronos.tokenizer import KronosTokenizer
+from models.kronos.training import PredictorTask, TokenizerTask, fit, init_world
+from pipeline.config import KronosTrainConfig
 
 
 def sample_split(folder: Path, lookback: int, horizon: int) -> Split:
@@ -40,7 +42,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=10)
     args = parser.parse_args()
     world = init_world()
-    settings = TrainSettings(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, val_windows=args.batch_size, random_context_share=0.0)
+    settings = KronosTrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, val_windows=args.batch_size,
+                                 random_context_share=0.0).settings(clip=5.0, seed=42, device="auto", bf16=True)
     torch.manual_seed(0)
     print(f"device {world.device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"window {args.lookback}+{args.horizon}, {args.steps} steps")

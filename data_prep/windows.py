@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from data_prep.errors import DataError
 from data_prep.panel import Panel
@@ -185,6 +186,12 @@ class Split:
         index, _ = build_windows(self.panel, self.lookback, self.horizon, {"forecast": (start, end)}, require_target=False)
         return WindowSet(self.panel, index["forecast"], self.lookback, 0)
 
+    def forecast_inputs(self, start: dt.date, end: dt.date) -> ForecastInputs:
+        """What every model stage forecasts from: each (decision day, instrument) in [start, end]."""
+        windows = self.forecast_windows(start, end)
+        values, _ = windows.get(np.arange(len(windows)))
+        return ForecastInputs(self, windows, values, windows.decision_days(), windows.instruments())
+
     def save(self, folder: Path, extra_meta: dict | None = None) -> None:
         self.panel.save(folder / "panel")
         for name, index in self.windows.items():
@@ -197,3 +204,47 @@ class Split:
         meta = json.loads((folder / "split.json").read_text())
         windows = {name: np.load(folder / f"windows_{name}.npy") for name in meta["segments"]}
         return cls(Panel.load(folder / "panel"), windows, meta["lookback"], meta["horizon"])
+
+
+@dataclass(frozen=True)
+class ForecastInputs:
+    """Every (decision day, instrument) of a forecast range with its lookback, ordered by instrument, then day."""
+
+    split: Split
+    windows: WindowSet  # inputs only (horizon 0)
+    values: np.ndarray  # (N, lookback, F) raw inputs
+    days: np.ndarray  # (N,) decision days, datetime64[ns]
+    instruments: np.ndarray  # (N,) instrument names
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.split.panel.fields)
+
+    def last(self, field: str) -> np.ndarray:
+        """The value of `field` on each decision day: (N,)."""
+        return self.values[:, -1, self.fields.index(field)]
+
+    def input_dates(self) -> np.ndarray:
+        """Calendar day of every input row: (N, lookback)."""
+        return self.windows.dates(np.arange(len(self)))
+
+    def future_days(self) -> np.ndarray:
+        """The `horizon` trading days after each decision day (business days past the calendar's end): (N, H)."""
+        calendar = self.split.panel.calendar
+        extended = calendar.append(pd.bdate_range(calendar[-1] + pd.Timedelta(days=1), periods=self.split.horizon))
+        positions = calendar.get_indexer(pd.DatetimeIndex(self.days))[:, None] + np.arange(1, self.split.horizon + 1)
+        return extended.values[positions]
+
+    def segment_rows(self, segment: str) -> np.ndarray:
+        """Rows that are also windows of the split's `segment` (their targets are known), in its order."""
+        index = self.windows.index
+        width = int(index[:, 1].max()) + 1
+        keys = index[:, 0] * width + index[:, 1]  # ordered by instrument, then day
+        wanted = self.split.windows[segment]
+        positions = np.searchsorted(keys, wanted[:, 0] * width + wanted[:, 1])
+        if not np.array_equal(index[np.minimum(positions, len(keys) - 1)], wanted):
+            raise RuntimeError(f"some {segment} windows are missing from the forecast windows; the split is inconsistent")
+        return positions

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from models.kronos import configs as kronos_sizes
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
@@ -102,12 +104,19 @@ class KronosTrainConfig(StrictModel):
     batch_size: int = 32  # per process
     lr: float = 1e-3
     weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW
     grad_clip: float = 3.0
     patience: int = 2
     val_windows: int = 512
     min_context: int = 16
     random_context_share: float = 0.3  # share of batches trained on a shorter, random context
     teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token while training
+
+    def settings(self, clip: float, seed: int, device: str, bf16: bool):
+        """The model layer's settings (models.kronos.training.KronosTrainSettings)."""
+        from models.kronos.training import KronosTrainSettings
+
+        return KronosTrainSettings(**self.model_dump(), clip=clip, seed=seed, device=device, bf16=bf16)
 
 
 class KronosInferenceConfig(StrictModel):
@@ -139,24 +148,19 @@ class KronosConfig(StrictModel):
     nproc: int = 1  # >1: train under torchrun with DistributedDataParallel
 
 
-_SMOKE_TOKENIZER = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2, ffn_dropout_p=0.0,
-                        attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=8, s2_bits=8, beta=0.05, gamma0=1.0, gamma=1.1,
-                        zeta=0.05, group_size=4)
-_SMOKE_PREDICTOR = dict(s1_bits=8, s2_bits=8, n_layers=2, d_model=64, n_heads=2, ff_dim=128, ffn_dropout_p=0.0,
-                        attn_dropout_p=0.0, resid_dropout_p=0.0, token_dropout_p=0.0, learn_te=True)
 # Model sizes and training budgets per `profile`; a config's `kronos:` section overrides them.
 KRONOS_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {  # tiny, a few steps: CI and the default config
-        "tokenizer": {"architecture": _SMOKE_TOKENIZER},
-        "predictor": {"architecture": _SMOKE_PREDICTOR},
+        "tokenizer": {"architecture": kronos_sizes.TOKENIZER_SMOKE},
+        "predictor": {"architecture": kronos_sizes.KRONOS_SMOKE},
     },
     "cpu": {  # tokenizer-base and Kronos-mini sizes from scratch: hours on a laptop
         "tokenizer": {
-            "architecture": {**_SMOKE_TOKENIZER, "d_model": 256, "n_heads": 4, "ff_dim": 512, "n_enc_layers": 4, "n_dec_layers": 4, "s1_bits": 10, "s2_bits": 10},
+            "architecture": kronos_sizes.TOKENIZER_BASE,
             "training": {"epochs": 10, "steps_per_epoch": 200, "lr": 2e-4, "patience": 3},
         },
         "predictor": {
-            "architecture": {**_SMOKE_PREDICTOR, "s1_bits": 10, "s2_bits": 10, "n_layers": 4, "d_model": 256, "n_heads": 4, "ff_dim": 512},
+            "architecture": kronos_sizes.KRONOS_MINI,
             "training": {"epochs": 10, "steps_per_epoch": 200, "lr": 3e-4, "patience": 3},
         },
     },
@@ -181,6 +185,12 @@ class TimeLLMTrainConfig(StrictModel):
     lr: float = 1e-3  # upstream uses 1e-2 for ETT; here 1e-2 diverged (no_llm validation MSE 17 after one epoch)
     patience: int = 2
     val_windows: int = 512
+
+    def settings(self, seed: int):
+        """The model layer's settings (models.timellm.training.TimeLLMTrainSettings)."""
+        from models.timellm.training import TimeLLMTrainSettings
+
+        return TimeLLMTrainSettings(**self.model_dump(), seed=seed)
 
 
 TIMELLM_VARIANTS = ("llm", "no_llm", "llm_to_attn")
@@ -233,6 +243,12 @@ class ChronosStudentConfig(StrictModel):
     eval_every: int = 50
     patience: int = 3
 
+    def settings(self, seed: int):
+        """The model layer's settings (models.chronos.distill.DistillSettings)."""
+        from models.chronos.distill import DistillSettings
+
+        return DistillSettings(**self.model_dump(exclude={"architecture"}), seed=seed)
+
     @field_validator("architecture")
     @classmethod
     def _size_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +273,10 @@ class ChronosSection(StrictModel):
     student: ChronosStudentConfig = ChronosStudentConfig()
 
 
-# Signal sources the backtest knows, and the stage that writes each (None: computed by the
-# backtest itself).
-SIGNAL_SOURCES: dict[str, str | None] = {
-    "kronos": "signals", "momentum": None, "reversal": None, "lgbm_alpha158": "baselines",
-    "timellm": "timellm", "timellm_no_llm": "timellm", "timellm_llm_to_attn": "timellm",
-    "chronos2": "chronos", "chronos2_student": "chronos_student",
-}
+# Signal sources the backtest knows; pipeline/graph.py maps each to the stage that writes it
+# (momentum and reversal are rules the backtest computes itself).
+SIGNAL_SOURCES = ("kronos", "momentum", "reversal", "lgbm_alpha158", "timellm", "timellm_no_llm", "timellm_llm_to_attn",
+                  "chronos2", "chronos2_student")
 
 
 def timellm_source(variant: str) -> str:
@@ -271,9 +284,11 @@ def timellm_source(variant: str) -> str:
     return "timellm" if variant == "llm" else f"timellm_{variant}"
 
 
-class BaselinesConfig(StrictModel):
+class LGBMConfig(StrictModel):
+    """LightGBM on Qlib's Alpha158 features (source lgbm_alpha158)."""
+
     # Qlib's CSI300 Alpha158 benchmark settings for LGBModel (threads sized for this machine).
-    lgbm: dict[str, Any] = {
+    params: dict[str, Any] = {
         "loss": "mse", "colsample_bytree": 0.8879, "learning_rate": 0.2, "subsample": 0.8789, "lambda_l1": 205.6999,
         "lambda_l2": 580.9768, "max_depth": 8, "num_leaves": 210, "num_threads": 2, "early_stopping_rounds": 50,
         "num_boost_round": 1000, "verbosity": -1,
@@ -311,6 +326,12 @@ class BacktestConfig(StrictModel):
     sweep_n_drop: tuple[int, ...] = (1, 2, 3, 4, 5)
     sweep_cost: tuple[float, ...] = (0.5, 1.0)
 
+    def topk_settings(self):
+        """The engines' settings (evaluation.qlib_backtest.TopkSettings), without the sweep grid."""
+        from evaluation.qlib_backtest import TopkSettings
+
+        return TopkSettings(**self.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost"}))
+
 
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
@@ -323,7 +344,7 @@ class PipelineConfig(StrictModel):
     timellm: TimeLLMSection = TimeLLMSection()
     chronos: ChronosSection = ChronosSection()
     signals: SignalsConfig = SignalsConfig()
-    baselines: BaselinesConfig = BaselinesConfig()
+    lgbm: LGBMConfig = LGBMConfig()
     backtest: BacktestConfig = BacktestConfig()
 
     @model_validator(mode="before")
@@ -418,11 +439,17 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         raise ConfigError(f"invalid config {config_path}:\n" + describe_errors(exc)) from exc
 
 
+# Keys renamed with the stage contract (README "Renames" lists every one).
+RENAMED_KEYS = {"baselines": "lgbm (baselines.lgbm is now lgbm.params)"}
+
+
 def describe_errors(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and key.split(".")[0] in RENAMED_KEYS:
+            lines.append(f"  - '{key}' was renamed: use {RENAMED_KEYS[key.split('.')[0]]}")
+        elif error["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}': check the spelling against pipeline/config.py")
         else:
             lines.append(f"  - '{key or '<root>'}': {error['msg']} (got {error.get('input')!r})")

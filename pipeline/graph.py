@@ -1,4 +1,5 @@
-"""The stage graph: which stages exist, what each needs, and what its cache key depends on.
+"""The stage graph: the registry of declared stages, which stage produces which signal source,
+the order stages run in, and what each stage's cache key depends on.
 
 A stage's key hashes its version, the config keys it reads, a fingerprint of external inputs
 (for ingest: the data files) and the keys of the stages it needs. Change any of these and the
@@ -7,154 +8,71 @@ stage, and everything downstream of it, runs again; change nothing and its outpu
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import logging
 
-from data_prep.sources import sample_bars_path
-from pipeline import backtest_stage, baselines_stage, chronos_stages, kronos_stages, stages, timellm_stage
-from pipeline.cache import fingerprint
-from pipeline.config import ConfigError, PipelineConfig, stable_hash
+from evaluation.rules import RULE_BASELINES
+from pipeline.config import SIGNAL_SOURCES, ConfigError, PipelineConfig, stable_hash
+from pipeline.contract import StageSpec
+from pipeline.stages import backtest, chronos, data, kronos, lgbm, timellm
 
-StageFunction = Callable[[PipelineConfig, dict[str, Path], Path], stages.StageResult]
+log = logging.getLogger(__name__)
 
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec for module in (data, kronos, timellm, chronos, lgbm, backtest) for spec in module.STAGES
+}
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    # Stages whose outputs this one reads; a function of the config when that decides it
-    # (e.g. the backtest needs the model stages only for the signal sources it is given).
-    needs: tuple[str, ...] | Callable[[PipelineConfig], tuple[str, ...]]
-    run: StageFunction
-    # Config keys (dotted) whose values change the stage's output.
-    config_keys: tuple[str, ...] = ()
-    # Bump when a code change alters the output, so old cache entries stop matching.
-    version: int = 1
-    external_inputs: Callable[[PipelineConfig], str] | None = None
-    # An interrupted run leaves its partial output for the next run to resume from.
-    resumable: bool = False
+# Signal source -> the stage that writes its table; rule baselines are computed by the backtest.
+SIGNAL_PRODUCERS: dict[str, str] = {source: spec.name for spec in STAGES.values() for source in spec.signal_sources}
+if set(SIGNAL_PRODUCERS) | set(RULE_BASELINES) != set(SIGNAL_SOURCES):
+    raise RuntimeError(f"signal sources in pipeline/config.py {sorted(SIGNAL_SOURCES)} and those the stages produce "
+                       f"{sorted(SIGNAL_PRODUCERS)} + rules {list(RULE_BASELINES)} differ: declare each source on its stage")
 
-    def needs_for(self, config: PipelineConfig) -> tuple[str, ...]:
-        return self.needs(config) if callable(self.needs) else self.needs
-
-
-def data_fingerprint(config: PipelineConfig) -> str:
-    data = config.data
-    if data.source == "sample":
-        return fingerprint(sample_bars_path())
-    if data.source == "csv":
-        if not Path(data.path).exists():
-            return "missing"  # the ingest stage itself reports the missing file
-        return fingerprint(data.path)
-    if not Path(data.provider_uri).is_dir():
-        return "missing"
-    return fingerprint(data.provider_uri, hash_contents=False)
-
-
-def teacher_fingerprint(config: PipelineConfig) -> str:
-    """A local Chronos-2 folder by its files; a hub id stands for itself."""
-    teacher = Path(config.chronos.teacher)
-    return fingerprint(teacher) if teacher.is_dir() else config.chronos.teacher
-
-
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in (
-        Stage(
-            "ingest",
-            needs=(),
-            config_keys=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments"),
-            run=stages.ingest,
-            external_inputs=data_fingerprint,
-        ),
-        Stage(
-            "split",
-            needs=("ingest",),
-            config_keys=("split", "data.instruments", "data.fields"),
-            run=stages.split,
-        ),
-        Stage(
-            "tokenizer",
-            needs=("split",),
-            config_keys=("kronos.tokenizer", "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
-            run=kronos_stages.tokenizer,
-            resumable=True,
-        ),
-        Stage(
-            "predictor",
-            needs=("tokenizer", "split"),
-            config_keys=("kronos.predictor", "kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed"),
-            run=kronos_stages.predictor,
-            resumable=True,
-        ),
-        Stage(
-            "timellm",
-            needs=("split",),
-            config_keys=("timellm", "seed"),
-            run=timellm_stage.timellm,
-        ),
-        Stage(
-            "chronos",
-            needs=("split",),
-            config_keys=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
-            run=chronos_stages.chronos,
-            external_inputs=teacher_fingerprint,
-        ),
-        Stage(
-            "chronos_student",
-            needs=("chronos", "split"),
-            config_keys=("chronos", "split.test", "seed"),
-            run=chronos_stages.chronos_student,
-        ),
-        Stage(
-            "signals",
-            needs=("predictor", "tokenizer", "split"),
-            config_keys=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
-            run=kronos_stages.signals,
-            version=2,  # 2: forecasts.npz is logged for the notebook
-        ),
-        Stage(
-            "baselines",
-            needs=("ingest", "split"),
-            config_keys=("baselines", "split.train", "split.valid", "split.test", "data.instruments", "data.region"),
-            run=baselines_stage.baselines,
-        ),
-        Stage(
-            "backtest",
-            needs=backtest_stage.backtest_needs,
-            config_keys=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
-            run=backtest_stage.backtest,
-            # 2: daily returns, IC, closes, signals kept; 3: runs named with settings; 4: daily Rank IC;
-            # 5: forecast errors of the horizon return (return_mse, return_mae)
-            version=5,
-        ),
-    )
+# Stage names before the stage contract; still accepted on the command line.
+STAGE_ALIASES = {
+    "tokenizer": "kronos_tokenizer", "predictor": "kronos_predictor", "signals": "kronos_signals",
+    "baselines": "lgbm_alpha158", "chronos": "chronos2", "chronos_student": "chronos2_student",
 }
 
 
-def plan(target: str, config: PipelineConfig) -> list[Stage]:
+def resolve(name: str) -> str:
+    """A stage name, or an old alias of one (with a notice), checked against the registry."""
+    if name in STAGE_ALIASES:
+        log.warning("stage %r is now called %r; the old name still works", name, STAGE_ALIASES[name])
+        return STAGE_ALIASES[name]
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}: choose one of {list(STAGES)} (see --list)")
+    return name
+
+
+def needs(stage: StageSpec, config: PipelineConfig) -> tuple[str, ...]:
+    """The stages whose outputs `stage` reads under this config."""
+    if not stage.consumes_signals:
+        return stage.needs
+    producers = sorted({SIGNAL_PRODUCERS[name] for name in config.signals.sources if name in SIGNAL_PRODUCERS})
+    return (*stage.needs, *producers)
+
+
+def plan(target: str, config: PipelineConfig) -> list[StageSpec]:
     """The target and every stage it needs under this config, each after the stages it needs."""
-    if target not in STAGES:
-        raise ConfigError(f"unknown stage {target!r}: choose one of {list(STAGES)} (see --list)")
-    ordered: list[Stage] = []
+    ordered: list[StageSpec] = []
 
     def visit(name: str) -> None:
         stage = STAGES[name]
-        for need in stage.needs_for(config):
+        for need in needs(stage, config):
             visit(need)
         if stage not in ordered:
             ordered.append(stage)
 
-    visit(target)
+    visit(resolve(target))
     return ordered
 
 
-def cache_key(stage: Stage, config: PipelineConfig, upstream_keys: dict[str, str]) -> str:
+def cache_key(stage: StageSpec, config: PipelineConfig, upstream_keys: dict[str, str]) -> str:
     payload = {
         "stage": stage.name,
         "version": stage.version,
-        "config": {key: config.section(key) for key in stage.config_keys},
-        "upstream": {name: upstream_keys[name] for name in stage.needs_for(config)},
+        "config": {key: config.section(key) for key in stage.reads},
+        "upstream": {name: upstream_keys[name] for name in needs(stage, config)},
         "external": stage.external_inputs(config) if stage.external_inputs else None,
     }
     return stable_hash(payload)

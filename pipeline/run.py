@@ -26,21 +26,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'")
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
-    parser.add_argument("--list", action="store_true", help="show the stage graph and exit")
+    parser.add_argument("--list", action="store_true", help="show the stage graph (needs, config keys read, outputs) for this config and exit")
     parser.add_argument("--status", action="store_true", help="show which stages are cached for this config, by which run, and where")
     return parser.parse_args(argv)
 
 
-def print_graph(console: Console) -> None:
-    from pipeline.graph import STAGES
+def print_graph(console: Console, config) -> None:
+    from pipeline.graph import STAGES, needs
 
-    table = Table(title="stage graph")
-    for column in ("stage", "needs", "config keys"):
-        table.add_column(column)
+    console.print("[bold]stage graph[/] for this config, in run order (the backtest needs the stages of signals.sources):")
     for stage in STAGES.values():
-        needs = "depends on config" if callable(stage.needs) else ", ".join(stage.needs) or "-"
-        table.add_row(stage.name, needs, ", ".join(stage.config_keys) or "-")
-    console.print(table)
+        console.print(f"\n[bold]{stage.name}[/]: {stage.description}", highlight=False)
+        for label, items in (("needs", needs(stage, config)), ("reads", stage.reads), ("writes", stage.outputs_for(config))):
+            console.print(f"  {label:<7}{', '.join(items) or '-'}", highlight=False, soft_wrap=True)
 
 
 def print_status(console: Console, rows: list[dict[str, str]]) -> None:
@@ -69,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     console = Console()
-    if args.list:
-        print_graph(console)
-        return 0
     try:
         config = load_config(args.config, args.overrides)
+        if args.list:
+            print_graph(console, config)
+            return 0
         from pipeline.runner import run_pipeline, stage_status  # heavy imports (torch, mlflow) after validation
 
         if args.status:

@@ -15,7 +15,8 @@ import torch
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
-from pipeline.graph import STAGES, Stage, cache_key, plan
+from pipeline.contract import StageInputs, StageSpec
+from pipeline.graph import SIGNAL_PRODUCERS, STAGES, cache_key, needs, plan
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class StageOutcome:
 def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
     """Run `target` and the stages it needs; `force` reruns the target even if cached."""
     stages = plan(target, config)
+    target = stages[-1].name  # an old alias resolved
     cache = StageCache(config.cache_dir)
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
@@ -42,13 +44,14 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
     with tracking.parent_run(config, target, config_file) as parent:
         log.info("MLflow parent run %s", parent.info.run_id)
         for stage in stages:
-            upstream = {name: outcomes[name] for name in stage.needs_for(config)}
+            upstream = {name: outcomes[name] for name in needs(stage, config)}
             key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
             manifest = cache.lookup(stage.name, key)
             if manifest is not None and not (force and stage.name == target):
                 outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent.info.run_id)
             else:
-                outcome = _execute(stage, key, config, cache, {name: o.output for name, o in upstream.items()}, parent.info.run_id)
+                inputs = StageInputs(stage.name, {name: o.output for name, o in upstream.items()}, SIGNAL_PRODUCERS, uri)
+                outcome = _execute(stage, key, config, cache, inputs, parent.info.run_id)
             outcomes[stage.name] = outcome
         mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
     return list(outcomes.values())
@@ -61,8 +64,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     keys: dict[str, str] = {}
     rows = []
     for stage in STAGES.values():
-        needs = stage.needs_for(config)
-        keys[stage.name] = key = cache_key(stage, config, {need: keys[need] for need in needs})
+        keys[stage.name] = key = cache_key(stage, config, {need: keys[need] for need in needs(stage, config)})
         manifest = cache.lookup(stage.name, key)
         if manifest is None:
             rows.append({"stage": stage.name, "state": "not cached: will run", "created": "-", "run": "-", "output": "-", "artifacts": "-"})
@@ -78,7 +80,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     return rows
 
 
-def _reuse(stage: Stage, key: str, output: Path, manifest: dict, parent_run_id: str) -> StageOutcome:
+def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_id: str) -> StageOutcome:
     log.info("stage %s: inputs unchanged, reusing %s (produced by run %s)", stage.name, output, manifest["run_id"])
     tags = {"cache_key": key, "reused": "true", "produced_by_run_id": manifest["run_id"]}
     with tracking.stage_run(stage.name, manifest["params"], tags) as run:
@@ -88,15 +90,16 @@ def _reuse(stage: Stage, key: str, output: Path, manifest: dict, parent_run_id: 
     return StageOutcome(stage.name, key, output, True, run.info.run_id, manifest["run_id"], 0.0, manifest["summary"])
 
 
-def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, inputs: dict[str, Path], parent_run_id: str) -> StageOutcome:
+def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str) -> StageOutcome:
     log.info("stage %s: running (cache key %s)", stage.name, key)
-    params = {name: config.section(name) for name in stage.config_keys}
+    params = {name: config.section(name) for name in stage.reads}
     seed_everything(config.seed)
     with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false"}) as run:
         with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
             started = time.perf_counter()
-            result = stage.run(config, inputs, folder)
+            result = stage.run(stage.view(config), inputs, folder)
             seconds = time.perf_counter() - started
+            check_outputs(stage, config, folder)
             metrics = {**result.metrics, "seconds": seconds}
             tracking.log_metrics(metrics)
             tracking.log_history(result.history)
@@ -113,6 +116,16 @@ def _execute(stage: Stage, key: str, config: PipelineConfig, cache: StageCache, 
     log.info("stage %s: done in %.1fs", stage.name, seconds)
     run_id = run.info.run_id
     return StageOutcome(stage.name, key, cache.path(stage.name, key), False, run_id, run_id, seconds, result.summary)
+
+
+class StageContractError(RuntimeError):
+    """A stage returned without writing an output it declares."""
+
+
+def check_outputs(stage: StageSpec, config: PipelineConfig, folder: Path) -> None:
+    missing = [name for name in stage.outputs_for(config) if not (folder / name).exists()]
+    if missing:
+        raise StageContractError(f"stage {stage.name!r} returned without writing its declared output(s) {missing}")
 
 
 def seed_everything(seed: int) -> None:

@@ -11,12 +11,13 @@ from scipy import stats
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from strategies.baselines import rule_baseline
-from strategies.evaluate import clean_signals
-from strategies.metrics import daily_ic, forward_returns, score_matrix, signal_metrics
-from strategies.qlib_backtest import TopkSettings, qlib_topk_dropout
-from strategies.signal_table import check_signal_table, make_signal_table
-from strategies.vbt_backtest import topk_dropout_orders, vbt_sweep, vbt_topk_dropout
+from evaluation.evaluate import clean_signals
+from evaluation.metrics import daily_ic, forward_returns, score_matrix, signal_metrics
+from evaluation.qlib_backtest import qlib_topk_dropout
+from evaluation.rules import rule_baseline
+from evaluation.signal_table import check_signal_table, make_signal_table
+from evaluation.vbt_backtest import topk_dropout_orders, vbt_sweep, vbt_topk_dropout
+from pipeline.config import BacktestConfig
 
 
 def random_scores(close: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -77,7 +78,7 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
     init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
     close = panel.field_frame("close").astype(float)
     scores = random_scores(close, seed=2).loc["2021-03-01":"2021-05-31"]
-    settings = TopkSettings(topk=3, n_drop=1, min_cost=0.0, limit_threshold=None, account=1e7)
+    settings = BacktestConfig(topk=3, n_drop=1, min_cost=0.0, limit_threshold=None, account=1e7).topk_settings()
     qlib_daily = qlib_topk_dropout(scores, settings, list(panel.instruments), scores.index[-1])
     vbt_daily = vbt_topk_dropout(scores, close, settings).reindex(qlib_daily.index)
     difference = (qlib_daily["return"] - vbt_daily["return"]).abs()
@@ -91,11 +92,11 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
 def test_sweep_runs_every_combination(panel):
     close = panel.field_frame("close").astype(float)
     scores = random_scores(close, seed=3).loc["2021-03-01":"2021-05-31"]
-    sweep = vbt_sweep(scores, close, TopkSettings(account=1e7), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
+    sweep = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
     assert len(sweep) == 8
     free, costly = sweep.xs(0.0, level="cost"), sweep.xs(1.0, level="cost")
     assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
-    single = vbt_sweep(scores, close, TopkSettings(account=1e7), topks=(3,), n_drops=(1,), costs=(1.0,))
+    single = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,))
     assert single.loc[(3, 1, 1.0), "final_value"] == pytest.approx(sweep.loc[(3, 1, 1.0), "final_value"])
 
 

@@ -12,9 +12,10 @@ pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra:
 from chronos import BaseChronosPipeline, Chronos2Pipeline  # noqa: E402
 
 from data_prep.windows import Split  # noqa: E402
-from models.chronos.distill import DistillSettings, distil, random_length_inputs  # noqa: E402
+from models.chronos.distill import distil, random_length_inputs  # noqa: E402
 from models.chronos.forecasting import load_pipeline, model_quantiles, pipeline_quantiles, scores_from_quantiles  # noqa: E402
 from models.chronos.student import build_student, parameter_count, student_config  # noqa: E402
+from pipeline.config import ChronosStudentConfig  # noqa: E402
 
 DEVICE = torch.device("cpu")
 STUDENT = {"num_layers": 1, "d_model": 16, "d_ff": 32, "num_heads": 2}
@@ -79,7 +80,7 @@ def test_random_length_contexts_mask_the_left(tiny_split_dir):
 def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teacher_dir, tiny_split_dir):
     split = Split.load(tiny_split_dir)
     teacher = load_pipeline(str(teacher_dir), DEVICE).model
-    settings = DistillSettings(steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10, seed=5)
+    settings = ChronosStudentConfig(steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10).settings(seed=5)
     reports = []
     for _ in range(2):
         student = build_student(teacher, STUDENT, seed=0)
@@ -103,12 +104,12 @@ def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config
                  "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"]
     config = load_config(write_config(bars_csv, experiment="chronos"), overrides)
     outcomes = run_pipeline(config, "backtest")
-    assert [o.stage for o in outcomes] == ["ingest", "split", "chronos", "chronos_student", "backtest"]
+    assert [o.stage for o in outcomes] == ["ingest", "split", "chronos2", "chronos2_student", "backtest"]
     teacher_stage, student_stage = outcomes[2], outcomes[3]
     for stage, name in ((teacher_stage, "chronos2"), (student_stage, "chronos2_student")):
         table = pd.read_parquet(stage.output / "signals" / f"{name}.parquet")
         assert len(table) > 0 and table["score"].notna().all() and (table["score_std"] > 0).all()
-    reloaded = BaseChronosPipeline.from_pretrained(student_stage.output / "model")
+    reloaded = BaseChronosPipeline.from_pretrained(student_stage.output / "best")
     assert reloaded.model.config.num_layers == 1
     comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
     assert {"chronos2", "chronos2_student", "momentum"} == set(comparison["strategy"])

@@ -6,9 +6,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from models.kronos import Kronos, KronosTokenizer
 from models.kronos.configs import KRONOS_BASE, KRONOS_MINI, KRONOS_SMALL, TOKENIZER_BASE
 from models.kronos.hub import CheckpointMismatchError
+from models.kronos.model import Kronos
+from models.kronos.tokenizer import KronosTokenizer
 
 TINY_TOKENIZER = dict(TOKENIZER_BASE, d_model=32, n_heads=2, ff_dim=64, s1_bits=4, s2_bits=4)
 TINY_PREDICTOR = dict(KRONOS_MINI, d_model=32, n_heads=2, ff_dim=64, n_layers=2, s1_bits=4, s2_bits=4)

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.kronos import Kronos, KronosPredictor, KronosTokenizer
 from models.kronos.generation import Sampling, generate_reference
+from models.kronos.model import Kronos
+from models.kronos.predictor import KronosPredictor
+from models.kronos.tokenizer import KronosTokenizer
 from tests.conftest import make_bars
 from tests.test_kronos_models import TINY_PREDICTOR, TINY_TOKENIZER
 

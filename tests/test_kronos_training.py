@@ -9,18 +9,22 @@ import pytest
 import torch
 
 from data_prep.windows import Split
-from models.kronos import Kronos, KronosTokenizer
 from models.kronos import training
+from models.kronos.model import Kronos
+from models.kronos.tokenizer import KronosTokenizer
 from models.kronos.train_cli import train
-from models.kronos.training import TokenizerTask, TrainSettings, World, fit
+from models.kronos.training import TokenizerTask, World, fit
 from pipeline.cache import StageCache
+from pipeline.config import KronosTrainConfig
 from tests.test_kronos_models import TINY_PREDICTOR, TINY_TOKENIZER
+
 
 class Interrupted(Exception):
     """Stands in for a kill or Ctrl-C in the middle of training."""
 
 
-SETTINGS = TrainSettings(epochs=2, steps_per_epoch=15, batch_size=16, lr=3e-3, val_windows=64, min_context=8, random_context_share=0.5)
+SETTINGS = KronosTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=3e-3, val_windows=64, min_context=8,
+                             random_context_share=0.5).settings(clip=5.0, seed=42, device="auto", bf16=True)
 
 
 def spec(**extra):

@@ -1,10 +1,12 @@
 """Stage graph: reuse of unchanged stages, atomic outputs, MLflow parent and nested runs."""
 
+import dataclasses
+
 import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import graph, stages
+from pipeline import graph
 from pipeline.config import load_config
 from pipeline.run import main
 from pipeline.runner import run_pipeline
@@ -75,13 +77,14 @@ def test_interrupted_stage_leaves_nothing_a_rerun_would_reuse(bars_csv, write_co
         (out / "panel" / "values.npy").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), config_keys=("split",), run=interrupted))
+    real = graph.STAGES["split"]
+    monkeypatch.setitem(graph.STAGES, "split", dataclasses.replace(real, run=interrupted))
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, "split")
     split_dir = config.cache_dir / "split"
     assert not any(split_dir.iterdir())  # no final folder, no temporary left behind
 
-    monkeypatch.setitem(graph.STAGES, "split", graph.Stage("split", ("ingest",), config_keys=("split",), run=stages.split))
+    monkeypatch.setitem(graph.STAGES, "split", real)
     outcomes = run_pipeline(config, "split")
     assert outcomes[0].reused and not outcomes[1].reused
     assert (outcomes[1].output / "panel" / "values.npy").stat().st_size > 100
@@ -101,7 +104,7 @@ def test_cli_runs_and_lists(bars_csv, write_config, capsys):
     assert "windows" in capsys.readouterr().out
     assert main(["--list"]) == 0
     listing = capsys.readouterr().out
-    for name in ("ingest", "split", "tokenizer", "predictor", "timellm", "signals", "backtest"):
+    for name in ("ingest", "split", "kronos_tokenizer", "kronos_predictor", "timellm", "kronos_signals", "backtest"):
         assert name in listing
 
 
@@ -122,24 +125,24 @@ QUICK_KRONOS = [f"kronos.{part}.training.{key}={value}" for part in ("tokenizer"
 
 def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
     config = load_config(write_config(bars_csv, experiment="kronos"), QUICK_KRONOS)
-    outcomes = run_pipeline(config, "predictor")
-    assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor"]
+    outcomes = run_pipeline(config, "kronos_predictor")
+    assert [o.stage for o in outcomes] == ["ingest", "split", "kronos_tokenizer", "kronos_predictor"]
     client = mlflow.MlflowClient(config.tracking.uri)
     predictor_run = client.get_run(outcomes[-1].run_id)
     assert predictor_run.data.metrics["best_val_ce_s1"] < predictor_run.data.metrics["uniform_ce_s1"]
     losses = client.get_metric_history(outcomes[-1].run_id, "train_loss")
     assert len(losses) == 20 and [m.step for m in losses] == list(range(20))
     assert (outcomes[-1].output / "best" / "model.safetensors").is_file()
-    assert all(o.reused for o in run_pipeline(config, "predictor"))
+    assert all(o.reused for o in run_pipeline(config, "predictor"))  # the old name still works
 
 
 def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_config):
     import numpy as np
 
-    from strategies.signal_table import SIGNAL_COLUMNS, read_signal_table
+    from evaluation.signal_table import SIGNAL_COLUMNS, read_signal_table
 
     config = load_config(write_config(bars_csv, experiment="signals"), QUICK_KRONOS + ["kronos.inference.sample_count=3"])
-    outcome = run_pipeline(config, "signals")[-1]
+    outcome = run_pipeline(config, "kronos_signals")[-1]
     table = read_signal_table(outcome.output / "signals" / "kronos.parquet")
     assert list(table.columns) == list(SIGNAL_COLUMNS)
     assert set(table["model"]) == {"kronos"}
@@ -154,13 +157,13 @@ def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_conf
 
 
 def test_signals_sharded_over_two_processes_match_one(bars_csv, write_config):
-    from strategies.signal_table import read_signal_table
+    from evaluation.signal_table import read_signal_table
 
     base = QUICK_KRONOS + ["kronos.inference.sample_count=2", "kronos.inference.top_k=1"]
     config = load_config(write_config(bars_csv, experiment="shards"), base)
-    single = read_signal_table(run_pipeline(config, "signals")[-1].output / "signals" / "kronos.parquet")
+    single = read_signal_table(run_pipeline(config, "kronos_signals")[-1].output / "signals" / "kronos.parquet")
     sharded_config = load_config(write_config(bars_csv, experiment="shards"), base + ["kronos.inference.nproc=2"])
-    outcomes = run_pipeline(sharded_config, "signals")
+    outcomes = run_pipeline(sharded_config, "kronos_signals")
     assert outcomes[-2].reused and not outcomes[-1].reused  # same predictor, new signals
     sharded = read_signal_table(outcomes[-1].output / "signals" / "kronos.parquet")
     pd.testing.assert_frame_equal(single, sharded, rtol=1e-5)
@@ -176,7 +179,7 @@ def test_status_reports_cached_stages_with_their_runs(bars_csv, write_config, ca
     assert rows["split"]["state"] == "cached" and rows["split"]["run"] == outcomes[1].run_id
     assert rows["split"]["output"] == str(outcomes[1].output)
     assert rows["split"]["artifacts"].startswith("file:")
-    assert rows["tokenizer"]["state"] == "not cached: will run"
+    assert rows["kronos_tokenizer"]["state"] == "not cached: will run"
     changed = {row["stage"]: row for row in stage_status(load_config(path, ["split.horizon=2"]))}
     assert changed["ingest"]["state"] == "cached" and changed["split"]["state"] == "not cached: will run"
     assert main(["--status", "--config", str(path)]) == 0
@@ -189,7 +192,7 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
                                          "signals.sources=[kronos, momentum, reversal]",
                                          "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"])
     outcomes = run_pipeline(config, "backtest")
-    assert [o.stage for o in outcomes] == ["ingest", "split", "tokenizer", "predictor", "signals", "backtest"]
+    assert [o.stage for o in outcomes] == ["ingest", "split", "kronos_tokenizer", "kronos_predictor", "kronos_signals", "backtest"]
     comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
     assert set(zip(comparison["strategy"], comparison["engine"])) == {
         (s, e) for s in ("kronos", "momentum", "reversal") for e in ("qlib", "vectorbt")

@@ -1,8 +1,8 @@
 """The A-share config on the shared Qlib folder (skipped where the folder is absent)."""
 
+from data_prep.windows import Split
 from pipeline.config import REPO_ROOT, load_config
 from pipeline.runner import run_pipeline
-from data_prep.windows import Split
 from tests.conftest import require_shared_data
 
 

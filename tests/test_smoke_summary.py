@@ -51,7 +51,7 @@ def test_every_default_source_matches_the_stored_summary(bars_csv, write_config,
         "train_windows: 64, val_windows: 16, eval_every: 5}",
         f"signals.sources=[{', '.join(SOURCES)}]", "backtest.topk=2", "backtest.n_drop=1",
         "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]",
-        "baselines.lgbm={num_boost_round: 20, num_leaves: 8, num_threads: 1, verbosity: -1}",
+        "lgbm.params={num_boost_round: 20, num_leaves: 8, num_threads: 1, verbosity: -1}",
     ]
     config = load_config(write_config(bars_csv, experiment="smoke-summary"), overrides)
     summary = summarise(run_pipeline(config, "backtest")[-1].output)

@@ -12,7 +12,8 @@ from models.kronos.hub import CheckpointMismatchError
 from models.timellm import VARIANTS, TimeLLM, TimeLLMConfig
 from models.timellm.backbone import load_backbone
 from models.timellm.prompt import LoopPromptBuilder, PromptBuilder, input_statistics
-from models.timellm.training import TrainSettings, evaluate, fit, forecast
+from models.timellm.training import evaluate, fit, forecast
+from pipeline.config import TimeLLMTrainConfig
 
 DEVICE = torch.device("cpu")
 
@@ -94,7 +95,7 @@ def test_save_and_load_round_trip(backbone_dirs, tmp_path):
 def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_split_dir):
     split = Split.load(tiny_split_dir)
     backbone = load_backbone(backbone_dirs["gpt2"], 2)
-    settings = TrainSettings(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64, seed=3)
+    settings = TimeLLMTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64).settings(seed=3)
     close = [list(split.panel.fields).index("close")]
     valid = split.segment("valid")
     reports = []

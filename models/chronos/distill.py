@@ -32,17 +32,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillSettings:
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    target_weight: float = 0.5  # weight of the true-target pinball loss beside the teacher-matching loss
-    min_context: int = 16
-    train_windows: int = 8192  # training windows the teacher labels (once)
-    val_windows: int = 512
-    eval_every: int = 50  # steps between validations
-    patience: int = 3  # validations without improvement before stopping
-    seed: int = 42
+    """How to distil; the values come from pipeline.config (ChronosStudentConfig), where the defaults live."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    target_weight: float  # weight of the true-target pinball loss beside the teacher-matching loss
+    min_context: int
+    train_windows: int  # training windows the teacher labels (once)
+    val_windows: int
+    eval_every: int  # steps between validations
+    patience: int  # validations without improvement before stopping
+    seed: int
 
 
 @dataclass

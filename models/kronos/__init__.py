@@ -1,7 +1,5 @@
-"""Kronos: K-line tokenizer (BSQ) and autoregressive predictor, checkpoint-compatible upstream."""
+"""Kronos: K-line tokenizer (BSQ) and autoregressive predictor, checkpoint-compatible upstream.
 
-from models.kronos.model import Kronos
-from models.kronos.predictor import KronosPredictor
-from models.kronos.tokenizer import KronosTokenizer
-
-__all__ = ["Kronos", "KronosPredictor", "KronosTokenizer"]
+Import from the modules: `models.kronos.model.Kronos`, `models.kronos.tokenizer.KronosTokenizer`,
+`models.kronos.predictor.KronosPredictor`; `models.kronos.configs` (model sizes) imports no torch.
+"""

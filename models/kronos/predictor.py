@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from models.device import pick_device
 from models.kronos.batches import time_features
 from models.kronos.generation import Sampling, generate_cached
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
-from models.device import pick_device
 
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 FIELDS = PRICE_COLUMNS + ["volume", "amount"]

@@ -3,7 +3,7 @@
     python -m models.kronos.train_cli --task tokenizer --split SPLIT_DIR --out OUT_DIR --spec SPEC.json
     torchrun --nproc_per_node 2 -m models.kronos.train_cli ...   (DistributedDataParallel)
 
-SPEC.json: {"settings": TrainSettings fields, "architecture": constructor arguments,
+SPEC.json: {"settings": KronosTrainSettings fields, "architecture": constructor arguments,
 "pretrained": hub id or folder ("" to train from scratch), "tokenizer": folder of the trained
 tokenizer (predictor only)}. Writes OUT_DIR/best (save_pretrained), OUT_DIR/last.pt (resume) and
 OUT_DIR/report.json.
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from data_prep.windows import Split
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
-from models.kronos.training import PredictorTask, TokenizerTask, TrainSettings, fit, init_world, write_report
+from models.kronos.training import KronosTrainSettings, PredictorTask, TokenizerTask, fit, init_world, write_report
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def build(model_class, architecture: dict, pretrained: str):
 
 
 def train(task_name: str, split_dir: Path, out_dir: Path, spec: dict) -> dict:
-    settings = TrainSettings(**{**spec["settings"], "betas": tuple(spec["settings"].get("betas", (0.9, 0.95)))})
+    settings = KronosTrainSettings(**{**spec["settings"], "betas": tuple(spec["settings"]["betas"])})
     world = init_world(settings.device)
     split = Split.load(split_dir)
     if task_name == "tokenizer":

@@ -35,23 +35,25 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 2
-    steps_per_epoch: int = 50  # batches per epoch, drawn at random from the training windows
-    batch_size: int = 32  # per process
-    lr: float = 2e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 3.0
-    patience: int = 2  # epochs without validation improvement before stopping
-    val_windows: int = 512
-    min_context: int = 16
-    random_context_share: float = 0.3  # share of batches with a random, shorter context
-    clip: float = 5.0  # normalised values are clipped to +-clip
-    seed: int = 42
-    device: str = "auto"
-    bf16: bool = True  # autocast on CUDA only
-    teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token
+class KronosTrainSettings:
+    """How to train; the values come from pipeline.config (KronosTrainConfig), where the defaults live."""
+
+    epochs: int
+    steps_per_epoch: int  # batches per epoch, drawn at random from the training windows
+    batch_size: int  # per process
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    grad_clip: float
+    patience: int  # epochs without validation improvement before stopping
+    val_windows: int
+    min_context: int
+    random_context_share: float  # share of batches with a random, shorter context
+    clip: float  # normalised values are clipped to +-clip
+    seed: int
+    device: str
+    bf16: bool  # autocast on CUDA only
+    teacher_forcing: bool  # predictor: condition s2 on the true s1 token
 
 
 @dataclass
@@ -138,7 +140,7 @@ class PredictorTask:
         }
 
 
-def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settings: TrainSettings, out_dir: Path, world: World) -> dict:
+def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settings: KronosTrainSettings, out_dir: Path, world: World) -> dict:
     """Train `model` on `task`; resumes from out_dir/last.pt when present. Returns the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -152,7 +154,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     state = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
     last = out_dir / "last.pt"
     if last.is_file():
-        saved = torch.load(last, map_location=world.device, weights_only=False)
+        saved = torch.load(last, map_location=world.device, weights_only=True)  # never unpickle a handed-over folder
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -219,7 +221,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
 
 
 @torch.no_grad()
-def validate(task, model, valid: WindowSet, items: np.ndarray, settings: TrainSettings, world: World) -> dict[str, float]:
+def validate(task, model, valid: WindowSet, items: np.ndarray, settings: KronosTrainSettings, world: World) -> dict[str, float]:
     """Validation metrics over `items` (full lookback), shared across ranks and summed."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}

@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 3
-    steps_per_epoch: int = 60  # batches per epoch, drawn at random from the training windows
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 2  # epochs without validation improvement before stopping
-    val_windows: int = 512
-    seed: int = 42
+class TimeLLMTrainSettings:
+    """How to train; the values come from pipeline.config (TimeLLMTrainConfig), where the defaults live."""
+
+    epochs: int
+    steps_per_epoch: int  # batches per epoch, drawn at random from the training windows
+    batch_size: int
+    lr: float
+    patience: int  # epochs without validation improvement before stopping
+    val_windows: int
+    seed: int
 
 
 def windows_tensor(windows: WindowSet, items: np.ndarray, channels: list[int], device: torch.device):
@@ -68,7 +70,7 @@ def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: li
     return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist()))
 
 
-def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int], settings: TrainSettings,
+def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int], settings: TimeLLMTrainSettings,
         device: torch.device, bf16: bool, label: str) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Train in place; returns the per-step history and a report. The best weights are kept."""
     torch.manual_seed(settings.seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from strategies.evaluate import Evaluation
+from evaluation.evaluate import Evaluation
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -15,54 +15,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.windows import Split
+from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
 from models.device import bf16_is_fast, pick_device
 from models.timellm import TimeLLM, TimeLLMConfig
 from models.timellm.backbone import DEFAULT_BACKBONE, load_backbone
-from models.timellm.training import TrainSettings, fit, forecast, normalised_errors
-from pipeline.config import PipelineConfig, timellm_source
-from pipeline.stages import StageResult
-from strategies.signal_table import expected_return, make_signal_table, write_signal_table
+from models.timellm.training import fit, forecast, normalised_errors
+from pipeline.config import TIMELLM_VARIANTS, timellm_source
+from pipeline.contract import REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 
-def test_positions(split: Split, forecast_index: np.ndarray) -> np.ndarray:
-    """Rows of the forecast windows that are also test windows (their targets are known)."""
-    width = int(forecast_index[:, 1].max()) + 1
-    keys = forecast_index[:, 0] * width + forecast_index[:, 1]  # ordered by instrument, then day
-    test = split.windows["test"]
-    positions = np.searchsorted(keys, test[:, 0] * width + test[:, 1])
-    if not np.array_equal(forecast_index[np.minimum(positions, len(keys) - 1)], test):
-        raise RuntimeError("some test windows are missing from the forecast windows; the split is inconsistent")
-    return positions
-
-
-def timellm(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     section = config.timellm
-    split = Split.load(inputs["split"])
+    split = inputs.split()
     fields = list(split.panel.fields)
     channels = [fields.index("close")] if section.channels == "close" else list(range(len(fields)))
     close_channel = channels.index(fields.index("close"))
     device = pick_device(section.device)
     bf16 = section.precision == "bf16" or (section.precision == "auto" and bf16_is_fast(device))
-    settings = TrainSettings(**section.training.model_dump(), seed=config.seed)
+    settings = section.training.settings(config.seed)
     model_options = {"backbone": DEFAULT_BACKBONE, **section.model}
     base = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, **model_options)
     backbone = load_backbone(base.backbone, base.llm_layers, base.trust_remote_code, base.load_in_4bit, device)
 
-    windows = split.forecast_windows(*config.split.test)
-    items = np.arange(len(windows))
-    history_values, _ = windows.get(items)  # (N, L, F)
-    decision_days = windows.decision_days()
-    instruments = windows.instruments()
-    known = test_positions(split, windows.index)
+    series = split.forecast_inputs(*config.split.test)
+    known = series.segment_rows("test")
     test_set = split.segment("test")
     test_inputs, test_targets = (torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set))))
     persistence = normalised_errors(test_inputs[:, -1:].expand_as(test_targets), test_targets, test_inputs)
-    metrics: dict[str, float] = {"forecast_series": len(items), "test_windows": len(known), "bf16": float(bf16),
+    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16),
                                  "persistence_test_mse": persistence.pow(2).mean().item(), "persistence_test_mae": persistence.abs().mean().item()}
     history: list[dict[str, float]] = []
     summary = [f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}): "
-               f"{len(split.windows['train']):,} train windows, {len(items):,} test series",
+               f"{len(split.windows['train']):,} train windows, {len(series):,} test series",
                f"{'source':<22}{'trainable':>11}{'frozen':>11}{'val MSE':>9}{'test MSE':>10}{'test MAE':>10}{'train s':>9}"]
     artifacts = []
     for variant in section.variants:
@@ -73,11 +57,11 @@ def timellm(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
         steps, report = fit(model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name)
         history += steps
         started = time.perf_counter()
-        predicted = forecast(model, history_values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
+        predicted = forecast(model, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
         seconds = time.perf_counter() - started
         errors = normalised_errors(torch.from_numpy(predicted[known]), test_targets, test_inputs)
-        score = expected_return(predicted[..., close_channel], history_values[:, -1, fields.index("close")])
-        write_signal_table(make_signal_table(decision_days, instruments, score, None, name), out / "signals" / f"{name}.parquet")
+        score = expected_return(predicted[..., close_channel], series.last("close"))
+        write_signal_table(make_signal_table(series.days, series.instruments, score, None, name), out / signal_path(name))
         model.save_pretrained(out / "models" / name)
         artifacts.append(out / "models" / name / "config.json")
         results = {
@@ -85,12 +69,28 @@ def timellm(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
             "val_mse": report["best_val_mse"], "val_mae": report["best_val_mae"],
             "test_mse": errors.pow(2).mean().item(), "test_mae": errors.abs().mean().item(),
             "train_seconds": report["train_seconds"], "epochs_run": report["epochs_run"],
-            "windows_per_second": report["windows_per_second"], "forecast_series_per_second": len(items) / seconds,
+            "windows_per_second": report["windows_per_second"], "forecast_series_per_second": len(series) / seconds,
         }
         metrics.update({f"{name}_{key}": value for key, value in results.items()})
         summary.append(f"{name:<22}{counts['trainable']:>11,}{counts['frozen']:>11,}{results['val_mse']:>9.4f}"
                        f"{results['test_mse']:>10.4f}{results['test_mae']:>10.4f}{results['train_seconds']:>9.0f}")
     summary.append(f"{'persistence':<22}{'':>11}{'':>11}{'':>9}{metrics['persistence_test_mse']:>10.4f}{metrics['persistence_test_mae']:>10.4f}"
                    "   (normalised close, test windows)")
-    (out / "report.json").write_text(json.dumps(metrics, indent=2))
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "report.json", *artifacts], history=history)
+    (out / REPORT).write_text(json.dumps(metrics, indent=2))
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, *artifacts], history=history)
+
+
+def timellm_outputs(config: ConfigView) -> tuple[str, ...]:
+    sources = [timellm_source(variant) for variant in config.timellm.variants]
+    return (REPORT, *(signal_path(name) for name in sources), *(f"models/{name}" for name in sources))
+
+
+STAGES = (
+    StageSpec(
+        "timellm", timellm, needs=("split",),
+        reads=("timellm", "split.test", "seed"),
+        outputs=timellm_outputs,
+        signal_sources=tuple(timellm_source(variant) for variant in TIMELLM_VARIANTS),
+        description="Time-LLM and its ablations on the same windows, seed and budget",
+    ),
+)

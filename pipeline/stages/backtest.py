@@ -15,15 +15,11 @@ import pandas as pd
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from pipeline.config import SIGNAL_SOURCES, PipelineConfig
-from pipeline.stages import ChildRun, StageResult
-from pipeline.tracking import tracking_uri
-from strategies.baselines import rule_baseline
-from strategies.evaluate import ENGINES, evaluate
-from strategies.plots import comparison_plots
-from strategies.qlib_backtest import TopkSettings
-from strategies.signal_table import read_signal_table
-from strategies.vbt_backtest import vbt_sweep
+from evaluation.evaluate import ENGINES, evaluate
+from evaluation.plots import comparison_plots
+from evaluation.rules import RULE_BASELINES, rule_baseline
+from evaluation.vbt_backtest import vbt_sweep
+from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +28,10 @@ PORTFOLIO_COLUMNS = ("ann_return", "ann_excess_return", "information_ratio", "ma
 COLUMNS = SIGNAL_COLUMNS + PORTFOLIO_COLUMNS + tuple(f"{name}_with_cost" for name in PORTFOLIO_COLUMNS)
 
 
-def backtest_needs(config: PipelineConfig) -> tuple[str, ...]:
-    producers = sorted({SIGNAL_SOURCES[name] for name in config.signals.sources if SIGNAL_SOURCES[name]})
-    return ("ingest", "split", *producers)
-
-
-def load_signals(name: str, config: PipelineConfig, inputs: dict[str, Path], split: Split) -> pd.DataFrame:
-    producer = SIGNAL_SOURCES[name]
-    if producer is None:
+def load_signals(name: str, config: ConfigView, inputs: StageInputs, split: Split) -> pd.DataFrame:
+    if name in RULE_BASELINES:
         return rule_baseline(name, split.panel, *config.split.test)
-    return read_signal_table(inputs[producer] / "signals" / f"{name}.parquet")
+    return inputs.signals(name)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -51,28 +41,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
-    split = Split.load(inputs["split"])
+def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    split = inputs.split()
     calendar = split.panel.calendar
     start, end = (pd.Timestamp(day) for day in config.split.test)
     last_day = calendar[calendar <= end][-1]
     close = split.panel.field_frame("close")
-    init_qlib(inputs["ingest"] / "qlib", config.data.region, tracking_uri(config))
+    init_qlib(inputs.qlib_dir, config.data.region, inputs.tracking_uri)
     # No index in the data: benchmark against the equal-weight universe (Qlib fails on None).
     benchmark = config.data.benchmark or list(split.panel.instruments)
-    if config.data.benchmark and not (inputs["ingest"] / "qlib" / "features" / config.data.benchmark.lower()).is_dir():
+    if config.data.benchmark and not (inputs.qlib_dir / "features" / config.data.benchmark.lower()).is_dir():
         raise DataError(
             f"data.benchmark {config.data.benchmark!r} has no data in the Qlib folder: name an index instrument "
             "of the folder, or set it to null to benchmark against the equal-weight universe"
         )
-    settings = TopkSettings(**config.backtest.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost"}))
+    settings = config.backtest.topk_settings()
 
     evaluations, sweeps = [], []
     (out / "signals").mkdir()
     for name in config.signals.sources:
         table = load_signals(name, config, inputs, split)
         table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
-        table.to_parquet(out / "signals" / f"{name}.parquet", index=False)
+        table.to_parquet(out / signal_path(name), index=False)
         log.info("backtesting %s: %d scores over %d days", name, len(table), table["datetime"].nunique())
         evaluation = evaluate(table, name, close, split.horizon, settings, benchmark, last_day)
         evaluations.append(evaluation)
@@ -114,3 +104,25 @@ def backtest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stag
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
     )
 
+
+
+BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
+                  "daily_ic.csv", "close.parquet")
+
+
+def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
+    return (*BACKTEST_FILES, *(signal_path(name) for name in config.signals.sources))
+
+
+STAGES = (
+    StageSpec(
+        "backtest", backtest, needs=("ingest", "split"),
+        reads=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
+        outputs=backtest_outputs,
+        consumes_signals=True,
+        # 2: daily returns, IC, closes, signals kept; 3: runs named with settings; 4: daily Rank IC;
+        # 5: forecast errors of the horizon return (return_mse, return_mae)
+        version=5,
+        description="every signal source through IC analysis, Qlib's TopkDropout backtest and vectorbt",
+    ),
+)

@@ -15,7 +15,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 
-from strategies.qlib_backtest import TopkSettings
+from evaluation.qlib_backtest import TopkSettings
 
 
 def topk_dropout_orders(scores: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:

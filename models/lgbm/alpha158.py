@@ -1,10 +1,10 @@
 """LightGBM on Qlib's Alpha158 features: the standard baseline quants know.
 
-    python -m models.baselines.lgbm_alpha158 --qlib-dir DIR --region us --universe sp500 \
-        --segments SEGMENTS.json --params PARAMS.json --mlflow-uri URI --out signals.parquet
+    python -m models.lgbm.alpha158 --qlib-dir DIR --region us --universe sp500 \
+        --segments SEGMENTS.json --params PARAMS.json --mlflow-uri URI --out predictions.parquet
 
 Uses Qlib's own `Alpha158` handler, `DatasetH` and `LGBModel`: trained on the train segment,
-early-stopped on valid, scored on test. Alpha158's label is the return from the close of t+1 to
+early-stopped on valid, scored on test; the scores are written as (datetime, instrument, score). Alpha158's label is the return from the close of t+1 to
 the close of t+2, so the train and valid segments end two trading days early (purge). The score
 for day t uses features up to day t. It runs as its own process because Qlib's recorder opens
 MLflow runs of its own (in the same store, experiment "qlib"), which cannot nest inside the
@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.qlib_format import init_qlib
-from strategies.signal_table import make_signal_table, write_signal_table
 
 LABEL_DAYS = 2  # Alpha158's label looks two trading days ahead
 
@@ -36,7 +35,8 @@ def purged_segments(calendar: pd.DatetimeIndex, segments: dict[str, tuple[str, s
     return purged
 
 
-def lgbm_alpha158_signals(qlib_dir: Path, region: str, universe: str, segments: dict, params: dict, mlflow_uri: str) -> pd.DataFrame:
+def lgbm_alpha158_scores(qlib_dir: Path, region: str, universe: str, segments: dict, params: dict, mlflow_uri: str) -> pd.Series:
+    """Test-segment predictions indexed by (datetime, instrument)."""
     init_qlib(qlib_dir, region, mlflow_uri)
     from qlib.contrib.data.handler import Alpha158
     from qlib.contrib.model.gbdt import LGBModel
@@ -52,9 +52,7 @@ def lgbm_alpha158_signals(qlib_dir: Path, region: str, universe: str, segments: 
     model = LGBModel(**params)
     with R.start(experiment_name="qlib", recorder_name="lgbm_alpha158"):
         model.fit(dataset)
-    scores = model.predict(dataset, segment="test").dropna()
-    days, instruments = scores.index.get_level_values("datetime"), scores.index.get_level_values("instrument")
-    return make_signal_table(days, instruments, scores.to_numpy(), None, "lgbm_alpha158")
+    return model.predict(dataset, segment="test").dropna().rename("score")
 
 
 def main() -> None:
@@ -67,9 +65,9 @@ def main() -> None:
     parser.add_argument("--mlflow-uri", required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    table = lgbm_alpha158_signals(args.qlib_dir, args.region, args.universe, json.loads(args.segments.read_text()),
+    scores = lgbm_alpha158_scores(args.qlib_dir, args.region, args.universe, json.loads(args.segments.read_text()),
                                   json.loads(args.params.read_text()), args.mlflow_uri)
-    write_signal_table(table, args.out)
+    scores.reset_index().to_parquet(args.out, index=False)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from models.baselines.lgbm_alpha158 import LABEL_DAYS, lgbm_alpha158_signals, purged_segments
-from pipeline.config import BaselinesConfig
+from models.lgbm.alpha158 import LABEL_DAYS, lgbm_alpha158_scores, purged_segments
+from pipeline.config import LGBMConfig
 
 
 def test_train_and_valid_end_before_their_labels_cross():
@@ -16,12 +16,12 @@ def test_train_and_valid_end_before_their_labels_cross():
 
 
 def test_lgbm_alpha158_scores_the_test_segment(tiny_split_dir, tmp_path):
-    params = {**BaselinesConfig().lgbm, "num_boost_round": 20, "early_stopping_rounds": 5, "num_leaves": 8, "min_data_in_leaf": 5}
-    table = lgbm_alpha158_signals(
+    params = {**LGBMConfig().params, "num_boost_round": 20, "early_stopping_rounds": 5, "num_leaves": 8, "min_data_in_leaf": 5}
+    scores = lgbm_alpha158_scores(
         tiny_split_dir.parent / "qlib", "us", "test",
         {"train": ("2021-01-01", "2021-04-30"), "valid": ("2021-05-01", "2021-05-31"), "test": ("2021-06-01", "2021-06-30")},
         params, f"sqlite:///{tmp_path / 'mlflow.db'}",
     )
-    assert set(table["model"]) == {"lgbm_alpha158"}
-    assert table["datetime"].min() >= pd.Timestamp("2021-06-01") and table["datetime"].max() <= pd.Timestamp("2021-06-30")
-    assert table["instrument"].nunique() == 8 and np.isfinite(table["score"]).all()
+    days = scores.index.get_level_values("datetime")
+    assert days.min() >= pd.Timestamp("2021-06-01") and days.max() <= pd.Timestamp("2021-06-30")
+    assert scores.index.get_level_values("instrument").nunique() == 8 and np.isfinite(scores).all()

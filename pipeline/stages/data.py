@@ -1,14 +1,11 @@
-"""Stage bodies: plain functions from (config, upstream output folders, output folder) to a result.
-
-They know nothing of caching or tracking; pipeline.runner handles both. Each one writes only
-inside `out`, which the runner publishes atomically once the function returns.
-"""
+"""Data stages: `ingest` turns bars into a Qlib folder (or views an existing one) and `split`
+cuts the panel into leak-free train/valid/test window indices."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,33 +15,12 @@ from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.panel import load_panel
 from data_prep.sources import read_bars, sample_bars_path
 from data_prep.windows import SEGMENTS, Split, build_windows
+from pipeline.cache import fingerprint
 from pipeline.config import PipelineConfig
-
-QLIB_FOLDER = "qlib"
-
-
-@dataclass
-class ChildRun:
-    """A nested result inside a stage (e.g. one strategy of the backtest)."""
-
-    name: str
-    params: dict[str, object]
-    metrics: dict[str, float]
-    tags: dict[str, str] = field(default_factory=dict)
+from pipeline.contract import QLIB_FOLDER, SPLIT_META, ConfigView, StageInputs, StageResult, StageSpec
 
 
-@dataclass
-class StageResult:
-    metrics: dict[str, float]
-    summary: list[str]  # lines for the console
-    artifacts: list[Path] = field(default_factory=list)  # small files inside `out` to log
-    # Metrics over training steps: rows of {"step": n, name: value, ...}.
-    history: list[dict[str, float]] = field(default_factory=list)
-    children: list[ChildRun] = field(default_factory=list)  # logged as runs nested in the stage's run
-    parent_artifacts: list[Path] = field(default_factory=list)  # files inside `out` for the invocation's run
-
-
-def ingest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+def ingest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     """Bars (embedded sample, CSV/Parquet) -> Qlib folder, or an existing Qlib folder -> view."""
     data = config.data
     started = time.perf_counter()
@@ -65,10 +41,10 @@ def ingest(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageR
     )
 
 
-def split(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+def split(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     """Qlib folder -> panel array + train/valid/test window indices."""
     settings = config.split
-    panel = load_panel(inputs["ingest"] / QLIB_FOLDER, config.data.instruments, config.data.fields)
+    panel = load_panel(inputs.qlib_dir, config.data.instruments, config.data.fields)
     segments = {name: getattr(settings, name) for name in SEGMENTS}
     windows, reports = build_windows(panel, settings.lookback, settings.horizon, segments)
     result = Split(panel, windows, settings.lookback, settings.horizon)
@@ -87,7 +63,7 @@ def split(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageRe
         )
     plot = out / "windows_per_day.png"
     _plot_windows_per_day(result, plot)
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "split.json", plot])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / SPLIT_META, plot])
 
 
 def _plot_windows_per_day(split_output: Split, path: Path) -> None:
@@ -102,3 +78,33 @@ def _plot_windows_per_day(split_output: Split, path: Path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def data_fingerprint(config: PipelineConfig) -> str:
+    data = config.data
+    if data.source == "sample":
+        return fingerprint(sample_bars_path())
+    if data.source == "csv":
+        if not Path(data.path).exists():
+            return "missing"  # the ingest stage itself reports the missing file
+        return fingerprint(data.path)
+    if not Path(data.provider_uri).is_dir():
+        return "missing"
+    return fingerprint(data.provider_uri, hash_contents=False)
+
+
+STAGES = (
+    StageSpec(
+        "ingest", ingest, needs=(),
+        reads=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments"),
+        outputs=(QLIB_FOLDER, "ingest_summary.json"),
+        external_inputs=data_fingerprint,
+        description="bars (sample, CSV/Parquet) -> Qlib folder, or a view of an existing one",
+    ),
+    StageSpec(
+        "split", split, needs=("ingest",),
+        reads=("split", "data.instruments", "data.fields"),
+        outputs=(SPLIT_META, "panel"),
+        description="panel + leak-free train/valid/test window indices",
+    ),
+)

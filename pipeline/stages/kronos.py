@@ -1,5 +1,5 @@
-"""Stage bodies for Kronos: fine-tune (or train) the tokenizer, then the predictor on its tokens,
-then turn test-period forecasts into signals.
+"""Kronos stages: fine-tune (or train) the tokenizer, then the predictor on its tokens, then turn
+test-period forecasts into the `kronos` signal source.
 
 Training runs in this process, or under torchrun when `kronos.nproc > 1`; either way the output
 folder holds `best/` (save_pretrained), `last.pt` (to resume an interrupted run) and
@@ -18,29 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from data_prep.windows import Split
-from models.kronos import Kronos, KronosTokenizer, train_cli
+from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
+from models.kronos import train_cli
 from models.kronos.batches import time_features
 from models.kronos.forecast_cli import merge_shards
 from models.kronos.generation import Sampling
+from models.kronos.model import Kronos
 from models.kronos.predictor import FIELDS, KronosPredictor
-from models.kronos.training import TrainSettings
-from pipeline.config import KronosPartConfig, KronosTrainConfig, PipelineConfig
-from pipeline.stages import StageResult
-from strategies.signal_table import expected_return, make_signal_table, write_signal_table
-
-
-def _settings(config: PipelineConfig, training: KronosTrainConfig) -> dict:
-    settings = TrainSettings(
-        **training.model_dump(),
-        clip=config.split.clip,
-        seed=config.seed,
-        device=config.kronos.device,
-        bf16=config.kronos.bf16,
-    )
-    return asdict(settings)
+from models.kronos.tokenizer import KronosTokenizer
+from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 
 def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) -> dict:
@@ -52,21 +39,23 @@ def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "models.kronos.train_cli", "--task", task, "--split", str(split_dir), "--out", str(out), "--spec", str(spec_path)]
     subprocess.run(command, check=True)
-    return json.loads((out / "report.json").read_text())
+    return json.loads((out / REPORT).read_text())
 
 
 def _result(report: dict, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
     metrics = {key: value for key, value in report.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     metrics.update(extra)
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "report.json", out / "best"], history=report["history"])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT], history=report["history"])
 
 
-def _spec(config: PipelineConfig, part: KronosPartConfig) -> dict:
-    return {"settings": _settings(config, part.training), "architecture": part.architecture, "pretrained": part.pretrained}
+def _spec(config: ConfigView, part: str) -> dict:
+    section = getattr(config.kronos, part)
+    settings = section.training.settings(config.split.clip, config.seed, config.kronos.device, config.kronos.bf16)
+    return {"settings": asdict(settings), "architecture": section.architecture, "pretrained": section.pretrained}
 
 
-def tokenizer(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
-    report = run_training("tokenizer", inputs["split"], out, _spec(config, config.kronos.tokenizer), config.kronos.nproc)
+def tokenizer(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    report = run_training("tokenizer", inputs.folder("split"), out, _spec(config, "tokenizer"), config.kronos.nproc)
     summary = [
         f"tokenizer: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
         f"validation fine reconstruction MSE {report['best_val_recon_fine']:.4f}, "
@@ -75,10 +64,10 @@ def tokenizer(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Sta
     return _result(report, out, {}, summary)
 
 
-def predictor(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
-    spec = {**_spec(config, config.kronos.predictor), "tokenizer": str(inputs["tokenizer"] / "best")}
-    report = run_training("predictor", inputs["split"], out, spec, config.kronos.nproc)
-    tokenizer_config = json.loads((inputs["tokenizer"] / "best" / "config.json").read_text())
+def predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    spec = {**_spec(config, "predictor"), "tokenizer": str(inputs.checkpoint("kronos_tokenizer"))}
+    report = run_training("predictor", inputs.folder("split"), out, spec, config.kronos.nproc)
+    tokenizer_config = json.loads((inputs.checkpoint("kronos_tokenizer") / "config.json").read_text())
     uniform = math.log(2 ** tokenizer_config["s1_bits"])  # CE of guessing s1 codes uniformly
     summary = [
         f"predictor: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
@@ -87,13 +76,6 @@ def predictor(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Sta
         f"CE_s2 {report['best_val_ce_s2']:.3f}, s1 accuracy {report['best_val_acc_s1']:.1%}",
     ]
     return _result(report, out, {"uniform_ce_s1": uniform}, summary)
-
-
-def future_days(calendar: pd.DatetimeIndex, decision_days: np.ndarray, horizon: int) -> np.ndarray:
-    """The `horizon` trading days after each decision day (business days past the calendar's end)."""
-    extended = calendar.append(pd.bdate_range(calendar[-1] + pd.Timedelta(days=1), periods=horizon))
-    positions = calendar.get_indexer(pd.DatetimeIndex(decision_days))[:, None] + np.arange(1, horizon + 1)
-    return extended.values[positions]
 
 
 def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, work: Path) -> np.ndarray:
@@ -118,22 +100,17 @@ def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, w
     return paths
 
 
-def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> StageResult:
+def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     """Forecast every test day and instrument with Kronos; score = expected horizon return."""
-    split = Split.load(inputs["split"])
+    split = inputs.split()
     settings = config.kronos.inference
-    windows = split.forecast_windows(*config.split.test)
-    items = np.arange(len(windows))
-    history, _ = windows.get(items)  # (N, lookback, F) prices
-    dates = windows.dates(items)
-    decision_days = dates[:, -1]
-    future = future_days(split.panel.calendar, decision_days, split.horizon)
-    instrument_ids, end_rows = windows.index.T
+    series = split.forecast_inputs(*config.split.test)
+    instrument_ids, end_rows = series.windows.index.T
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
     seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(split.panel.starts[i] + end) for i, end in zip(instrument_ids, end_rows)]
     spec = {
-        "predictor": str(inputs["predictor"] / "best"),
-        "tokenizer": str(inputs["tokenizer"] / "best"),
+        "predictor": str(inputs.checkpoint("kronos_predictor")),
+        "tokenizer": str(inputs.checkpoint("kronos_tokenizer")),
         "device": config.kronos.device,
         "max_context": settings.max_context,
         "clip": config.split.clip,
@@ -143,15 +120,16 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
         "batch_size": settings.batch_size,
     }
     started = time.perf_counter()
-    paths = forecast_paths(history, time_features(dates), time_features(future), np.array(seeds), spec, settings.nproc, out / "shards")
+    paths = forecast_paths(series.values, time_features(series.input_dates()), time_features(series.future_days()),
+                           np.array(seeds), spec, settings.nproc, out / "shards")
     seconds = time.perf_counter() - started
     close = paths[..., FIELDS.index("close")]  # (N, samples, horizon)
-    path_returns = expected_return(close, history[:, -1, FIELDS.index("close"), None])  # (N, samples)
-    instruments = windows.instruments()
-    table = make_signal_table(decision_days, instruments, path_returns.mean(1), path_returns.std(1), "kronos")
-    write_signal_table(table, out / "signals" / "kronos.parquet")
-    np.savez_compressed(out / "forecasts.npz", decision_days=decision_days.astype("datetime64[D]"), instruments=instruments,
-                        close_paths=close.astype(np.float32), last_close=history[:, -1, FIELDS.index("close")])
+    last_close = series.last("close")
+    path_returns = expected_return(close, last_close[:, None])  # (N, samples)
+    table = make_signal_table(series.days, series.instruments, path_returns.mean(1), path_returns.std(1), "kronos")
+    write_signal_table(table, out / signal_path("kronos"))
+    np.savez_compressed(out / FORECASTS, decision_days=series.days.astype("datetime64[D]"), instruments=series.instruments,
+                        close_paths=close.astype(np.float32), last_close=last_close)
     metrics = {
         "series": len(table),
         "series_per_second": len(table) / seconds,
@@ -163,4 +141,31 @@ def signals(config: PipelineConfig, inputs: dict[str, Path], out: Path) -> Stage
         f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
         f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s in {settings.nproc} process(es)",
     ]
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / "signals" / "kronos.parquet", out / "forecasts.npz"])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / signal_path("kronos"), out / FORECASTS])
+
+
+TRAINING_READS = ("kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed")
+STAGES = (
+    StageSpec(
+        "kronos_tokenizer", tokenizer, needs=("split",),
+        reads=("kronos.tokenizer", *TRAINING_READS),
+        outputs=(CHECKPOINT, REPORT),
+        resumable=True,
+        description="fine-tune or train the Kronos tokenizer (BSQ) on the train windows",
+    ),
+    StageSpec(
+        "kronos_predictor", predictor, needs=("kronos_tokenizer", "split"),
+        reads=("kronos.predictor", *TRAINING_READS),
+        outputs=(CHECKPOINT, REPORT),
+        resumable=True,
+        description="fine-tune or train the Kronos predictor on the tokenizer's tokens",
+    ),
+    StageSpec(
+        "kronos_signals", signals, needs=("kronos_predictor", "kronos_tokenizer", "split"),
+        reads=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
+        outputs=(signal_path("kronos"), FORECASTS),
+        version=2,  # 2: forecasts.npz is logged for the notebook
+        signal_sources=("kronos",),
+        description="sample Kronos paths for every test day and instrument -> kronos scores",
+    ),
+)

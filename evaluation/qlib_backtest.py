@@ -13,15 +13,17 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class TopkSettings:
-    topk: int = 50
-    n_drop: int = 5
-    hold_thresh: int = 1
-    deal_price: str = "close"
-    open_cost: float = 0.0005
-    close_cost: float = 0.0015
-    min_cost: float = 5.0
-    limit_threshold: float | None = None  # e.g. 0.095 for A-shares; None: no price limits
-    account: float = 100_000_000.0
+    """TopkDropout settings of both engines; the values come from pipeline.config (BacktestConfig), where the defaults live."""
+
+    topk: int
+    n_drop: int
+    hold_thresh: int
+    deal_price: str
+    open_cost: float
+    close_cost: float
+    min_cost: float
+    limit_threshold: float | None  # e.g. 0.095 for A-shares; None: no price limits
+    account: float
 
 
 def qlib_topk_dropout(scores: pd.DataFrame, settings: TopkSettings, benchmark: str | list[str], end: pd.Timestamp) -> pd.DataFrame:

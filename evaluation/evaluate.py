@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from data_prep.errors import DataError
-from strategies.metrics import daily_ic, forward_returns, ic_decay, portfolio_metrics, quantile_returns, score_matrix, signal_metrics
-from strategies.qlib_backtest import TopkSettings, qlib_topk_dropout
-from strategies.vbt_backtest import vbt_topk_dropout
+from evaluation.metrics import daily_ic, forward_returns, ic_decay, portfolio_metrics, quantile_returns, score_matrix, signal_metrics
+from evaluation.qlib_backtest import TopkSettings, qlib_topk_dropout
+from evaluation.vbt_backtest import vbt_topk_dropout
 
 log = logging.getLogger(__name__)
 

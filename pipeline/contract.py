@@ -1,0 +1,167 @@
+"""What a stage is: its declaration, what it is handed, and what it returns.
+
+A stage is a plain function `run(config, inputs, out) -> StageResult` declared with a `StageSpec`
+beside it (in `pipeline/stages/`). The runner hands it
+- `config`: a read-only view of the run configuration holding only the keys the stage declared
+  in `reads` (the same keys its cache key hashes), so an undeclared read fails at once instead
+  of silently sharing a cache entry;
+- `inputs`: typed access to the outputs of the stages it `needs`;
+- `out`: an empty folder to write its declared `outputs` into.
+Stages know nothing of caching or tracking; the runner does both.
+
+The artifact names below are the contract between stages: a stage writes and a later stage reads
+through them, never through path literals of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from data_prep.windows import Split
+
+# Artifacts inside a stage's output folder.
+QLIB_FOLDER = "qlib"  # ingest: the Qlib data folder
+SPLIT_META = "split.json"  # split: panel and window indices beside it (data_prep.windows.Split)
+CHECKPOINT = "best"  # trained model folder (save_pretrained)
+REPORT = "report.json"  # a stage's figures as JSON
+FORECASTS = "forecasts.npz"  # paths or quantiles behind a source's scores
+
+
+def signal_path(source: str) -> str:
+    """Where the stage that produces `source` writes its signal table."""
+    return f"signals/{source}.parquet"
+
+
+class UndeclaredConfigRead(AttributeError):
+    """A stage read a config key it did not declare in `reads`."""
+
+
+class ConfigView:
+    """Read-only view of the config that lets through only the declared dotted keys.
+
+    `view.split.test` is allowed when `reads` holds "split" or "split.test"; reading
+    `view.data.region` with only "data.instruments" declared raises UndeclaredConfigRead.
+    A declared key gives the real (frozen) value; a section only partly declared gives another view.
+    """
+
+    def __init__(self, value: Any, reads: tuple[str, ...], stage: str, prefix: str = ""):
+        self._value, self._reads, self._stage, self._prefix = value, reads, stage, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        dotted = f"{self._prefix}{name}"
+        if any(dotted == key or dotted.startswith(key + ".") for key in self._reads):
+            return getattr(self._value, name)
+        if any(key.startswith(dotted + ".") for key in self._reads):
+            return ConfigView(getattr(self._value, name), self._reads, self._stage, dotted + ".")
+        raise UndeclaredConfigRead(
+            f"stage {self._stage!r} reads config key {dotted!r} without declaring it: add it to the stage's `reads` "
+            f"so its cache key follows it (declared: {list(self._reads)})"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"the config is read-only inside a stage (tried to set {self._prefix}{name})")
+
+
+class StageInputs:
+    """Typed access to the outputs of the stages a stage needs."""
+
+    def __init__(self, stage: str, folders: dict[str, Path], producers: dict[str, str], tracking_uri: str):
+        self._stage, self._folders, self._producers = stage, folders, producers
+        self.tracking_uri = tracking_uri  # the store the invocation tracks to (Qlib's recorder writes there too)
+
+    def folder(self, stage: str) -> Path:
+        if stage not in self._folders:
+            raise KeyError(f"stage {self._stage!r} reads the output of {stage!r} without needing it: add it to `needs`")
+        return self._folders[stage]
+
+    @property
+    def qlib_dir(self) -> Path:
+        return self.folder("ingest") / QLIB_FOLDER
+
+    def split(self) -> Split:
+        from data_prep.windows import Split
+
+        return Split.load(self.folder("split"))
+
+    def checkpoint(self, stage: str) -> Path:
+        """The saved model folder a training stage produced."""
+        return self.folder(stage) / CHECKPOINT
+
+    def forecasts(self, stage: str) -> Path:
+        return self.folder(stage) / FORECASTS
+
+    def signals(self, source: str) -> pd.DataFrame:
+        """The signal table of a source produced by an upstream stage."""
+        from evaluation.signal_table import read_signal_table
+
+        return read_signal_table(self.folder(self._producers[source]) / signal_path(source))
+
+
+@dataclass
+class ChildRun:
+    """A nested result inside a stage (e.g. one strategy of the backtest)."""
+
+    name: str
+    params: dict[str, object]
+    metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, float]
+    summary: list[str]  # lines for the console
+    artifacts: list[Path] = field(default_factory=list)  # small files inside `out` to log
+    # Metrics over training steps: rows of {"step": n, name: value, ...}.
+    history: list[dict[str, float]] = field(default_factory=list)
+    children: list[ChildRun] = field(default_factory=list)  # logged as runs nested in the stage's run
+    parent_artifacts: list[Path] = field(default_factory=list)  # files inside `out` for the invocation's run
+
+
+StageFunction = Callable[[ConfigView, StageInputs, Path], StageResult]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's declaration: everything the graph, the cache and the runner need to know."""
+
+    name: str
+    run: StageFunction
+    # Stages whose outputs this one reads.
+    needs: tuple[str, ...]
+    # Dotted config keys the stage reads: the only ones its config view shows, and its cache key.
+    reads: tuple[str, ...]
+    # Paths inside the output folder the stage promises (artifact names above); a function of the
+    # stage's config view where the config decides them.
+    outputs: tuple[str, ...] | Callable[[ConfigView], tuple[str, ...]]
+    # Bump when a code change alters the output, so old cache entries stop matching.
+    version: int = 1
+    # Signal sources the stage can write (the graph maps each source to its stage).
+    signal_sources: tuple[str, ...] = ()
+    # Reads the signal tables of every source in `signals.sources`: the graph adds the stages
+    # that produce them to the needs.
+    consumes_signals: bool = False
+    # Identity of inputs from outside the graph (data files, a local model folder).
+    external_inputs: Callable[[PipelineConfig], str] | None = None
+    # An interrupted run leaves its partial output for the next run to resume from.
+    resumable: bool = False
+    description: str = ""
+
+    def view(self, config: PipelineConfig) -> ConfigView:
+        return ConfigView(config, self.reads, self.name)
+
+    def outputs_for(self, config: PipelineConfig) -> tuple[str, ...]:
+        return self.outputs(self.view(config)) if callable(self.outputs) else self.outputs
