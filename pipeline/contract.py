@@ -154,8 +154,6 @@ class StageSpec:
     # Reads the signal tables of every source in `signals.sources`: the graph adds the stages
     # that produce them to the needs.
     consumes_signals: bool = False
-    # Identity of inputs from outside the graph (data files, a local model folder).
-    external_inputs: Callable[[PipelineConfig], str] | None = None
     # An interrupted run leaves its partial output for the next run to resume from.
     resumable: bool = False
     description: str = ""

@@ -9,8 +9,12 @@ stage, and everything downstream of it, runs again; change nothing and its outpu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
+from data_prep.sources import sample_bars_path
 from evaluation.rules import RULE_BASELINES
+from pipeline.cache import fingerprint
 from pipeline.config import SIGNAL_SOURCES, ConfigError, PipelineConfig, stable_hash
 from pipeline.contract import StageSpec
 from pipeline.stages import backtest, chronos, data, kronos, lgbm, timellm
@@ -26,6 +30,29 @@ SIGNAL_PRODUCERS: dict[str, str] = {source: spec.name for spec in STAGES.values(
 if set(SIGNAL_PRODUCERS) | set(RULE_BASELINES) != set(SIGNAL_SOURCES):
     raise RuntimeError(f"signal sources in pipeline/config.py {sorted(SIGNAL_SOURCES)} and those the stages produce "
                        f"{sorted(SIGNAL_PRODUCERS)} + rules {list(RULE_BASELINES)} differ: declare each source on its stage")
+
+
+def data_fingerprint(config: PipelineConfig) -> str:
+    data = config.data
+    if data.source == "sample":
+        return fingerprint(sample_bars_path())
+    if data.source == "csv":
+        if not Path(data.path).exists():
+            return "missing"  # the ingest stage itself reports the missing file
+        return fingerprint(data.path)
+    if not Path(data.provider_uri).is_dir():
+        return "missing"
+    return fingerprint(data.provider_uri, hash_contents=False)
+
+
+def teacher_fingerprint(config: PipelineConfig) -> str:
+    """A local Chronos-2 folder by its files; a hub id stands for itself."""
+    teacher = Path(config.chronos.teacher)
+    return fingerprint(teacher) if teacher.is_dir() else config.chronos.teacher
+
+
+# Stages that read inputs from outside the graph, and the identity of those inputs.
+EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str]] = {"ingest": data_fingerprint, "chronos2": teacher_fingerprint}
 
 # Stage names before the stage contract; still accepted on the command line.
 STAGE_ALIASES = {
@@ -73,6 +100,6 @@ def cache_key(stage: StageSpec, config: PipelineConfig, upstream_keys: dict[str,
         "version": stage.version,
         "config": {key: config.section(key) for key in stage.reads},
         "upstream": {name: upstream_keys[name] for name in needs(stage, config)},
-        "external": stage.external_inputs(config) if stage.external_inputs else None,
+        "external": EXTERNAL_INPUTS[stage.name](config) if stage.name in EXTERNAL_INPUTS else None,
     }
     return stable_hash(payload)

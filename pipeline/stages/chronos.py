@@ -22,8 +22,7 @@ from models.chronos.distill import distil
 from models.chronos.forecasting import load_pipeline, pipeline_for, pipeline_quantiles, prediction_length, quantile_levels, scores_from_quantiles
 from models.chronos.student import build_student, parameter_count
 from models.device import pick_device
-from pipeline.cache import fingerprint
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import ConfigError
 from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 TIMING_SERIES = 1024  # test series both models forecast for the speed-up figure
@@ -145,19 +144,12 @@ def time_both(series: ChronosSeries, teacher, student, batch_size: int) -> dict[
             "student_seconds_per_1000": seconds["student"] / count * 1000, "speedup": seconds["teacher"] / seconds["student"]}
 
 
-def teacher_fingerprint(config: PipelineConfig) -> str:
-    """A local Chronos-2 folder by its files; a hub id stands for itself."""
-    teacher = Path(config.chronos.teacher)
-    return fingerprint(teacher) if teacher.is_dir() else config.chronos.teacher
-
-
 STAGES = (
     StageSpec(
         "chronos2", chronos, needs=("split",),
         reads=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
         outputs=(signal_path("chronos2"), FORECASTS, REPORT),
         signal_sources=("chronos2",),
-        external_inputs=teacher_fingerprint,
         description="Chronos-2 zero-shot quantile forecasts of the test segment",
     ),
     StageSpec(

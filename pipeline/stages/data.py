@@ -15,8 +15,6 @@ from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.panel import load_panel
 from data_prep.sources import read_bars, sample_bars_path
 from data_prep.windows import SEGMENTS, Split, build_windows
-from pipeline.cache import fingerprint
-from pipeline.config import PipelineConfig
 from pipeline.contract import QLIB_FOLDER, SPLIT_META, ConfigView, StageInputs, StageResult, StageSpec
 
 
@@ -80,25 +78,11 @@ def _plot_windows_per_day(split_output: Split, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def data_fingerprint(config: PipelineConfig) -> str:
-    data = config.data
-    if data.source == "sample":
-        return fingerprint(sample_bars_path())
-    if data.source == "csv":
-        if not Path(data.path).exists():
-            return "missing"  # the ingest stage itself reports the missing file
-        return fingerprint(data.path)
-    if not Path(data.provider_uri).is_dir():
-        return "missing"
-    return fingerprint(data.provider_uri, hash_contents=False)
-
-
 STAGES = (
     StageSpec(
         "ingest", ingest, needs=(),
         reads=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments"),
         outputs=(QLIB_FOLDER, "ingest_summary.json"),
-        external_inputs=data_fingerprint,
         description="bars (sample, CSV/Parquet) -> Qlib folder, or a view of an existing one",
     ),
     StageSpec(
