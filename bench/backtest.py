@@ -31,7 +31,7 @@ def main() -> None:
     settings = BacktestConfig(topk=50, n_drop=5, limit_threshold=0.095).topk_settings()
     with tempfile.TemporaryDirectory() as scratch:
         view = Path(scratch) / "view"
-        link_qlib_folder(args.qlib_folder, view, "csi300")
+        link_qlib_folder(args.qlib_folder, view, "csi300", None)
         init_qlib(view, "cn", f"sqlite:///{Path(scratch) / 'mlflow.db'}")
         panel = load_panel(view, "csi300", ("open", "high", "low", "close", "volume", "amount"))
         scores = score_matrix(rule_baseline("momentum", panel, dt.date(2022, 1, 1), dt.date(2022, 12, 30)))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from data_prep.ingest import write_qlib_folder
 from data_prep.sources import read_bars, sample_bars_path
+from pipeline.config import DataConfig
 
 
 def generate_csv(path: Path, n_symbols: int, years: int, seed: int = 0) -> int:
@@ -43,7 +44,7 @@ def generate_csv(path: Path, n_symbols: int, years: int, seed: int = 0) -> int:
 
 def measure(label: str, csv_path: Path, out_dir: Path) -> None:
     started = time.perf_counter()
-    bars = read_bars(csv_path)
+    bars = read_bars(csv_path, DataConfig().bars_format())[0]
     read_seconds = time.perf_counter() - started
     summary = write_qlib_folder(bars, out_dir, "bench")
     total = time.perf_counter() - started

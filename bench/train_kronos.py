@@ -23,11 +23,11 @@ from models.kronos.configs import KRONOS_MINI, TOKENIZER_BASE
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
 from models.kronos.training import PredictorTask, TokenizerTask, fit, init_world
-from pipeline.config import KronosTrainConfig
+from pipeline.config import DataConfig, KronosTrainConfig
 
 
 def sample_split(folder: Path, lookback: int, horizon: int) -> Split:
-    write_qlib_folder(read_bars(sample_bars_path()), folder / "qlib", "sp500")
+    write_qlib_folder(read_bars(sample_bars_path(), DataConfig().bars_format())[0], folder / "qlib", "sp500")
     panel = load_panel(folder / "qlib", "sp500", ("open", "high", "low", "close", "volume", "amount"))
     segments = {"train": (dt.date(2009, 8, 21), dt.date(2010, 4, 30)), "valid": (dt.date(2010, 5, 1), dt.date(2010, 8, 20))}
     windows, _ = build_windows(panel, lookback, horizon, segments)

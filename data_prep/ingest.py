@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from data_prep import qlib_format
 from data_prep.errors import DataError
+from data_prep.sources import MAX_REPORTED, Rejects, jump_mask
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class IngestSummary:
     first_day: str
     last_day: str
     derived_fields: dict[str, int]  # field -> number of instruments it was derived for
+    encoded_symbols: int  # symbols whose instrument code differs (see qlib_format.instrument_code)
+    missing_rows: int  # rows kept with a missing price or volume
+    jump_rejects: Rejects  # rows or days removed by data.max_daily_move
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,10 +60,16 @@ def derive_vwap(amount: np.ndarray, volume: np.ndarray) -> np.ndarray:
 
 
 def write_qlib_folder(bars: pd.DataFrame, qlib_dir: Path, universe: str) -> IngestSummary:
-    """Write validated long-format bars (see data_prep.sources) as a Qlib folder."""
+    """Write validated long-format bars (see data_prep.sources) as a Qlib folder.
+
+    Each symbol becomes a Qlib instrument code that is a plain folder name; the codes that
+    differ from their symbols are listed in instruments/symbol_map.tsv.
+    """
     calendar = pd.DatetimeIndex(np.sort(bars["date"].unique()))
     day_index = calendar.get_indexer(bars["date"])
-    symbol_codes, symbols = pd.factorize(bars["symbol"], sort=True)
+    symbol_codes, names = pd.factorize(bars["symbol"], sort=True)
+    symbols = pd.Index([qlib_format.instrument_code(name) for name in names])
+    encoded = pd.DataFrame({"code": symbols, "symbol": names})[symbols != names]
 
     def dense(column: str) -> np.ndarray:  # (instruments, days), NaN where a symbol has no bar
         matrix = np.full((len(symbols), len(calendar)), np.nan)
@@ -90,6 +100,7 @@ def write_qlib_folder(bars: pd.DataFrame, qlib_dir: Path, universe: str) -> Inge
     spans = pd.DataFrame({"symbol": symbols, "start": calendar[first_day], "end": calendar[last_day]})
     for name in {"all", universe}:
         qlib_format.write_instruments(qlib_dir, name, spans)
+    encoded.to_csv(qlib_dir / "instruments" / qlib_format.SYMBOL_MAP, sep="\t", index=False)
     for code, symbol in enumerate(tqdm(symbols, desc="writing Qlib features", unit="symbol", leave=False)):
         lo, hi = first_day[code], last_day[code] + 1
         for name, matrix in fields.items():
@@ -101,16 +112,20 @@ def write_qlib_folder(bars: pd.DataFrame, qlib_dir: Path, universe: str) -> Inge
         first_day=str(calendar[0].date()),
         last_day=str(calendar[-1].date()),
         derived_fields=derived,
+        encoded_symbols=len(encoded),
+        missing_rows=int(bars[[*PRICE_FIELDS, "volume"]].isna().any(axis=1).sum()),
+        jump_rejects=Rejects(0, []),  # the reader filters jumps (data_prep.sources.filter_jumps)
     )
 
 
-def link_qlib_folder(source: Path, view_dir: Path, universe: str) -> IngestSummary:
+def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move: float | None) -> IngestSummary:
     """Expose an existing Qlib folder through `view_dir` without copying or modifying it.
 
     The view links every file of the source, with feature folders and files in lower case (Qlib
     looks them up that way), adds `day_future.txt` when the source has none, and writes the
     fields the pipeline needs but the source lacks (amount, factor, vwap, change), plus a
-    fractional `change` where the source stores percent.
+    fractional `change` where the source stores percent. Every feature file is checked against
+    the calendar; with `max_daily_move`, days whose close jumps further are blanked in the view.
     """
     source = Path(source).resolve()
     if not source.is_dir():
@@ -139,16 +154,22 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str) -> IngestSumma
         os.symlink(path, view_dir / "instruments" / path.name)
 
     derived: dict[str, int] = {}
+    jumps: list[str] = []
     for name, folder in tqdm(sorted(feature_dirs.items()), desc="linking Qlib features", unit="symbol", leave=False):
         target = view_dir / "features" / name
         target.mkdir(parents=True)
-        files = {p.name.lower(): p for p in folder.glob("*.bin")}
+        files = {p.name.lower(): p for p in folder.glob("*.bin") if p.name.lower().endswith(f".{qlib_format.FREQ}.bin")}
         for file_name, path in files.items():
             os.symlink(path, target / file_name)
-        for field in _complete_fields(folder, target, files):
+        written, rejected = _complete_fields(folder, target, files, calendar, max_daily_move)
+        for field in written:
             derived[field] = derived.get(field, 0) + 1
+        jumps += rejected
     if derived:
         log.info("derived fields missing from %s: %s (instruments per field)", source, derived)
+    if jumps:
+        log.warning("data.max_daily_move %.0f%%: %d day(s) blanked as price jumps, e.g. %s", 100 * max_daily_move, len(jumps),
+                    "; ".join(jumps[:MAX_REPORTED]))
     return IngestSummary(
         instruments=len(feature_dirs),
         days=len(calendar),
@@ -156,37 +177,46 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str) -> IngestSumma
         first_day=str(calendar[0].date()),
         last_day=str(calendar[-1].date()),
         derived_fields=derived,
+        encoded_symbols=0,
+        missing_rows=0,
+        jump_rejects=Rejects(len(jumps), jumps[:MAX_REPORTED]),
     )
 
 
-def _complete_fields(folder: Path, target: Path, files: dict[str, Path]) -> list[str]:
-    """Write the fields this instrument lacks into the view; returns their names."""
+def _complete_fields(folder: Path, target: Path, files: dict[str, Path], calendar: pd.DatetimeIndex,
+                     max_daily_move: float | None) -> tuple[list[str], list[str]]:
+    """Write the fields this instrument lacks into the view, and blank jump days in every field.
+
+    Returns the derived fields and the rejected days ("file date (close=...)").
+    """
     required = PRICE_FIELDS + ("volume",)
-    absent = [name for name in required if f"{name}.day.bin" not in files]
+    absent = [name for name in required if f"{name}.{qlib_format.FREQ}.bin" not in files]
     if absent:
         raise DataError(f"{folder}: missing {absent}; every instrument needs open, high, low, close and volume")
-    present = required + tuple(name for name in ("amount", "change") if f"{name}.day.bin" in files)
-    start, data = qlib_format.read_aligned({name: files[f"{name}.day.bin"] for name in present})
-    written = []
-
-    def write(name: str, values: np.ndarray) -> None:
-        path = target / f"{name}.day.bin"
+    start, data = qlib_format.read_aligned({name.split(".")[0]: path for name, path in files.items()}, len(calendar))
+    derived = {}
+    if "amount" not in data:
+        derived["amount"] = derive_amount(data["volume"], np.stack([data[p] for p in PRICE_FIELDS]))
+    if "factor" not in data:
+        derived["factor"] = np.where(np.isnan(data["close"]), np.nan, 1.0)
+    if "vwap" not in data:
+        derived["vwap"] = derive_vwap(data.get("amount", derived.get("amount")), data["volume"])
+    fractional = derive_change(data["close"][None, :])[0]
+    if "change" not in data or _stored_in_percent(data["change"], fractional):
+        derived["change"] = fractional
+    fields, derived_names = {**data, **derived}, list(derived)
+    rejected: list[str] = []
+    if max_daily_move is not None:
+        jumps = jump_mask(data["close"], np.zeros(len(data["close"]), dtype=np.int64), max_daily_move)
+        rejected = [f"{files['close.day.bin']} {calendar[start + day].date()} (close={data['close'][day]:g})" for day in np.flatnonzero(jumps)]
+        if rejected:
+            derived = {name: np.where(jumps, np.nan, values) for name, values in fields.items()}  # every field, blanked
+    for name, values in derived.items():
+        path = target / f"{name}.{qlib_format.FREQ}.bin"
         if path.is_symlink():
             path.unlink()
         qlib_format.write_feature(path, start, values)
-        written.append(name)
-
-    if "amount" not in data:
-        data["amount"] = derive_amount(data["volume"], np.stack([data[p] for p in PRICE_FIELDS]))
-        write("amount", data["amount"])
-    if "factor.day.bin" not in files:
-        write("factor", np.where(np.isnan(data["close"]), np.nan, 1.0))
-    if "vwap.day.bin" not in files:
-        write("vwap", derive_vwap(data["amount"], data["volume"]))
-    fractional = derive_change(data["close"][None, :])[0]
-    if "change" not in data or _stored_in_percent(data["change"], fractional):
-        write("change", fractional)
-    return written
+    return derived_names, rejected
 
 
 def _stored_in_percent(stored: np.ndarray, fractional: np.ndarray) -> bool:

@@ -99,7 +99,7 @@ def load_panel(qlib_dir: Path, universe: str, fields: tuple[str, ...]) -> Panel:
         absent = [str(p) for p in paths.values() if not p.exists()]
         if absent:
             raise DataError(f"instrument {symbol}: missing {absent}; re-run the ingest stage or drop the field from data.fields")
-        start, data = qlib_format.read_aligned(paths)
+        start, data = qlib_format.read_aligned(paths, len(calendar))
         blocks.append(np.stack([data[field] for field in fields], axis=1).astype(np.float32))
         starts.append(start)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,28 @@ FREQ = "day"
 FUTURE_DAYS = 30
 
 
-def feature_path(qlib_dir: Path, symbol: str, field: str) -> Path:
-    return qlib_dir / "features" / symbol.lower() / f"{field}.{FREQ}.bin"
+SYMBOL_MAP = "symbol_map.tsv"  # instruments/: code<TAB>symbol for every symbol whose code differs
+
+
+def instrument_code(symbol: str) -> str:
+    """The Qlib instrument code of a symbol: a plain folder name, whatever the symbol holds.
+
+    Characters other than letters, digits and `_.-~` are percent-encoded (`BF/B` -> `BF%2FB`,
+    `../../x` -> `..%2F..%2FX` after upper-casing), and a code made of dots only is encoded whole,
+    so a code never names a parent folder or a path. `urllib.parse.unquote` reverses it.
+    """
+    code = quote(symbol, safe="")
+    return "%2E" * len(code) if set(code) == {"."} else code
+
+
+def feature_path(qlib_dir: Path, code: str, field: str) -> Path:
+    """features/<code lower>/<field>.day.bin, refused if it would lie outside the folder's features/."""
+    features = Path(qlib_dir) / "features"
+    path = features / code.lower() / f"{field}.{FREQ}.bin"
+    if code in ("", ".", "..") or "/" in code or "\\" in code or path.parent.parent != features:
+        raise DataError(f"instrument code {code!r} is not a plain folder name: it would place {path} outside {features}; "
+                        "Qlib folders written by this pipeline encode such symbols (see data_prep.qlib_format.instrument_code)")
+    return path
 
 
 def write_calendar(qlib_dir: Path, calendar: pd.DatetimeIndex) -> None:
@@ -91,19 +112,29 @@ class FeatureSeries:
     values: np.ndarray  # float32, one per calendar day
 
 
-def read_feature(path: Path) -> FeatureSeries:
+def read_feature(path: Path, calendar_days: int) -> FeatureSeries:
+    """One feature file, checked against a calendar of `calendar_days` days."""
+    size = Path(path).stat().st_size
+    if size == 0 or size % 4:
+        raise DataError(f"feature file {path} holds {size} bytes, not a whole number of float32 values (truncated or not "
+                        "a Qlib .bin file): re-export it, or remove the instrument from the folder")
     raw = np.fromfile(path, dtype="<f4")
-    if raw.size == 0:
-        raise DataError(f"feature file {path} is empty: expected a start index followed by daily values")
-    return FeatureSeries(start_index=int(raw[0]), values=raw[1:])
+    start = raw[0]
+    if not (np.isfinite(start) and start == int(start) and 0 <= start < calendar_days):
+        raise DataError(f"feature file {path} starts at calendar index {start}, outside the calendar's {calendar_days} days "
+                        "(a corrupt header): re-export it, or remove the instrument from the folder")
+    if int(start) + raw.size - 1 > calendar_days:
+        raise DataError(f"feature file {path} holds {raw.size - 1} days from calendar index {int(start)}, past the "
+                        f"calendar's {calendar_days} days (corrupt or written for another calendar): re-export it")
+    return FeatureSeries(start_index=int(start), values=raw[1:])
 
 
-def read_aligned(paths: dict[str, Path]) -> tuple[int, dict[str, np.ndarray]]:
+def read_aligned(paths: dict[str, Path], calendar_days: int) -> tuple[int, dict[str, np.ndarray]]:
     """Read several fields of one instrument onto their common calendar range.
 
     Returns the calendar index of the first value and one float64 array per field.
     """
-    series = {name: read_feature(path) for name, path in paths.items()}
+    series = {name: read_feature(path, calendar_days) for name, path in paths.items()}
     start = min(s.start_index for s in series.values())
     stop = max(s.start_index + len(s.values) for s in series.values())
     aligned = {}

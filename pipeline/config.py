@@ -47,6 +47,34 @@ class DataConfig(StrictModel):
     columns: dict[str, str] = {}
     # Per-instrument series the models see, in this order.
     fields: tuple[str, ...] = MODEL_FIELDS
+    # How a CSV is written: strftime format of its dates (None: ISO, or numeric dates whose
+    # day/month order the values settle), field separator and decimal mark.
+    date_format: str | None = None
+    delimiter: str = ","
+    decimal: str = "."
+    # Reject bars whose close moves more than this fraction from the previous close (a data error
+    # where prices have a daily limit: 0.21 for A-shares); the rejects are listed at ingest. None: off.
+    max_daily_move: float | None = None
+
+    def bars_format(self):
+        """How data_prep reads the bars source (data_prep.sources.BarsFormat)."""
+        from data_prep.sources import BarsFormat
+
+        return BarsFormat(dict(self.columns), self.date_format, self.delimiter, self.decimal, self.max_daily_move)
+
+    @field_validator("delimiter", "decimal")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(f"must be one character, got {value!r}")
+        return value
+
+    @field_validator("max_daily_move")
+    @classmethod
+    def _positive_move(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive fraction such as 0.21, or null to turn the filter off")
+        return value
 
     @model_validator(mode="after")
     def _source_needs_location(self) -> DataConfig:
@@ -407,7 +435,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is set to a value and also used as a section")
-        node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else None
+        try:
+            node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else None
+        except (yaml.YAMLError, ValueError) as exc:  # YAML raises ValueError on dates such as 2010-13-01
+            raise ConfigError(f"--set {item!r}: the value cannot be read ({exc}); dates are YYYY-MM-DD") from exc
     return nested
 
 
@@ -428,8 +459,8 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         raise ConfigError(f"config file {config_path} not found: pass --config with an existing YAML file")
     try:
         raw = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, ValueError) as exc:  # YAML raises ValueError on dates such as 2010-13-01
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc} (dates are YYYY-MM-DD)") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {config_path} must hold a mapping of sections, not {type(raw).__name__}")
     raw = deep_merge(_anchor_data_paths(raw, config_path.parent), parse_overrides(overrides or []))

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from data_prep.errors import DataError
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     except (ConfigError, DataError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     print_outcomes(console, outcomes)
     return 0

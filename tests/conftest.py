@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.config import DataConfig
+
 SHARED_CSI300 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300_2018_2022"
+PLAIN_CSV = DataConfig().bars_format()  # comma-separated, ISO or unambiguous dates, no jump filter
 
 
 def make_bars(n_symbols: int = 6, n_days: int = 80, seed: int = 0, start: str = "2021-01-04") -> pd.DataFrame:
@@ -86,7 +89,7 @@ def tiny_split_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_split")
     bars = make_bars(n_symbols=8, n_days=120)
-    write_qlib_folder(validate_bars(bars.assign(_where="synthetic", _line=range(len(bars)))), root / "qlib", "test")
+    write_qlib_folder(validate_bars(bars.assign(_where="synthetic", _line=range(len(bars))), None), root / "qlib", "test")
     panel = load_panel(root / "qlib", "test", ("open", "high", "low", "close", "volume", "amount"))
     segments = {
         "train": (dt.date(2021, 1, 1), dt.date(2021, 4, 30)),

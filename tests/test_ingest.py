@@ -5,7 +5,8 @@ import pytest
 from data_prep import qlib_format
 from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.sources import read_bars, sample_bars_path
-from tests.conftest import make_bars
+from pipeline.config import DataConfig
+from tests.conftest import PLAIN_CSV, make_bars
 
 
 def read_back(qlib_dir, universe, fields):
@@ -23,7 +24,7 @@ def test_round_trip_through_qlib(tmp_path):
     bars = make_bars(n_symbols=4, n_days=30)
     bars = bars.drop(index=[3, 40])  # two missing days for two symbols
     bars.to_csv(tmp_path / "bars.csv", index=False)
-    summary = write_qlib_folder(read_bars(tmp_path / "bars.csv"), tmp_path / "qlib", "test")
+    summary = write_qlib_folder(read_bars(tmp_path / "bars.csv", PLAIN_CSV)[0], tmp_path / "qlib", "test")
     assert summary.instruments == 4 and summary.days == 30 and summary.rows == len(bars)
 
     frame = read_back(tmp_path / "qlib", "test", ["open", "high", "low", "close", "volume", "amount", "factor"])
@@ -43,14 +44,14 @@ def test_round_trip_through_qlib(tmp_path):
 def test_missing_day_is_nan_in_binary_file(tmp_path):
     bars = make_bars(n_symbols=2, n_days=10).drop(index=4)  # S000's fifth day
     write_qlib_folder(read_bars_frame(bars, tmp_path), tmp_path / "qlib", "test")
-    series = qlib_format.read_feature(qlib_format.feature_path(tmp_path / "qlib", "S000", "close"))
+    series = qlib_format.read_feature(qlib_format.feature_path(tmp_path / "qlib", "S000", "close"), 10)
     assert series.start_index == 0 and len(series.values) == 10
     assert np.isnan(series.values[4]) and np.isfinite(np.delete(series.values, 4)).all()
 
 
 def read_bars_frame(bars, tmp_path):
     bars.to_csv(tmp_path / "in.csv", index=False)
-    return read_bars(tmp_path / "in.csv")
+    return read_bars(tmp_path / "in.csv", PLAIN_CSV)[0]
 
 
 def test_future_calendar_extends_past_last_day(tmp_path):
@@ -61,7 +62,7 @@ def test_future_calendar_extends_past_last_day(tmp_path):
 
 
 def test_embedded_sample_reads():
-    bars = read_bars(sample_bars_path())
+    bars = read_bars(sample_bars_path(), PLAIN_CSV)[0]
     assert bars["symbol"].nunique() == 524
     assert bars["date"].min() == pd.Timestamp("2009-08-21") and bars["date"].max() == pd.Timestamp("2010-08-20")
 
@@ -73,7 +74,7 @@ def test_folder_of_per_symbol_parquet_files_with_mapped_columns(tmp_path):
     for symbol, rows in bars.groupby("symbol"):
         renamed = rows.drop(columns="symbol").rename(columns={"date": "Timestamp", "close": "Adj Close", "volume": "VOL"})
         renamed.to_parquet(folder / f"{symbol}.parquet")
-    loaded = read_bars(folder, {"close": "adj close"})
+    loaded, _ = read_bars(folder, DataConfig(columns={"close": "adj close"}).bars_format())
     assert sorted(loaded["symbol"].unique()) == ["S000", "S001", "S002"]
     np.testing.assert_allclose(loaded["close"].to_numpy(), bars.sort_values(["symbol", "date"])["close"].to_numpy())
 
@@ -103,7 +104,7 @@ def test_existing_folder_with_upper_case_features_is_linked(tmp_path):
         (folder / "AMOUNT.day.bin").unlink()
     (tmp_path / "upper" / "calendars" / "day_future.txt").unlink()
 
-    summary = link_qlib_folder(tmp_path / "upper", tmp_path / "view", "test")
+    summary = link_qlib_folder(tmp_path / "upper", tmp_path / "view", "test", None)
     assert summary.derived_fields == {"amount": 3}
     assert (tmp_path / "view" / "calendars" / "day_future.txt").is_file()
     original = read_back(tmp_path / "written", "test", ["close", "amount"])
@@ -114,19 +115,19 @@ def test_existing_folder_with_upper_case_features_is_linked(tmp_path):
 def test_percent_change_is_converted_in_the_view(tmp_path):
     write_qlib_folder(read_bars_frame(make_bars(2, 20), tmp_path), tmp_path / "written", "test")
     path = qlib_format.feature_path(tmp_path / "written", "S000", "change")
-    fractional = qlib_format.read_feature(path)
+    fractional = qlib_format.read_feature(path, 20)
     qlib_format.write_feature(path, fractional.start_index, fractional.values * 100)
 
-    summary = link_qlib_folder(tmp_path / "written", tmp_path / "view", "test")
+    summary = link_qlib_folder(tmp_path / "written", tmp_path / "view", "test", None)
     assert summary.derived_fields["change"] == 1  # only the symbol stored in percent
-    fixed = qlib_format.read_feature(qlib_format.feature_path(tmp_path / "view", "S000", "change"))
+    fixed = qlib_format.read_feature(qlib_format.feature_path(tmp_path / "view", "S000", "change"), 20)
     np.testing.assert_allclose(fixed.values, fractional.values, atol=1e-6, equal_nan=True)
 
 
 def test_link_does_not_touch_the_source(tmp_path):
     write_qlib_folder(read_bars_frame(make_bars(2, 20), tmp_path), tmp_path / "written", "test")
     before = sorted((p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*"))
-    link_qlib_folder(tmp_path / "written", tmp_path / "view", "test")
+    link_qlib_folder(tmp_path / "written", tmp_path / "view", "test", None)
     after = sorted((p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*"))
     assert before == after
 
@@ -136,7 +137,7 @@ def test_shared_a_share_folder_reads_through_qlib(tmp_path, universe):
     from tests.conftest import require_shared_data
 
     source = require_shared_data()
-    summary = link_qlib_folder(source, tmp_path / "view", universe)
+    summary = link_qlib_folder(source, tmp_path / "view", universe, None)
     assert summary.instruments == 462 and summary.days == 1215
     from qlib.data import D
 

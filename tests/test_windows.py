@@ -22,7 +22,7 @@ SEGMENT_DATES = {
 
 def panel_from(bars, tmp_path, universe="test") -> Panel:
     bars = bars.assign(_where="test", _line=range(len(bars)))
-    write_qlib_folder(validate_bars(bars), tmp_path / "qlib", universe)
+    write_qlib_folder(validate_bars(bars, None), tmp_path / "qlib", universe)
     return load_panel(tmp_path / "qlib", universe, FIELDS)
 
 

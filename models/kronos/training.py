@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from data_prep.errors import DataError
 from data_prep.windows import WindowSet
 from models.device import pick_device
 from models.kronos.batches import draw_context, make_batch
@@ -154,7 +156,11 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     state = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
     last = out_dir / "last.pt"
     if last.is_file():
-        saved = torch.load(last, map_location=world.device, weights_only=True)  # never unpickle a handed-over folder
+        try:  # never unpickle code from a cache folder someone may have handed over
+            saved = torch.load(last, map_location=world.device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise DataError(f"{last} holds objects other than tensors and plain values, so this pipeline's training did not "
+                            f"write it; it is not loaded. Delete {out_dir} to train from scratch") from exc
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

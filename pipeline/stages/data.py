@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.panel import load_panel
-from data_prep.sources import read_bars, sample_bars_path
+from data_prep.sources import BarsFormat, read_bars, sample_bars_path
 from data_prep.windows import SEGMENTS, Split, build_windows
 from pipeline.contract import QLIB_FOLDER, SPLIT_META, ConfigView, StageInputs, StageResult, StageSpec
 
@@ -23,20 +23,26 @@ def ingest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     data = config.data
     started = time.perf_counter()
     if data.source == "qlib":
-        summary = link_qlib_folder(data.provider_uri, out / QLIB_FOLDER, data.instruments)
+        summary = link_qlib_folder(data.provider_uri, out / QLIB_FOLDER, data.instruments, data.max_daily_move)
     else:
-        bars = read_bars(sample_bars_path() if data.source == "sample" else data.path, data.columns)
-        summary = write_qlib_folder(bars, out / QLIB_FOLDER, data.instruments)
+        bars_format = BarsFormat(dict(data.columns), data.date_format, data.delimiter, data.decimal, data.max_daily_move)
+        bars, rejects = read_bars(sample_bars_path() if data.source == "sample" else data.path, bars_format)
+        summary = replace(write_qlib_folder(bars, out / QLIB_FOLDER, data.instruments), jump_rejects=rejects)
     seconds = time.perf_counter() - started
     (out / "ingest_summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
-    metrics = {"instruments": summary.instruments, "days": summary.days, "rows": summary.rows}
+    metrics = {"instruments": summary.instruments, "days": summary.days, "rows": summary.rows,
+               "missing_rows": summary.missing_rows, "jump_rejects": summary.jump_rejects.count, "encoded_symbols": summary.encoded_symbols}
     if summary.rows:
         metrics["rows_per_second"] = summary.rows / seconds
-    return StageResult(
-        metrics=metrics,
-        summary=[f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"],
-        artifacts=[out / "ingest_summary.json"],
-    )
+    lines = [f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"]
+    if summary.missing_rows:
+        lines.append(f"{summary.missing_rows:,} rows with a missing price or volume kept as missing days")
+    if summary.jump_rejects.count:
+        lines.append(f"data.max_daily_move rejected {summary.jump_rejects.count:,} price jumps, e.g. {summary.jump_rejects.places[0]} "
+                     "(the first ones are in ingest_summary.json and the log)")
+    if summary.encoded_symbols:
+        lines.append(f"{summary.encoded_symbols} symbols encoded as plain folder names (instruments/symbol_map.tsv)")
+    return StageResult(metrics=metrics, summary=lines, artifacts=[out / "ingest_summary.json"])
 
 
 def split(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
@@ -81,7 +87,8 @@ def _plot_windows_per_day(split_output: Split, path: Path) -> None:
 STAGES = (
     StageSpec(
         "ingest", ingest, needs=(),
-        reads=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments"),
+        reads=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments", "data.date_format",
+               "data.delimiter", "data.decimal", "data.max_daily_move"),
         outputs=(QLIB_FOLDER, "ingest_summary.json"),
         description="bars (sample, CSV/Parquet) -> Qlib folder, or a view of an existing one",
     ),
