@@ -2,13 +2,18 @@
 
 A stage writes into a temporary sibling folder; only after it returns is a manifest written and
 the folder renamed to its final name in one step. An interrupted stage therefore leaves at most
-a `.tmp-*` folder, which no lookup ever takes as a result.
+a `.tmp-*` folder, which no lookup ever takes as a result. The manifest lists every output file
+with its size (and a content hash for small files); a lookup checks them, so an output that was
+deleted or changed since is produced again instead of failing a later stage. A lock per
+(stage, key) makes a second run wait for the first instead of doing the same work.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -17,22 +22,66 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ConfigError
+
 MANIFEST = "_stage.json"
+HASHED_BELOW = 1 << 20  # files smaller than this are hashed into the manifest, larger ones by size only
+
+log = logging.getLogger(__name__)
 
 
 class StageCache:
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    def ensure_writable(self) -> None:
+        """Fail at start-up, naming the folder, when stage outputs cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cache_dir {self.root} is not writable ({exc.strerror}): point cache_dir at a folder you can "
+                              "write, e.g. --set cache_dir=/tmp/kronos-cache") from exc
+
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def lookup(self, stage: str, key: str) -> dict[str, Any] | None:
-        """The manifest of a complete output, or None."""
-        manifest = self.path(stage, key) / MANIFEST
+        """The manifest of a complete, intact output, or None (also when a listed file is gone or changed)."""
+        folder = self.path(stage, key)
+        manifest = folder / MANIFEST
         if not manifest.is_file():
             return None
-        return json.loads(manifest.read_text())
+        recorded = json.loads(manifest.read_text())
+        damaged = [name for name, entry in recorded.get("files", {}).items() if file_entry(folder / name) != entry]
+        if damaged:
+            log.warning("stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): running the stage again",
+                        stage, folder, len(damaged), damaged[:3])
+            return None
+        return recorded
+
+    def update(self, stage: str, key: str, **fields: Any) -> None:
+        """Change fields of a complete output's manifest (e.g. the run that now holds its artifacts)."""
+        manifest = self.path(stage, key) / MANIFEST
+        _write_json_atomic(manifest, {**json.loads(manifest.read_text()), **fields})
+
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold (stage, key) for this process; another run of the same stage waits here instead of repeating the work."""
+        folder = self.root / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{stage}-{key}", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("stage %s: another run is producing this output; waiting for it", stage)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def writing(self, stage: str, key: str, keep_partial: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -59,6 +108,8 @@ class StageCache:
         try:
             yield temporary, manifest
             manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            manifest["files"] = {str(path.relative_to(temporary)): file_entry(path) for path in sorted(temporary.rglob("*"))
+                                 if path.is_file() and path.name != MANIFEST}
             _write_json_atomic(temporary / MANIFEST, manifest)
             if final.exists():  # --force: replace the old output only once the new one is whole
                 retired = final.parent / f".old-{key}-{os.getpid()}"
@@ -73,6 +124,19 @@ class StageCache:
             raise
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def file_entry(path: Path) -> dict[str, Any] | None:
+    """What the manifest records of one output file: its size, and a content hash when it is small."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    entry: dict[str, Any] = {"size": size}
+    if size < HASHED_BELOW:
+        with open(path, "rb") as handle:
+            entry["blake2b"] = hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+    return entry
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

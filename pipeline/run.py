@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     except (ConfigError, DataError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
     print_outcomes(console, outcomes)
     return 0

@@ -38,6 +38,7 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
     stages = plan(target, config)
     target = stages[-1].name  # an old alias resolved
     cache = StageCache(config.cache_dir)
+    cache.ensure_writable()
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
     outcomes: dict[str, StageOutcome] = {}
@@ -46,12 +47,15 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
         for stage in stages:
             upstream = {name: outcomes[name] for name in needs(stage, config)}
             key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
-            manifest = cache.lookup(stage.name, key)
-            if manifest is not None and not (force and stage.name == target):
-                outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent.info.run_id)
-            else:
-                inputs = StageInputs(stage.name, {name: o.output for name, o in upstream.items()}, SIGNAL_PRODUCERS, uri)
-                outcome = _execute(stage, key, config, cache, inputs, parent.info.run_id)
+            with cache.lock(stage.name, key):
+                manifest = cache.lookup(stage.name, key)
+                if manifest is not None and not (force and stage.name == target):
+                    outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent.info.run_id)
+                    if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
+                        cache.update(stage.name, key, run_id=outcome.produced_by)
+                else:
+                    inputs = StageInputs(stage.name, {name: o.output for name, o in upstream.items()}, SIGNAL_PRODUCERS, uri)
+                    outcome = _execute(stage, key, config, cache, inputs, parent.info.run_id)
             outcomes[stage.name] = outcome
         mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
     return list(outcomes.values())
@@ -81,13 +85,25 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
 
 
 def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_id: str) -> StageOutcome:
-    log.info("stage %s: inputs unchanged, reusing %s (produced by run %s)", stage.name, output, manifest["run_id"])
-    tags = {"cache_key": key, "reused": "true", "produced_by_run_id": manifest["run_id"]}
+    """Log the cached output as a run of this invocation.
+
+    When the run that produced it is not in the current tracking store (another store, or a
+    cleared one), this run logs the output's artifacts again and stands as its producer, so the
+    UI and the notebook find them.
+    """
+    produced_in_store = tracking.run_exists(manifest["run_id"])
+    log.info("stage %s: inputs unchanged, reusing %s (produced by run %s%s)", stage.name, output, manifest["run_id"],
+             "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again")
+    tags = {"cache_key": key, "reused": "true"}
+    tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
     with tracking.stage_run(stage.name, manifest["params"], tags) as run:
         tracking.log_metrics(manifest["metrics"])
         tracking.log_children(manifest.get("children", []))
         tracking.log_to_run(parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
-    return StageOutcome(stage.name, key, output, True, run.info.run_id, manifest["run_id"], 0.0, manifest["summary"])
+        if not produced_in_store:
+            tracking.log_artifacts([output / name for name in manifest.get("artifacts", [])])
+    producer = manifest["run_id"] if produced_in_store else run.info.run_id
+    return StageOutcome(stage.name, key, output, True, run.info.run_id, producer, 0.0, manifest["summary"])
 
 
 def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str) -> StageOutcome:
@@ -110,6 +126,7 @@ def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCac
             manifest.update(
                 run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary, children=children,
                 parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],
+                artifacts=[str(path.relative_to(folder)) for path in result.artifacts],
             )
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)

@@ -6,6 +6,7 @@ refuses its old plain-folder store). Qlib's own recorder is pointed at the same 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -19,7 +20,7 @@ import mlflow
 import yaml
 from mlflow.entities import Metric
 
-from pipeline.config import REPO_ROOT, PipelineConfig
+from pipeline.config import REPO_ROOT, ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,55 @@ def tracking_uri(config: PipelineConfig) -> str:
 
 
 def setup(config: PipelineConfig) -> str:
-    """Point MLflow at the store and select (or create) the experiment; returns the URI."""
+    """Point MLflow at the store and select (or create) the experiment; returns the URI.
+
+    A new SQLite store is created under a file lock, so two first runs sharing it do not both
+    try to create its tables.
+    """
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    name = config.tracking.experiment
-    if mlflow.get_experiment_by_name(name) is None:
-        artifact_root = None
-        if uri.startswith("sqlite:///"):
-            artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-        mlflow.create_experiment(name, artifact_location=artifact_root)
-    mlflow.set_experiment(name)
+    if "://" not in uri:
+        raise ConfigError(f"tracking.uri {uri!r} is a plain path, which MLflow 3 does not take as a store: use "
+                          f"sqlite:///{Path(uri).resolve() / 'mlflow.db'} (a database in that folder) or a server, http://host:5000")
+    with _store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        name = config.tracking.experiment
+        if mlflow.get_experiment_by_name(name) is None:
+            artifact_root = None
+            if uri.startswith("sqlite:///"):
+                artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+            mlflow.create_experiment(name, artifact_location=artifact_root)
+        mlflow.set_experiment(name)
     return uri
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store while it may be created; nothing for other stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".mlflow-store.lock", "a")
+    except OSError as exc:
+        raise ConfigError(f"tracking.uri {uri!r}: cannot write to {folder} ({exc.strerror}); point tracking.uri at a "
+                          "writable place, e.g. --set tracking.uri=sqlite:////tmp/mlruns/mlflow.db") from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the current tracking store holds this run."""
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def git_commit() -> str:

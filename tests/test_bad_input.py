@@ -12,9 +12,9 @@ def run_split(config_path, *overrides):
 
 
 def cache_entries(config_path):
-    """Every folder under the cache's stage folders, complete or temporary."""
+    """Every folder under the cache's stage folders, complete or temporary (the lock files are not outputs)."""
     cache = config_path.parent / "cache"
-    return sorted(p.relative_to(cache) for p in cache.glob("*/*")) if cache.exists() else []
+    return sorted(p.relative_to(cache) for p in cache.glob("*/*") if p.parent.name != ".locks") if cache.exists() else []
 
 
 def corrupt(tmp_path, change):

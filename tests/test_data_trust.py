@@ -242,3 +242,68 @@ def test_a_handed_over_checkpoint_is_never_unpickled(tiny_split_dir, tmp_path):
     with pytest.raises(DataError, match="last.pt holds objects other than tensors and plain values"):
         fit(TokenizerTask(), KronosTokenizer(**TINY_TOKENIZER), split.segment("train"), split.segment("valid"), SETTINGS, out, World())
     assert not marker.exists()
+
+
+# --- the cache and the tracking store -------------------------------------------------------
+
+def test_a_cached_output_that_lost_a_file_is_produced_again(bars_csv, write_config):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    config = load_config(write_config(bars_csv, experiment="lost-file"))
+    first = run_pipeline(config, "split")
+    (first[1].output / "panel" / "offsets.npy").unlink()
+    (first[0].output / "ingest_summary.json").write_text("{}")  # same folder, changed contents
+    again = run_pipeline(config, "split")
+    assert [o.reused for o in again] == [False, False]
+    assert (again[1].output / "panel" / "offsets.npy").is_file()
+    assert all(o.reused for o in run_pipeline(config, "split"))
+
+
+def test_two_first_runs_on_one_cache_and_a_new_store_share_the_work(bars_csv, write_config, tmp_path):
+    import subprocess
+    import sys
+
+    config = write_config(bars_csv, experiment="concurrent", tracking={"uri": f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"})
+    command = [sys.executable, "-m", "pipeline.run", "--stage", "split", "--config", str(config)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    together = "\n".join(logs)
+    assert together.count("stage split: running") == 1 and together.count("stage split: inputs unchanged, reusing") == 1
+
+
+def test_a_cache_reused_against_another_store_logs_its_artifacts_there(bars_csv, write_config, tmp_path):
+    import mlflow
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    path = write_config(bars_csv, experiment="switch")
+    run_pipeline(load_config(path), "split")
+    other_uri = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    switched = run_pipeline(load_config(path, [f"tracking.uri={other_uri}"]), "split")
+    assert all(o.reused for o in switched)
+    client = mlflow.MlflowClient(other_uri)
+    producer = client.get_run(switched[1].produced_by)  # exists in the new store
+    assert {"split.json", "windows_per_day.png"} <= {a.path for a in client.list_artifacts(producer.info.run_id)}
+    assert producer.data.tags["first_produced_by_run_id"] != producer.info.run_id
+    again = run_pipeline(load_config(path, [f"tracking.uri={other_uri}"]), "split")
+    assert again[1].produced_by == switched[1].produced_by  # the manifest now names the run in this store
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("cache_dir={blocker}/cache", "cache_dir {blocker}/cache is not writable (Not a directory)"),
+        ("tracking.uri={tmp}/plain-store", "tracking.uri '{tmp}/plain-store' is a plain path, which MLflow 3 does not take"),
+        ("tracking.uri=sqlite:///{blocker}/store/mlflow.db", "tracking.uri 'sqlite:///{blocker}/store/mlflow.db': cannot write to {blocker}/store"),
+    ],
+    ids=["cache-not-writable", "plain-path-store", "store-not-writable"],
+)
+def test_unusable_cache_and_store_are_named(bars_csv, write_config, tmp_path, capsys, override, expected):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config = write_config(bars_csv)
+    assert run_split(config, override.format(blocker=blocker, tmp=tmp_path)) == 2
+    assert expected.format(blocker=blocker, tmp=tmp_path) in message(capsys)
