@@ -47,7 +47,7 @@ def main() -> None:
         vbt_topk_dropout(scores, close, settings)
         print(f"vectorbt, the same rule:                              {time.perf_counter() - started:6.1f} s")
         started = time.perf_counter()
-        sweep = vbt_sweep(scores, close, settings, (10, 20, 30, 40, 50), (1, 2, 3, 4, 5), (0.5, 1.0))
+        sweep, _ = vbt_sweep(scores, close, settings, (10, 20, 30, 40, 50), (1, 2, 3, 4, 5), (0.5, 1.0))
         print(f"vectorbt sweep of {len(sweep)} settings in one run:            {time.perf_counter() - started:6.1f} s")
 
 

@@ -93,8 +93,7 @@ def deflated_sharpe_ratio(returns: pd.DataFrame) -> dict[str, float]:
     if trials < 2 or days < 3:
         return {"best_sharpe": np.nan, "expected_max_sharpe": np.nan, "dsr": np.nan, "trials": float(trials)}
     best = sharpe.idxmax()
-    expected_max = float(np.sqrt(sharpe.var(ddof=1)) * ((1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / trials)
-                                                         + EULER_GAMMA * stats.norm.ppf(1 - 1 / (trials * np.e))))
+    expected_max = expected_max_sharpe(float(sharpe.var(ddof=1)), trials)
     return {
         "best_sharpe": float(sharpe[best] * np.sqrt(TRADING_DAYS)),
         "expected_max_sharpe": float(expected_max * np.sqrt(TRADING_DAYS)),
@@ -102,6 +101,11 @@ def deflated_sharpe_ratio(returns: pd.DataFrame) -> dict[str, float]:
                                     float(stats.skew(returns[best])), float(stats.kurtosis(returns[best], fisher=False))),
         "trials": float(trials),
     }
+
+
+def expected_max_sharpe(variance: float, trials: int) -> float:
+    """The largest of `trials` Sharpe ratios expected from luck alone, given their variance (per period)."""
+    return float(np.sqrt(variance) * ((1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / trials) + EULER_GAMMA * stats.norm.ppf(1 - 1 / (trials * np.e))))
 
 
 def probabilistic_sharpe(sharpe: float, benchmark: float, days: int, skew: float, kurtosis: float) -> float:

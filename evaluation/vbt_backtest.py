@@ -69,11 +69,12 @@ def vbt_topk_dropout(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSe
     return daily[["return", "cost", "turnover"]]
 
 
-def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings, topks, n_drops, costs) -> pd.DataFrame:
+def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings, topks, n_drops, costs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (topk, n_drop, cost) combination in one vectorbt run; cost scales open and close cost.
 
-    Returns one row per combination with annualised return (after cost), turnover and the
-    final value.
+    Returns one row per combination with annualised return (after cost) and the final value, and
+    the daily returns after cost (datetime x combination), from which the Deflated Sharpe Ratio
+    of the best combination is computed.
     """
     close = close.reindex(index=scores.index, columns=scores.columns)
     grid = list(product(topks, n_drops, costs))
@@ -91,8 +92,10 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
         fees=pd.concat(fees, axis=1, keys=keys), group_by=["topk", "n_drop", "cost"], cash_sharing=True,
         call_seq="auto", init_cash=settings.account, freq="1D",
     )
-    # vectorbt squeezes a single group to scalars; index by the grid either way
-    return pd.DataFrame({
-        "ann_return_with_cost": np.atleast_1d(portfolio.returns().mean()) * 252,
+    # vectorbt squeezes a single group to a Series or scalars; index by the grid either way
+    returns = pd.DataFrame(np.asarray(portfolio.returns()).reshape(len(close), len(grid)), index=close.index, columns=keys)
+    summary = pd.DataFrame({
+        "ann_return_with_cost": returns.mean().to_numpy() * 252,
         "final_value": np.atleast_1d(portfolio.final_value()),
     }, index=keys)
+    return summary, returns

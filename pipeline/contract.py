@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import FoldDates, PipelineConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,23 +75,39 @@ class ConfigView:
             raise AttributeError(f"the config is read-only inside a stage (tried to set {self._prefix}{name})")
 
 
-class StageInputs:
-    """Typed access to the outputs of the stages a stage needs."""
+@dataclass(frozen=True)
+class InstanceOutputs:
+    """The output folders of one (fold, seed) instance of the upstream stages."""
 
-    def __init__(self, stage: str, folders: dict[str, Path], producers: dict[str, str], tracking_uri: str):
-        self._stage, self._folders, self._producers = stage, folders, producers
+    fold: int
+    seed: int
+    dates: FoldDates
+    folders: dict[str, Path]
+
+
+class StageInputs:
+    """Typed access to the outputs of the stages a stage needs.
+
+    A stage runs per (fold, seed) and sees one instance; a stage that consumes the signals of
+    every instance (the backtest) sees them all, in fold order, through `signal_history`.
+    """
+
+    def __init__(self, stage: str, instances: list[InstanceOutputs], producers: dict[str, str], tracking_uri: str):
+        self._stage, self.instances, self._producers = stage, instances, producers
         self.tracking_uri = tracking_uri  # the store the invocation tracks to (Qlib's recorder writes there too)
 
-    def folder(self, stage: str) -> Path:
-        if stage not in self._folders:
+    def folder(self, stage: str, instance: InstanceOutputs | None = None) -> Path:
+        folders = (instance or self.instances[0]).folders
+        if stage not in folders:
             raise KeyError(f"stage {self._stage!r} reads the output of {stage!r} without needing it: add it to `needs`")
-        return self._folders[stage]
+        return folders[stage]
 
     @property
     def qlib_dir(self) -> Path:
         return self.folder("ingest") / QLIB_FOLDER
 
     def split(self) -> Split:
+        """The split of the (first) instance; its panel is the same in every fold."""
         from data_prep.windows import Split
 
         return Split.load(self.folder("split"))
@@ -103,11 +119,22 @@ class StageInputs:
     def forecasts(self, stage: str) -> Path:
         return self.folder(stage) / FORECASTS
 
-    def signals(self, source: str) -> pd.DataFrame:
+    def signals(self, source: str, instance: InstanceOutputs | None = None) -> pd.DataFrame:
         """The signal table of a source produced by an upstream stage."""
         from evaluation.signal_table import read_signal_table
 
-        return read_signal_table(self.folder(self._producers[source]) / signal_path(source))
+        return read_signal_table(self.folder(self._producers[source], instance) / signal_path(source))
+
+    def signal_history(self, source: str) -> dict[int, pd.DataFrame]:
+        """Per seed, the out-of-sample signals of every fold as one table, each fold cut to its test segment."""
+        import pandas as pd
+
+        by_seed: dict[int, list[pd.DataFrame]] = {}
+        for instance in self.instances:
+            table = self.signals(source, instance)
+            start, end = (pd.Timestamp(day) for day in instance.dates.test)
+            by_seed.setdefault(instance.seed, []).append(table[(table["datetime"] >= start) & (table["datetime"] <= end)])
+        return {seed: pd.concat(tables, ignore_index=True) for seed, tables in by_seed.items()}
 
 
 @dataclass

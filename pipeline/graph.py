@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.sources import sample_bars_path
 from evaluation.rules import RULE_BASELINES
 from pipeline.cache import fingerprint
-from pipeline.config import SIGNAL_SOURCES, ConfigError, PipelineConfig, stable_hash
+from pipeline.config import SIGNAL_SOURCES, ConfigError, FoldDates, PipelineConfig, stable_hash
 from pipeline.contract import StageSpec
 from pipeline.stages import backtest, chronos, data, kronos, lgbm, timellm
 
@@ -94,12 +95,42 @@ def plan(target: str, config: PipelineConfig) -> list[StageSpec]:
     return ordered
 
 
-def cache_key(stage: StageSpec, config: PipelineConfig, upstream_keys: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class Instance:
+    """One (fold, seed) of the run: the config every stage but the backtest sees in it."""
+
+    fold: int
+    seed: int
+    dates: FoldDates
+    config: PipelineConfig
+
+    @property
+    def label(self) -> str:
+        return f"fold {self.fold}, seed {self.seed}"
+
+
+def instances(config: PipelineConfig) -> list[Instance]:
+    """Every (fold, seed) of the run, folds first; a config without folds or seeds has one."""
+    return [Instance(index, seed, fold, config.for_fold(fold, seed)) for index, fold in enumerate(config.folds()) for seed in config.seeds()]
+
+
+def upstream_keys(stage: StageSpec, runs: list[Instance], keys: list[dict[str, str]]) -> dict[str, str]:
+    """The cache keys of what a stage reads: its needs in one instance, or in every instance when it
+    consumes the signals of all of them (instance labels keep them apart). Two instances whose
+    outputs are the same (a stage that reads no seed) share a key."""
+    if not stage.consumes_signals:
+        (instance,), (instance_keys,) = runs, keys
+        return {name: instance_keys[name] for name in needs(stage, instance.config)}
+    return {f"{name} [{instance.label}]": instance_keys[name] for instance, instance_keys in zip(runs, keys)
+            for name in needs(stage, instance.config)}
+
+
+def cache_key(stage: StageSpec, config: PipelineConfig, upstream: dict[str, str]) -> str:
     payload = {
         "stage": stage.name,
         "version": stage.version,
         "config": {key: config.section(key) for key in stage.reads},
-        "upstream": {name: upstream_keys[name] for name in needs(stage, config)},
+        "upstream": upstream,
         "external": EXTERNAL_INPUTS[stage.name](config) if stage.name in EXTERNAL_INPUTS else None,
     }
     return stable_hash(payload)

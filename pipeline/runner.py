@@ -15,8 +15,8 @@ import torch
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
-from pipeline.contract import StageInputs, StageSpec
-from pipeline.graph import SIGNAL_PRODUCERS, STAGES, cache_key, needs, plan
+from pipeline.contract import InstanceOutputs, StageInputs, StageSpec
+from pipeline.graph import SIGNAL_PRODUCERS, STAGES, cache_key, instances, plan, upstream_keys
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +34,68 @@ class StageOutcome:
 
 
 def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
-    """Run `target` and the stages it needs; `force` reruns the target even if cached."""
+    """Run `target` and the stages it needs, once per (fold, seed) where they differ; `force` reruns the target even if cached.
+
+    A stage instance is identified by its cache key, so a stage that reads no seed runs once per
+    fold, ingest once in all, and the backtest once over the outputs of every instance.
+    """
     stages = plan(target, config)
     target = stages[-1].name  # an old alias resolved
     cache = StageCache(config.cache_dir)
     cache.ensure_writable()
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
-    outcomes: dict[str, StageOutcome] = {}
+    runs = instances(config)
+    if len(runs) > 1:
+        log.info("%d folds x %d seeds: learned stages run per (fold, seed), each cached on its own", len(config.folds()), len(config.seeds()))
+    done: dict[tuple[str, str], StageOutcome] = {}  # (stage, key) -> outcome, in run order
+    per_instance: list[dict[str, StageOutcome]] = [{} for _ in runs]
     with tracking.parent_run(config, target, config_file) as parent:
         log.info("MLflow parent run %s", parent.info.run_id)
         for stage in stages:
-            upstream = {name: outcomes[name] for name in needs(stage, config)}
-            key = cache_key(stage, config, {name: o.key for name, o in upstream.items()})
-            with cache.lock(stage.name, key):
-                manifest = cache.lookup(stage.name, key)
-                if manifest is not None and not (force and stage.name == target):
-                    outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent.info.run_id)
-                    if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
-                        cache.update(stage.name, key, run_id=outcome.produced_by)
-                else:
-                    inputs = StageInputs(stage.name, {name: o.output for name, o in upstream.items()}, SIGNAL_PRODUCERS, uri)
-                    outcome = _execute(stage, key, config, cache, inputs, parent.info.run_id)
-            outcomes[stage.name] = outcome
-        mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes.values()))
-    return list(outcomes.values())
+            groups = [(runs, per_instance)] if stage.consumes_signals else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance)]
+            for group, group_outcomes in groups:
+                stage_config = config if stage.consumes_signals else group[0].config
+                upstream = upstream_keys(stage, group, [{name: o.key for name, o in outcomes.items()} for outcomes in group_outcomes])
+                key = cache_key(stage, stage_config, upstream)
+                if (stage.name, key) not in done:
+                    tags = {} if len(runs) == 1 or stage.consumes_signals else {"fold": str(group[0].fold), "seed": str(group[0].seed)}
+                    inputs = StageInputs(stage.name, [InstanceOutputs(run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()})
+                                                      for run, outcomes in zip(group, group_outcomes)], SIGNAL_PRODUCERS, uri)
+                    done[(stage.name, key)] = _run_or_reuse(stage, key, stage_config, cache, inputs, parent.info.run_id,
+                                                            force and stage.name == target, tags)
+                for outcomes in group_outcomes:
+                    outcomes[stage.name] = done[(stage.name, key)]
+        mlflow.log_metric("stages_run", sum(not o.reused for o in done.values()))
+    return list(done.values())
+
+
+def _run_or_reuse(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str,
+                  force: bool, tags: dict[str, str]) -> StageOutcome:
+    with cache.lock(stage.name, key):
+        manifest = cache.lookup(stage.name, key)
+        if manifest is None or force:
+            return _execute(stage, key, config, cache, inputs, parent_run_id, tags)
+        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent_run_id, tags)
+        if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
+            cache.update(stage.name, key, run_id=outcome.produced_by)
+        return outcome
 
 
 def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
-    """Each stage under this config: cached or not, when and by which run, where its outputs are."""
+    """Each stage under this config (its first fold and seed): cached or not, when and by which run, where its outputs are."""
     cache = StageCache(config.cache_dir)
     client = mlflow.MlflowClient(tracking.tracking_uri(config))
-    keys: dict[str, str] = {}
+    runs = instances(config)
+    keys: list[dict[str, str]] = [{} for _ in runs]
     rows = []
     for stage in STAGES.values():
-        keys[stage.name] = key = cache_key(stage, config, {need: keys[need] for need in needs(stage, config)})
+        if stage.consumes_signals:
+            key = cache_key(stage, config, upstream_keys(stage, runs, keys))
+        else:
+            for run, run_keys in zip(runs, keys):
+                run_keys[stage.name] = cache_key(stage, run.config, upstream_keys(stage, [run], [run_keys]))
+            key = keys[0][stage.name]
         manifest = cache.lookup(stage.name, key)
         if manifest is None:
             rows.append({"stage": stage.name, "state": "not cached: will run", "created": "-", "run": "-", "output": "-", "artifacts": "-"})
@@ -84,7 +111,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     return rows
 
 
-def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_id: str) -> StageOutcome:
+def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_id: str, extra_tags: dict[str, str]) -> StageOutcome:
     """Log the cached output as a run of this invocation.
 
     When the run that produced it is not in the current tracking store (another store, or a
@@ -94,7 +121,7 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_
     produced_in_store = tracking.run_exists(manifest["run_id"])
     log.info("stage %s: inputs unchanged, reusing %s (produced by run %s%s)", stage.name, output, manifest["run_id"],
              "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again")
-    tags = {"cache_key": key, "reused": "true"}
+    tags = {"cache_key": key, "reused": "true", **extra_tags}
     tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
     with tracking.stage_run(stage.name, manifest["params"], tags) as run:
         tracking.log_metrics(manifest["metrics"])
@@ -106,11 +133,12 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_
     return StageOutcome(stage.name, key, output, True, run.info.run_id, producer, 0.0, manifest["summary"])
 
 
-def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str) -> StageOutcome:
+def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str,
+             extra_tags: dict[str, str]) -> StageOutcome:
     log.info("stage %s: running (cache key %s)", stage.name, key)
     params = {name: config.section(name) for name in stage.reads}
     seed_everything(config.seed)
-    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false"}) as run:
+    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false", **extra_tags}) as run:
         with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
             started = time.perf_counter()
             result = stage.run(stage.view(config), inputs, folder)

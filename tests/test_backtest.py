@@ -92,11 +92,12 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
 def test_sweep_runs_every_combination(panel):
     close = panel.field_frame("close").astype(float)
     scores = random_scores(close, seed=3).loc["2021-03-01":"2021-05-31"]
-    sweep = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
-    assert len(sweep) == 8
+    sweep, returns = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
+    assert len(sweep) == 8 and returns.shape == (len(scores), 8)
+    np.testing.assert_allclose(sweep["ann_return_with_cost"], returns.mean() * 252)
     free, costly = sweep.xs(0.0, level="cost"), sweep.xs(1.0, level="cost")
     assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
-    single = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,))
+    single, _ = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,))
     assert single.loc[(3, 1, 1.0), "final_value"] == pytest.approx(sweep.loc[(3, 1, 1.0), "final_value"])
 
 

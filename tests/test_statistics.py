@@ -8,8 +8,16 @@ import pytest
 import statsmodels.api as sm
 from arch.bootstrap import StationaryBootstrap
 
-from evaluation.statistics import (EULER_GAMMA, bootstrap_intervals, deflated_sharpe_ratio, hac_mean, paired_difference,
-                                   probabilistic_sharpe, signal_statistics, significant)
+from evaluation.statistics import (
+    bootstrap_intervals,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    hac_mean,
+    paired_difference,
+    probabilistic_sharpe,
+    signal_statistics,
+    significant,
+)
 
 
 def autocorrelated(seed: int, n: int = 400, mean: float = 0.02) -> pd.Series:
@@ -53,8 +61,7 @@ def test_deflated_sharpe_ratio_reproduces_the_published_example():
     # Bailey and Lopez de Prado (2014), "The Deflated Sharpe Ratio", numerical example: N = 100 trials,
     # T = 1250 days, best annualised SR 2.5, variance of annualised SRs 0.5, skew -3, kurtosis 10:
     # SR0 = 0.1132 per day and DSR = 0.9004.
-    variance, trials = 0.5 / 250, 100
-    benchmark = np.sqrt(variance) * ((1 - EULER_GAMMA) * 2.326348 + EULER_GAMMA * 2.680518)  # norm.ppf(0.99), norm.ppf(1 - 1/(100e))
+    benchmark = expected_max_sharpe(0.5 / 250, 100)
     assert benchmark == pytest.approx(0.1132, abs=5e-5)
     assert probabilistic_sharpe(2.5 / np.sqrt(250), benchmark, 1250, -3, 10) == pytest.approx(0.9004, abs=5e-4)
 

@@ -1,8 +1,12 @@
-"""The backtest stage: every enabled signal source through IC analysis, Qlib and vectorbt.
+"""The backtest stage: every enabled signal source through IC analysis, Qlib and vectorbt, with
+the uncertainty of every figure.
 
-Writes comparison.csv / comparison.md (one row per strategy and engine), plots, quintile
-returns, IC decay and a vectorbt sweep per strategy; each (strategy, engine) becomes a nested
-MLflow run with the fixed metric names.
+The out-of-sample signals of all walk-forward folds form one test history per source and seed
+(plus a seed ensemble); rules are computed over the same test segments. Writes comparison.csv /
+comparison.md (one row per strategy and engine, with HAC t-statistics, bootstrap intervals,
+paired tests against the best rule and the sweep's Deflated Sharpe Ratio), seeds.csv (spread
+across seeds), breakdown.csv (per fold and year), plots, quintile returns, IC decay and the
+vectorbt sweep; each (strategy, engine) becomes a nested MLflow run.
 """
 
 from __future__ import annotations
@@ -10,28 +14,39 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from evaluation.evaluate import ENGINES, evaluate
+from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_table, seed_spread
+from evaluation.evaluate import evaluate
 from evaluation.plots import comparison_plots
 from evaluation.rules import RULE_BASELINES, rule_baseline
+from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
 from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 log = logging.getLogger(__name__)
 
-SIGNAL_COLUMNS = ("return_mse", "return_mae", "ic", "icir", "rank_ic", "rank_icir")
-PORTFOLIO_COLUMNS = ("ann_return", "ann_excess_return", "information_ratio", "max_drawdown", "turnover")
-COLUMNS = SIGNAL_COLUMNS + PORTFOLIO_COLUMNS + tuple(f"{name}_with_cost" for name in PORTFOLIO_COLUMNS)
-
-
-def load_signals(name: str, config: ConfigView, inputs: StageInputs, split: Split) -> pd.DataFrame:
-    if name in RULE_BASELINES:
-        return rule_baseline(name, split.panel, *config.split.test)
-    return inputs.signals(name)
+def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_tests) -> list[tuple[Strategy, pd.DataFrame]]:
+    """Every strategy to backtest: each source per seed (one history over all folds), the seed
+    ensemble where asked, and the rules over the same test segments."""
+    strategies = []
+    for source in config.signals.sources:
+        if source in RULE_BASELINES:
+            table = pd.concat([rule_baseline(source, split.panel, start.date(), end.date()) for start, end in fold_tests], ignore_index=True)
+            strategies.append((Strategy(source, source, None, rule=True), table))
+            continue
+        history = inputs.signal_history(source)
+        for seed, table in history.items():
+            strategies.append((Strategy(source if len(history) == 1 else f"{source} [seed {seed}]", source, seed, rule=False), table))
+        if len(history) > 1 and config.evaluation.seed_ensemble:
+            mean = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False)["score"].mean()
+            ensemble = make_signal_table(mean["datetime"], mean["instrument"], mean["score"], None, f"{source} [ensemble]")
+            strategies.append((Strategy(f"{source} [ensemble]", source, None, rule=False), ensemble))
+    return strategies
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -44,7 +59,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     split = inputs.split()
     calendar = split.panel.calendar
-    start, end = (pd.Timestamp(day) for day in config.split.test)
+    folds = {instance.fold: instance.dates.test for instance in inputs.instances}
+    fold_tests = [(pd.Timestamp(start), pd.Timestamp(end)) for start, end in folds.values()]
+    start, end = fold_tests[0][0], fold_tests[-1][1]
     last_day = calendar[calendar <= end][-1]
     close = split.panel.field_frame("close")
     init_qlib(inputs.qlib_dir, config.data.region, inputs.tracking_uri)
@@ -57,23 +74,24 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         )
     settings = config.backtest.topk_settings()
 
-    evaluations, sweeps = [], []
+    strategies, evaluations, sweeps, sweep_returns = [], [], [], {}
     (out / "signals").mkdir()
-    for name in config.signals.sources:
-        table = load_signals(name, config, inputs, split)
+    for strategy, table in strategy_tables(config, inputs, split, fold_tests):
         table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
-        table.to_parquet(out / signal_path(name), index=False)
-        log.info("backtesting %s: %d scores over %d days", name, len(table), table["datetime"].nunique())
-        evaluation = evaluate(table, name, close, split.horizon, settings, benchmark, last_day)
+        if not (out / signal_path(strategy.source)).exists():  # a seeded source: its first seed's table
+            table.to_parquet(out / signal_path(strategy.source), index=False)
+        log.info("backtesting %s: %d scores over %d days", strategy.name, len(table), table["datetime"].nunique())
+        evaluation = evaluate(table, strategy.name, close, split.horizon, settings, benchmark, last_day)
+        summary, sweep_returns[strategy.name] = vbt_sweep(evaluation.scores, close, settings, config.backtest.sweep_topk,
+                                                          config.backtest.sweep_n_drop, config.backtest.sweep_cost)
+        strategies.append(strategy)
         evaluations.append(evaluation)
-        sweep = vbt_sweep(evaluation.scores, close, settings, config.backtest.sweep_topk, config.backtest.sweep_n_drop, config.backtest.sweep_cost)
-        sweeps.append(sweep.assign(strategy=name).reset_index())
-
-    rows = [{"strategy": e.name, "engine": engine, **{k: e.rows[engine][k] for k in COLUMNS}} for e in evaluations for engine in ENGINES]
-    comparison = pd.DataFrame(rows)
+        sweeps.append(summary.assign(strategy=strategy.name).reset_index())
+    comparison = comparison_table(strategies, evaluations, sweep_returns, split.horizon, config.evaluation.bootstrap_reps, config.seed)
     comparison.to_csv(out / "comparison.csv", index=False)
-    table_text = markdown_table(comparison[["strategy", "engine", *COLUMNS]])
-    (out / "comparison.md").write_text(table_text + "\n")
+    (out / "comparison.md").write_text(markdown_table(comparison[list(HEADLINE)]) + "\n")
+    seed_spread(comparison).to_csv(out / "seeds.csv", index=False)
+    breakdown(strategies, evaluations, fold_tests, split.horizon).to_csv(out / "breakdown.csv", index=False)
     pd.DataFrame({e.name: e.quantiles for e in evaluations}).to_csv(out / "quintile_returns.csv")
     pd.DataFrame({e.name: e.decay for e in evaluations}).rename_axis("lag").to_csv(out / "ic_decay.csv")
     pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
@@ -89,25 +107,31 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     plots = comparison_plots(evaluations, out)
 
     children = [
-        ChildRun(name=f"{e.name} [{engine}, top {settings.topk}, drop {settings.n_drop}]",
-                 params={"strategy": e.name, "engine": engine, **config.backtest.model_dump(mode="json")},
-                 metrics=e.rows[engine], tags={"strategy": e.name, "model": e.name, "engine": engine})
-        for e in evaluations for engine in ENGINES
+        ChildRun(name=f"{row.strategy} [{row.engine}, top {settings.topk}, drop {settings.n_drop}]",
+                 params={"strategy": row.strategy, "engine": row.engine, **config.backtest.model_dump(mode="json")},
+                 metrics={key: float(value) for key, value in row._asdict().items() if isinstance(value, (int, float, np.number)) and key != "seed"},
+                 tags={"strategy": row.strategy, "model": row.source, "engine": row.engine, "seed": str(row.seed)})
+        for row in comparison.itertuples(index=False)
     ]
-    compact = comparison[["strategy", "engine", "return_mae", "ic", "rank_ic", "ann_excess_return", "ann_excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost", "turnover"]]
+    test_days = int(sum(((calendar >= a) & (calendar <= b)).sum() for a, b in fold_tests))
+    periods = ", ".join(f"{a.date()}..{b.date()}" for a, b in fold_tests)
+    headline = comparison[list(HEADLINE)]
+    summary = [f"comparison over {len(fold_tests)} test segment(s) ({periods}, {test_days} days); t: Newey-West, "
+               f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
+               *markdown_table(headline).splitlines()]
     return StageResult(
-        metrics={"strategies": len(evaluations), "test_days": int(((calendar >= start) & (calendar <= end)).sum())},
-        summary=["comparison (test segment):", *markdown_table(compact).splitlines()],
+        metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
+                 "significant": int(comparison["significant"].sum())},
+        summary=summary,
         artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
-                                           "daily_ic.csv", "close.parquet", "signals")],
+                                           "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "signals")],
         children=children,
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
     )
 
 
-
 BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
-                  "daily_ic.csv", "close.parquet")
+                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv")
 
 
 def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
@@ -117,12 +141,12 @@ def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
 STAGES = (
     StageSpec(
         "backtest", backtest, needs=("ingest", "split"),
-        reads=("signals", "backtest", "data.benchmark", "data.region", "split.test"),
+        reads=("signals", "backtest", "evaluation", "data.benchmark", "data.region", "seed"),
         outputs=backtest_outputs,
         consumes_signals=True,
         # 2: daily returns, IC, closes, signals kept; 3: runs named with settings; 4: daily Rank IC;
-        # 5: forecast errors of the horizon return (return_mse, return_mae)
-        version=5,
+        # 5: forecast errors of the horizon return (return_mse, return_mae); 6: folds, seeds, t-statistics, intervals
+        version=6,
         description="every signal source through IC analysis, Qlib's TopkDropout backtest and vectorbt",
     ),
 )
