@@ -40,6 +40,11 @@ def signal_path(source: str) -> str:
     return f"signals/{source}.parquet"
 
 
+def quantile_path(source: str) -> str:
+    """Where a probabilistic source writes the quantiles of its horizon return (evaluation.probabilistic)."""
+    return f"quantiles/{source}.parquet"
+
+
 class UndeclaredConfigRead(AttributeError):
     """A stage read a config key it did not declare in `reads`."""
 
@@ -125,13 +130,25 @@ class StageInputs:
 
         return read_signal_table(self.folder(self._producers[source], instance) / signal_path(source))
 
+    def has_quantiles(self, source: str) -> bool:
+        return source in self._producers and (self.folder(self._producers[source]) / quantile_path(source)).is_file()
+
     def signal_history(self, source: str) -> dict[int, pd.DataFrame]:
         """Per seed, the out-of-sample signals of every fold as one table, each fold cut to its test segment."""
+        return self._history(source, lambda instance: self.signals(source, instance))
+
+    def quantile_history(self, source: str) -> dict[int, pd.DataFrame]:
+        """Per seed, the horizon-return quantiles of every fold as one table (see `signal_history`)."""
+        import pandas as pd
+
+        return self._history(source, lambda instance: pd.read_parquet(self.folder(self._producers[source], instance) / quantile_path(source)))
+
+    def _history(self, source: str, read) -> dict[int, pd.DataFrame]:
         import pandas as pd
 
         by_seed: dict[int, list[pd.DataFrame]] = {}
         for instance in self.instances:
-            table = self.signals(source, instance)
+            table = read(instance)
             start, end = (pd.Timestamp(day) for day in instance.dates.test)
             by_seed.setdefault(instance.seed, []).append(table[(table["datetime"] >= start) & (table["datetime"] <= end)])
         return {seed: pd.concat(tables, ignore_index=True) for seed, tables in by_seed.items()}

@@ -23,6 +23,7 @@ from data_prep.windows import Split
 from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_table, seed_spread
 from evaluation.evaluate import evaluate
 from evaluation.plots import comparison_plots
+from evaluation.probabilistic import interval_scores
 from evaluation.rules import RULE_BASELINES, rule_baseline
 from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
@@ -47,6 +48,23 @@ def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_
             ensemble = make_signal_table(mean["datetime"], mean["instrument"], mean["score"], None, f"{source} [ensemble]")
             strategies.append((Strategy(f"{source} [ensemble]", source, None, rule=False), ensemble))
     return strategies
+
+
+def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests) -> pd.DataFrame:
+    """Interval coverage and pinball loss of every source with quantiles (per seed and for the ensemble), beside the trailing-volatility baseline."""
+    rows = []
+    start, end = fold_tests[0][0], fold_tests[-1][1]
+    for source in config.signals.sources:
+        if not inputs.has_quantiles(source):
+            continue
+        history = inputs.quantile_history(source)
+        tables = {source if len(history) == 1 else f"{source} [seed {seed}]": table for seed, table in history.items()}
+        if len(history) > 1 and config.evaluation.seed_ensemble:
+            tables[f"{source} [ensemble]"] = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False).mean()
+        for name, table in tables.items():
+            table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
+            rows.append({"strategy": name, "source": source, **interval_scores(table, close, horizon)})
+    return pd.DataFrame(rows)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -88,6 +106,10 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         evaluations.append(evaluation)
         sweeps.append(summary.assign(strategy=strategy.name).reset_index())
     comparison = comparison_table(strategies, evaluations, sweep_returns, split.horizon, config.evaluation.bootstrap_reps, config.seed)
+    probabilistic = probabilistic_scores(config, inputs, close, split.horizon, fold_tests)
+    probabilistic.to_csv(out / "probabilistic.csv", index=False)
+    if not probabilistic.empty:
+        comparison = comparison.merge(probabilistic.drop(columns="source"), on="strategy", how="left")
     comparison.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(markdown_table(comparison[list(HEADLINE)]) + "\n")
     seed_spread(comparison).to_csv(out / "seeds.csv", index=False)
@@ -116,22 +138,25 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     test_days = int(sum(((calendar >= a) & (calendar <= b)).sum() for a, b in fold_tests))
     periods = ", ".join(f"{a.date()}..{b.date()}" for a, b in fold_tests)
     headline = comparison[list(HEADLINE)]
+    calibration = [f"{row.strategy}: 80%/90% intervals cover {row.coverage_80:.1%}/{row.coverage_90:.1%} of outcomes, pinball "
+                   f"{row.pinball:.5f} (trailing-volatility baseline {row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
+                   f"{row.baseline_pinball:.5f})" for row in probabilistic.itertuples(index=False)]
     summary = [f"comparison over {len(fold_tests)} test segment(s) ({periods}, {test_days} days); t: Newey-West, "
                f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
-               *markdown_table(headline).splitlines()]
+               *markdown_table(headline).splitlines(), *calibration]
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
                  "significant": int(comparison["significant"].sum())},
         summary=summary,
         artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
-                                           "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "signals")],
+                                           "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "signals")],
         children=children,
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
     )
 
 
 BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
-                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv")
+                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv")
 
 
 def backtest_outputs(config: ConfigView) -> tuple[str, ...]:

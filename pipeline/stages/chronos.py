@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from data_prep.windows import ForecastInputs
+from evaluation.probabilistic import quantile_table, quantiles_from_levels
 from evaluation.signal_table import make_signal_table, write_signal_table
 from models.chronos.distill import distil
 from models.chronos.forecasting import load_pipeline, pipeline_for, pipeline_quantiles, prediction_length, quantile_levels, scores_from_quantiles
 from models.chronos.student import build_student, parameter_count
 from models.device import pick_device
 from pipeline.config import ConfigError
-from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
+from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
 
 TIMING_SERIES = 1024  # test series both models forecast for the speed-up figure
 
@@ -54,6 +55,9 @@ def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[fl
     score, spread = scores_from_quantiles(quantiles, levels, series.last("close"))
     write_signal_table(make_signal_table(series.days, series.instruments, score, spread, source), out / signal_path(source))
     np.savez_compressed(out / FORECASTS, quantiles=quantiles.astype(np.float32), levels=np.array(levels))
+    (out / "quantiles").mkdir()
+    horizon_quantiles = quantiles_from_levels(quantiles, levels, series.last("close"))
+    quantile_table(series.days, series.instruments, horizon_quantiles).to_parquet(out / quantile_path(source), index=False)
 
 
 def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
@@ -148,14 +152,16 @@ STAGES = (
     StageSpec(
         "chronos2", chronos, needs=("split",),
         reads=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
-        outputs=(signal_path("chronos2"), FORECASTS, REPORT),
+        outputs=(signal_path("chronos2"), FORECASTS, REPORT, quantile_path("chronos2")),
+        version=2,  # 2: horizon-return quantiles
         signal_sources=("chronos2",),
         description="Chronos-2 zero-shot quantile forecasts of the test segment",
     ),
     StageSpec(
         "chronos2_student", chronos_student, needs=("chronos2", "split"),
         reads=("chronos", "split.test", "seed"),
-        outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT),
+        outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
+        version=2,  # 2: horizon-return quantiles
         signal_sources=("chronos2_student",),
         description="distil Chronos-2 into a smaller Chronos-2 and forecast with it",
     ),

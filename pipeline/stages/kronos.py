@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.probabilistic import quantile_table, quantiles_from_paths
 from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
 from models.kronos import train_cli
 from models.kronos.batches import time_features
@@ -27,7 +28,7 @@ from models.kronos.generation import Sampling
 from models.kronos.model import Kronos
 from models.kronos.predictor import FIELDS, KronosPredictor
 from models.kronos.tokenizer import KronosTokenizer
-from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
+from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
 
 
 def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) -> dict:
@@ -130,6 +131,9 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     write_signal_table(table, out / signal_path("kronos"))
     np.savez_compressed(out / FORECASTS, decision_days=series.days.astype("datetime64[D]"), instruments=series.instruments,
                         close_paths=close.astype(np.float32), last_close=last_close)
+    quantiles = quantile_table(series.days, series.instruments, quantiles_from_paths(close, last_close))
+    (out / "quantiles").mkdir()
+    quantiles.to_parquet(out / quantile_path("kronos"), index=False)
     metrics = {
         "series": len(table),
         "series_per_second": len(table) / seconds,
@@ -163,8 +167,8 @@ STAGES = (
     StageSpec(
         "kronos_signals", signals, needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
-        outputs=(signal_path("kronos"), FORECASTS),
-        version=2,  # 2: forecasts.npz is logged for the notebook
+        outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
+        version=3,  # 2: forecasts.npz is logged for the notebook; 3: horizon-return quantiles
         signal_sources=("kronos",),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
     ),

@@ -22,7 +22,7 @@ SOURCE = "lgbm_alpha158"
 def lgbm_alpha158(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     segments = {name: [str(day) for day in getattr(config.split, name)] for name in ("train", "valid", "test")}
     (out / "segments.json").write_text(json.dumps(segments))
-    (out / "lgbm_params.json").write_text(json.dumps(config.lgbm.params))
+    (out / "lgbm_params.json").write_text(json.dumps({"seed": config.seed, **config.lgbm.params}))  # bagging and feature sampling follow the run's seed
     predictions = out / "predictions.parquet"
     command = [
         sys.executable, "-m", "models.lgbm.alpha158", "--qlib-dir", str(inputs.qlib_dir),
@@ -44,7 +44,7 @@ def lgbm_alpha158(config: ConfigView, inputs: StageInputs, out: Path) -> StageRe
 STAGES = (
     StageSpec(
         SOURCE, lgbm_alpha158, needs=("ingest", "split"),
-        reads=("lgbm", "split.train", "split.valid", "split.test", "data.instruments", "data.region"),
+        reads=("lgbm", "split.train", "split.valid", "split.test", "data.instruments", "data.region", "seed"),
         outputs=(signal_path(SOURCE), "lgbm_params.json"),
         signal_sources=(SOURCE,),
         description="LightGBM on Qlib's Alpha158 features (Qlib's handler, dataset and model)",
