@@ -81,3 +81,26 @@ def test_paired_difference_and_significance():
     difference, t = paired_difference(better, baseline, lags=4)
     assert difference == pytest.approx((better - baseline).mean()) and t > 2
     assert significant(2.5, 0.01) and not significant(2.5, -0.01) and not significant(1.5, 0.01)
+
+
+def test_interval_scores_of_a_calibrated_forecast_and_the_volatility_baseline():
+    from scipy import stats as scipy_stats
+
+    from evaluation.probabilistic import LEVELS, interval_scores, quantile_table, quantiles_from_paths
+
+    rng = np.random.default_rng(8)
+    days = pd.bdate_range("2021-01-04", periods=300)
+    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.01, (300, 40)), axis=0)), index=days, columns=[f"S{i}" for i in range(40)])
+    horizon, sigma = 5, 0.01 * np.sqrt(5)
+    forecast_days = days[30:290]
+    frame = close.loc[forecast_days].stack()
+    calibrated = np.exp(sigma * scipy_stats.norm.ppf(LEVELS))[None, :] - 1  # the true quantiles of the 5-day return
+    table = quantile_table(frame.index.get_level_values(0), frame.index.get_level_values(1), np.repeat(calibrated, len(frame), axis=0))
+    scores = interval_scores(table, close, horizon)
+    assert scores["coverage_80"] == pytest.approx(0.8, abs=0.03) and scores["coverage_90"] == pytest.approx(0.9, abs=0.03)
+    assert scores["baseline_coverage_90"] == pytest.approx(0.9, abs=0.04)  # trailing volatility is right here too
+    overconfident = quantile_table(table["datetime"], table["instrument"], table[["q0.05", "q0.1", "q0.5", "q0.9", "q0.95"]].to_numpy() / 4)
+    worse = interval_scores(overconfident, close, horizon)
+    assert worse["coverage_80"] < 0.4 and worse["pinball"] > scores["pinball"]
+    paths = rng.normal(100, 1, (3, 200, horizon))
+    np.testing.assert_allclose(quantiles_from_paths(paths, np.full(3, 100.0)), np.quantile(paths[:, :, -1] / 100 - 1, LEVELS, axis=1).T)

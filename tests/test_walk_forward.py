@@ -91,6 +91,11 @@ def test_seeds_give_one_history_each_an_ensemble_and_their_spread(long_bars_csv,
     assert seeds["rank_ic_mean"].iloc[0] == pytest.approx(comparison.loc[comparison["seed"].notna() & (comparison["engine"] == "qlib"), "rank_ic"].mean())
     periods = pd.read_csv(backtest / "breakdown.csv")
     assert {"fold 0", "fold 1", "fold 2", "2021"} <= set(periods["period"])
+    calibration = pd.read_csv(backtest / "probabilistic.csv")
+    assert set(calibration["strategy"]) == {"kronos [seed 1]", "kronos [seed 2]", "kronos [ensemble]"}
+    assert calibration[["coverage_80", "coverage_90", "baseline_coverage_80"]].stack().between(0, 1).all()
+    assert (calibration["coverage_90"] >= calibration["coverage_80"]).all() and (calibration["forecasts_scored"] > 0).all()
+    assert {"rank_ic_by_period.png", "cumulative_excess_band.png"} <= {path.name for path in backtest.glob("*.png")}
 
 
 def test_folds_and_the_split_cannot_be_mixed_up(long_bars_csv, write_config):

@@ -22,7 +22,7 @@ from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
 from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_table, seed_spread
 from evaluation.evaluate import evaluate
-from evaluation.plots import comparison_plots
+from evaluation.plots import comparison_plots, uncertainty_plots
 from evaluation.probabilistic import interval_scores
 from evaluation.rules import RULE_BASELINES, rule_baseline
 from evaluation.signal_table import make_signal_table
@@ -113,7 +113,8 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     comparison.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(markdown_table(comparison[list(HEADLINE)]) + "\n")
     seed_spread(comparison).to_csv(out / "seeds.csv", index=False)
-    breakdown(strategies, evaluations, fold_tests, split.horizon).to_csv(out / "breakdown.csv", index=False)
+    periods = breakdown(strategies, evaluations, fold_tests, split.horizon)
+    periods.to_csv(out / "breakdown.csv", index=False)
     pd.DataFrame({e.name: e.quantiles for e in evaluations}).to_csv(out / "quintile_returns.csv")
     pd.DataFrame({e.name: e.decay for e in evaluations}).rename_axis("lag").to_csv(out / "ic_decay.csv")
     pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
@@ -126,7 +127,7 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     daily_ic.to_csv(out / "daily_ic.csv")
     # closes from the test start to `horizon` days past it: what the forecasts are judged against
     close.loc[start:].iloc[: len(close.loc[start:end]) + split.horizon].to_parquet(out / "close.parquet")
-    plots = comparison_plots(evaluations, out)
+    plots = comparison_plots(evaluations, out) + uncertainty_plots(comparison, periods, evaluations, out)
 
     children = [
         ChildRun(name=f"{row.strategy} [{row.engine}, top {settings.topk}, drop {settings.n_drop}]",
