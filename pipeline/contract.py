@@ -191,6 +191,8 @@ class StageSpec:
     # Paths inside the output folder the stage promises (artifact names above); a function of the
     # stage's config view where the config decides them.
     outputs: tuple[str, ...] | Callable[[ConfigView], tuple[str, ...]]
+    # Saved model folders among the outputs (save_pretrained), logged as MLflow models.
+    models: tuple[str, ...] | Callable[[ConfigView], tuple[str, ...]] = ()
     # Bump when a code change alters the output, so old cache entries stop matching.
     version: int = 1
     # Signal sources the stage can write (the graph maps each source to its stage).
@@ -207,3 +209,8 @@ class StageSpec:
 
     def outputs_for(self, config: PipelineConfig) -> tuple[str, ...]:
         return self.outputs(self.view(config)) if callable(self.outputs) else self.outputs
+
+    def models_for(self, config: PipelineConfig) -> dict[str, str]:
+        """Model name -> folder: the stage's name for its checkpoint, else the folder's name (a Time-LLM variant)."""
+        folders = self.models(self.view(config)) if callable(self.models) else self.models
+        return {self.name if folder == CHECKPOINT else Path(folder).name: folder for folder in folders}

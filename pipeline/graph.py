@@ -33,6 +33,12 @@ if set(SIGNAL_PRODUCERS) | set(RULE_BASELINES) != set(SIGNAL_SOURCES):
                        f"{sorted(SIGNAL_PRODUCERS)} + rules {list(RULE_BASELINES)} differ: declare each source on its stage")
 
 
+def data_location(config: PipelineConfig) -> Path:
+    """The file or folder the run's data comes from."""
+    data = config.data
+    return sample_bars_path() if data.source == "sample" else Path(data.path if data.source == "csv" else data.provider_uri)
+
+
 def data_fingerprint(config: PipelineConfig) -> str:
     data = config.data
     if data.source == "sample":

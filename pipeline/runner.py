@@ -11,12 +11,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.data.dataset import Dataset
 
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
 from pipeline.contract import InstanceOutputs, StageInputs, StageSpec
-from pipeline.graph import SIGNAL_PRODUCERS, STAGES, cache_key, instances, plan, upstream_keys
+from pipeline.graph import SIGNAL_PRODUCERS, STAGES, Instance, cache_key, data_fingerprint, data_location, instances, plan, upstream_keys
 
 log = logging.getLogger(__name__)
 
@@ -46,37 +47,58 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
     runs = instances(config)
+    dataset = tracking.data_set(config, data_location(config), data_fingerprint(config))
     if len(runs) > 1:
         log.info("%d folds x %d seeds: learned stages run per (fold, seed), each cached on its own", len(config.folds()), len(config.seeds()))
     done: dict[tuple[str, str], StageOutcome] = {}  # (stage, key) -> outcome, in run order
     per_instance: list[dict[str, StageOutcome]] = [{} for _ in runs]
-    with tracking.parent_run(config, target, config_file) as parent:
+    with tracking.parent_run(config, target, config_file, dataset) as parent:
         log.info("MLflow parent run %s", parent.info.run_id)
         for stage in stages:
+            # A consumer of every instance's signals runs once on the run's config; any other stage once per instance.
             groups = [(runs, per_instance)] if stage.consumes_signals else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance)]
             for group, group_outcomes in groups:
                 stage_config = config if stage.consumes_signals else group[0].config
                 upstream = upstream_keys(stage, group, [{name: o.key for name, o in outcomes.items()} for outcomes in group_outcomes])
                 key = cache_key(stage, stage_config, upstream)
                 if (stage.name, key) not in done:
-                    tags = {} if len(runs) == 1 or stage.consumes_signals else {"fold": str(group[0].fold), "seed": str(group[0].seed)}
+                    tags = instance_tags(stage, group[0]) if len(runs) > 1 and not stage.consumes_signals else {}
                     inputs = StageInputs(stage.name, [InstanceOutputs(run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()})
                                                       for run, outcomes in zip(group, group_outcomes)], SIGNAL_PRODUCERS, uri)
-                    done[(stage.name, key)] = _run_or_reuse(stage, key, stage_config, cache, inputs, parent.info.run_id,
-                                                            force and stage.name == target, tags)
+                    done[(stage.name, key)] = _run_or_reuse(stage, key, stage_config, cache, inputs, RunContext(parent.info.run_id, dataset, tags),
+                                                            force and stage.name == target)
                 for outcomes in group_outcomes:
                     outcomes[stage.name] = done[(stage.name, key)]
         mlflow.log_metric("stages_run", sum(not o.reused for o in done.values()))
     return list(done.values())
 
 
-def _run_or_reuse(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str,
-                  force: bool, tags: dict[str, str]) -> StageOutcome:
+def instance_tags(stage: StageSpec, instance: Instance) -> dict[str, str]:
+    """The fold and seed an instance's run stands for: only those the stage reads."""
+    tags = {}
+    if any(key == "split" or key.startswith("split.") for key in stage.reads):
+        tags["fold"] = str(instance.fold)
+    if "seed" in stage.reads:
+        tags["seed"] = str(instance.seed)
+    return tags
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage's run goes in MLflow: under the invocation's run, with its data set and the instance's tags."""
+
+    parent_run_id: str
+    dataset: Dataset
+    tags: dict[str, str]
+
+
+def _run_or_reuse(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext,
+                  force: bool) -> StageOutcome:
     with cache.lock(stage.name, key):
         manifest = cache.lookup(stage.name, key)
         if manifest is None or force:
-            return _execute(stage, key, config, cache, inputs, parent_run_id, tags)
-        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, parent_run_id, tags)
+            return _execute(stage, key, config, cache, inputs, context)
+        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, context)
         if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
             cache.update(stage.name, key, run_id=outcome.produced_by)
         return outcome
@@ -111,7 +133,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     return rows
 
 
-def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_id: str, extra_tags: dict[str, str]) -> StageOutcome:
+def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, context: RunContext) -> StageOutcome:
     """Log the cached output as a run of this invocation.
 
     When the run that produced it is not in the current tracking store (another store, or a
@@ -121,36 +143,38 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, parent_run_
     produced_in_store = tracking.run_exists(manifest["run_id"])
     log.info("stage %s: inputs unchanged, reusing %s (produced by run %s%s)", stage.name, output, manifest["run_id"],
              "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again")
-    tags = {"cache_key": key, "reused": "true", **extra_tags}
+    tags = {"cache_key": key, "reused": "true", **context.tags}
     tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
-    with tracking.stage_run(stage.name, manifest["params"], tags) as run:
+    with tracking.stage_run(stage.name, manifest["params"], tags, context.dataset) as run:
         tracking.log_metrics(manifest["metrics"])
         tracking.log_children(manifest.get("children", []))
-        tracking.log_to_run(parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
+        tracking.log_to_run(context.parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
         if not produced_in_store:
             tracking.log_artifacts([output / name for name in manifest.get("artifacts", [])])
     producer = manifest["run_id"] if produced_in_store else run.info.run_id
     return StageOutcome(stage.name, key, output, True, run.info.run_id, producer, 0.0, manifest["summary"])
 
 
-def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, parent_run_id: str,
-             extra_tags: dict[str, str]) -> StageOutcome:
+def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext) -> StageOutcome:
     log.info("stage %s: running (cache key %s)", stage.name, key)
     params = {name: config.section(name) for name in stage.reads}
     seed_everything(config.seed)
-    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false", **extra_tags}) as run:
+    models = stage.models_for(config)
+    heavy = bool(models or stage.signal_sources)  # training and forecasting stages: sample CPU, memory and GPU use
+    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy) as run:
         with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
             started = time.perf_counter()
             result = stage.run(stage.view(config), inputs, folder)
             seconds = time.perf_counter() - started
             check_outputs(stage, config, folder)
             metrics = {**result.metrics, "seconds": seconds}
-            tracking.log_metrics(metrics)
+            linked = tracking.log_models(run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics)
+            tracking.log_metrics({name: value for name, value in metrics.items() if name not in linked})
             tracking.log_history(result.history)
             tracking.log_artifacts(result.artifacts)
             children = [asdict(child) for child in result.children]
             tracking.log_children(children)
-            tracking.log_to_run(parent_run_id, result.parent_artifacts)
+            tracking.log_to_run(context.parent_run_id, result.parent_artifacts)
             manifest.update(
                 run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary, children=children,
                 parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],

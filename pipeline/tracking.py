@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric
 
 from pipeline.config import REPO_ROOT, ConfigError, PipelineConfig
@@ -55,6 +57,8 @@ def setup(config: PipelineConfig) -> str:
                 artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
             mlflow.create_experiment(name, artifact_location=artifact_root)
         mlflow.set_experiment(name)
+        # The UI opens a model-development experiment on its runs table, not on the GenAI overview.
+        mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     return uri
 
 
@@ -108,7 +112,7 @@ def flatten(payload: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterator[mlflow.ActiveRun]:
+def parent_run(config: PipelineConfig, target: str, config_file: str, dataset: Dataset) -> Iterator[mlflow.ActiveRun]:
     tags = {
         "git_commit": git_commit(),
         "config_hash": config.config_hash(),
@@ -122,7 +126,23 @@ def parent_run(config: PipelineConfig, target: str, config_file: str) -> Iterato
     }
     with mlflow.start_run(run_name=f"{target} [{config.profile}]", tags=tags) as run:
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+        mlflow.log_input(dataset, context="data")
         yield run
+
+
+def data_set(config: PipelineConfig, location: Path, digest: str) -> Dataset:
+    """The data a run uses as an MLflow data set: where it is, its fingerprint, universe and segments.
+
+    Two runs on different data never share a digest, so the UI's Dataset column tells them apart.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # a local path matches MLflow's local artifact source twice; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(location))
+    folds = "; ".join(f"test {fold.test[0]}..{fold.test[1]}" for fold in config.folds())
+    return MetaDataset(source, name=f"{config.data.instruments} [{config.data.source}, {folds}]", digest=digest[:32])
 
 
 RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile", "data", "universe", "split")
@@ -135,11 +155,39 @@ def _inherited_tags() -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """A run nested in the active (parent) run, which also carries the parent's commit and config hash."""
-    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **_inherited_tags(), **tags}) as run:
+def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str], dataset: Dataset,
+              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """A run nested in the active (parent) run, which also carries the parent's commit, config hash and data set.
+
+    With `system_metrics`, MLflow samples CPU, memory and (where present) GPU use while the stage runs.
+    """
+    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **_inherited_tags(), **tags},
+                          log_system_metrics=system_metrics) as run:
         mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
+        mlflow.log_input(dataset, context="data")
         yield run
+
+
+def log_models(run_id: str, models: dict[str, Path], params: dict[str, Any], metrics: dict[str, float]) -> set[str]:
+    """Each saved model folder as an MLflow LoggedModel linked to the stage run, with the stage's
+    params and its metrics (a metric named `<model>_<name>` belongs to that model as `<name>`;
+    with one model, every metric does). Returns the metric names it logged on the run."""
+    client = mlflow.MlflowClient()
+    flat_params = {key: _param_text(value) for key, value in flatten(params).items()}
+    logged: set[str] = set()
+    now = int(time.time() * 1000)
+    for name, folder in models.items():
+        model = mlflow.initialize_logged_model(name=name, source_run_id=run_id, params=flat_params, model_type="save_pretrained",
+                                               tags={"stage_run_id": run_id, **_inherited_tags()})
+        client.log_model_artifacts(model.model_id, str(folder))
+        owned = {key.removeprefix(f"{name}_"): value for key, value in metrics.items() if key.startswith(f"{name}_")}
+        owned = owned or (metrics if len(models) == 1 else {})
+        linked = [Metric(key, float(value), now, 0, model_id=model.model_id, run_id=run_id) for key, value in owned.items() if value == value]
+        for start in range(0, len(linked), 1000):
+            client.log_batch(run_id, metrics=linked[start : start + 1000])
+        mlflow.finalize_logged_model(model.model_id, "READY")
+        logged |= {metric.key for metric in linked}
+    return logged
 
 
 def _param_text(value: Any) -> str:

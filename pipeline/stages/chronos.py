@@ -161,6 +161,7 @@ STAGES = (
         "chronos2_student", chronos_student, needs=("chronos2", "split"),
         reads=("chronos", "split.test", "seed"),
         outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
+        models=(CHECKPOINT,),
         version=2,  # 2: horizon-return quantiles
         signal_sources=("chronos2_student",),
         description="distil Chronos-2 into a smaller Chronos-2 and forecast with it",

@@ -80,9 +80,12 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, *artifacts], history=history)
 
 
+def timellm_models(config: ConfigView) -> tuple[str, ...]:
+    return tuple(f"models/{timellm_source(variant)}" for variant in config.timellm.variants)
+
+
 def timellm_outputs(config: ConfigView) -> tuple[str, ...]:
-    sources = [timellm_source(variant) for variant in config.timellm.variants]
-    return (REPORT, *(signal_path(name) for name in sources), *(f"models/{name}" for name in sources))
+    return (REPORT, *(signal_path(timellm_source(variant)) for variant in config.timellm.variants), *timellm_models(config))
 
 
 STAGES = (
@@ -90,6 +93,7 @@ STAGES = (
         "timellm", timellm, needs=("split",),
         reads=("timellm", "split.test", "seed"),
         outputs=timellm_outputs,
+        models=timellm_models,
         signal_sources=tuple(timellm_source(variant) for variant in TIMELLM_VARIANTS),
         description="Time-LLM and its ablations on the same windows, seed and budget",
     ),
