@@ -62,6 +62,9 @@ def print_outcomes(console: Console, outcomes) -> None:
     console.print(table)
     for line in outcomes[-1].summary:
         console.print(line, soft_wrap=True, highlight=False)
+    report = outcomes[-1].output / "report.html"
+    if report.is_file():
+        console.print(f"report: {report}", soft_wrap=True, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_tabl
 from evaluation.evaluate import evaluate
 from evaluation.plots import comparison_plots, uncertainty_plots
 from evaluation.probabilistic import interval_scores
+from evaluation.report import write_report
 from evaluation.rules import RULE_BASELINES, rule_baseline
 from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
@@ -145,6 +146,8 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     summary = [f"comparison over {len(fold_tests)} test segment(s) ({periods}, {test_days} days); t: Newey-West, "
                f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
                *markdown_table(headline).splitlines(), *calibration]
+    report = write_report(out / "report.html", f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {periods})",
+                          comparison, evaluations, pd.concat(sweeps), probabilistic, [summary[0], *calibration])
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
                  "significant": int(comparison["significant"].sum())},
@@ -152,12 +155,12 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
                                            "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "signals")],
         children=children,
-        parent_artifacts=[out / "comparison.csv", out / "comparison.md", *plots],
+        parent_artifacts=[out / "comparison.csv", out / "comparison.md", report, *plots],
     )
 
 
 BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
-                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv")
+                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "report.html")
 
 
 def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
