@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from data_prep.errors import DataError
-from evaluation.metrics import daily_ic, forward_returns, ic_decay, portfolio_metrics, quantile_returns, score_matrix, signal_metrics
+from evaluation.factor_analysis import FactorAnalysis, analyse
+from evaluation.metrics import daily_ic, forward_returns, portfolio_metrics, score_matrix, signal_metrics
 from evaluation.qlib_backtest import TopkSettings, qlib_topk_dropout
 from evaluation.vbt_backtest import vbt_topk_dropout
 
@@ -30,8 +31,7 @@ class Evaluation:
     daily: dict[str, pd.DataFrame]  # engine -> return, cost, bench, turnover
     ic: pd.Series  # daily IC
     rank_ic: pd.Series  # daily Rank IC
-    quantiles: pd.Series
-    decay: pd.Series
+    factor: FactorAnalysis  # alphalens: IC by holding period, quintile returns, quintile turnover
 
 
 def clean_signals(table: pd.DataFrame, name: str, calendar: pd.DatetimeIndex, instruments: list[str]) -> pd.DataFrame:
@@ -72,7 +72,6 @@ def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, 
         daily={"qlib": qlib_daily, "vectorbt": vbt_daily},
         ic=daily_ic(scores, forward_returns(close, horizon)),
         rank_ic=daily_ic(scores, forward_returns(close, horizon), rank=True),
-        quantiles=quantile_returns(scores, close, horizon),
-        decay=ic_decay(scores, close, horizon),
+        factor=analyse(scores, close, horizon),
     )
 

@@ -60,22 +60,6 @@ def signal_metrics(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> d
     }
 
 
-def ic_decay(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> pd.Series:
-    """Mean daily IC of the score at t against the one-day return k days later, k = 1..horizon."""
-    one_day = forward_returns(close, 1)
-    return pd.Series({lag: daily_ic(scores, one_day.shift(-(lag - 1))).mean() for lag in range(1, horizon + 1)}, name="ic")
-
-
-def quantile_returns(scores: pd.DataFrame, close: pd.DataFrame, horizon: int, quantiles: int = 5) -> pd.Series:
-    """Mean forward return of each score quintile (1 = lowest scores), averaged over days."""
-    scores, returns = scores.align(forward_returns(close, horizon), join="inner")
-    ranks = scores.rank(axis=1, pct=True)
-    bucket = np.ceil(ranks * quantiles).clip(1, quantiles)
-    frame = pd.DataFrame({"bucket": bucket.stack(), "ret": returns.where(scores.notna()).stack()}).dropna()
-    by_day = frame.groupby([frame.index.get_level_values(0), "bucket"])["ret"].mean().unstack()
-    return by_day.mean().rename(lambda b: f"q{int(b)}")
-
-
 def portfolio_metrics(returns: pd.Series, benchmark: pd.Series, turnover: pd.Series, suffix: str = "") -> dict[str, float]:
     """Daily portfolio returns (already net of cost or not) against the benchmark."""
     excess = (returns - benchmark).dropna()

@@ -39,7 +39,7 @@ def comparison_plots(evaluations: list[Evaluation], folder: Path) -> list[Path]:
 
     figure = Figure(figsize=(9, 4))
     axis = figure.subplots()
-    pd.DataFrame({e.name: e.quantiles for e in evaluations}).plot.bar(ax=axis, title="mean forward return by score quintile")
+    pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).plot.bar(ax=axis, title="mean forward return by score quintile")
     paths.append(_save(figure, folder / "quintile_returns.png"))
     return paths
 

@@ -48,7 +48,7 @@ def report_figures(evaluations: list[Evaluation], sweeps: pd.DataFrame) -> list[
         drawdown.add_trace(go.Scatter(x=curve.index, y=curve - curve.cummax(), name=e.name, mode="lines"))
         rolling = e.rank_ic.rolling(20, min_periods=5).mean()
         rank_ic.add_trace(go.Scatter(x=rolling.index, y=rolling, name=e.name, mode="lines"))
-        quintiles.add_trace(go.Bar(x=list(e.quantiles.index), y=e.quantiles.to_numpy(), name=e.name))
+        quintiles.add_trace(go.Bar(x=list(e.factor.quantile_returns.index), y=e.factor.quantile_returns.to_numpy(), name=e.name))
     daily = {e.name: e.daily["qlib"] for e in evaluations}
     costs.add_trace(go.Bar(x=list(daily), y=[frame["turnover"].mean() for frame in daily.values()], name="mean daily turnover"))
     costs.add_trace(go.Bar(x=list(daily), y=[frame["cost"].mean() * 252 for frame in daily.values()], name="annual cost drag"))

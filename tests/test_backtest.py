@@ -44,6 +44,23 @@ def test_ic_matches_an_independent_pandas_and_scipy_computation(panel):
     assert metrics["rank_ic"] == pytest.approx(spearman.mean(), abs=1e-6)
 
 
+def test_alphalens_agrees_with_the_project_where_they_overlap(panel):
+    from alphalens.performance import factor_information_coefficient
+
+    from evaluation.factor_analysis import analyse, factor_data
+
+    close = panel.field_frame("close").astype(float)
+    scores = (random_scores(close, seed=5) + 3 * forward_returns(close, 4).fillna(0)).iloc[30:100]
+    alphalens_ic = factor_information_coefficient(factor_data(scores, close, 4))["4D"]
+    own = daily_ic(scores, forward_returns(close, 4), rank=True).reindex(alphalens_ic.index)
+    np.testing.assert_allclose(alphalens_ic.to_numpy(), own.to_numpy(), atol=1e-6)  # the same Rank IC, day by day
+    analysis = analyse(scores, close, 4)
+    assert analysis.ic_by_period.loc[4] == pytest.approx(own.mean(), abs=1e-6)
+    assert list(analysis.quantile_returns.index) == ["q1", "q2", "q3", "q4", "q5"]
+    assert analysis.quantile_returns["q5"] > analysis.quantile_returns["q1"]  # the score holds real signal
+    assert analysis.turnover.between(0, 1).all()
+
+
 def test_rule_baselines_are_causal(panel):
     start, end = dt.date(2021, 3, 1), dt.date(2021, 4, 30)
     before = rule_baseline("momentum", panel, start, end)

@@ -23,6 +23,6 @@ def test_notebook_executes_against_a_smoke_run(bars_csv, write_config, monkeypat
     figures = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs if PLOTLY in output.get("data", {})]
     titles = " ".join(figure["data"][PLOTLY]["layout"]["title"]["text"] for figure in figures)
     assert len(figures) == 9, titles
-    for expected in ("daily IC and Rank IC", "one-day return", "quintile", "cumulative excess", "drawdown", "turnover",
+    for expected in ("daily IC and Rank IC", "holding period", "quintile", "cumulative excess", "drawdown", "turnover",
                      "score distribution", "sample paths"):
         assert expected in titles

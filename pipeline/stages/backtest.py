@@ -116,8 +116,9 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     seed_spread(comparison).to_csv(out / "seeds.csv", index=False)
     periods = breakdown(strategies, evaluations, fold_tests, split.horizon)
     periods.to_csv(out / "breakdown.csv", index=False)
-    pd.DataFrame({e.name: e.quantiles for e in evaluations}).to_csv(out / "quintile_returns.csv")
-    pd.DataFrame({e.name: e.decay for e in evaluations}).rename_axis("lag").to_csv(out / "ic_decay.csv")
+    pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).to_csv(out / "quintile_returns.csv")
+    pd.DataFrame({e.name: e.factor.ic_by_period for e in evaluations}).rename_axis("period").to_csv(out / "ic_decay.csv")
+    pd.DataFrame({e.name: e.factor.turnover for e in evaluations}).to_csv(out / "quintile_turnover.csv")
     pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
     daily = pd.concat(
         [frame.assign(strategy=e.name, engine=engine) for e in evaluations for engine, frame in e.daily.items()]
@@ -152,14 +153,14 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
                  "significant": int(comparison["significant"].sum())},
         summary=summary,
-        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
+        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "vbt_sweep.csv", "daily_returns.csv",
                                            "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "signals")],
         children=children,
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", report, *plots],
     )
 
 
-BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "vbt_sweep.csv", "daily_returns.csv",
+BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "vbt_sweep.csv", "daily_returns.csv",
                   "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "report.html")
 
 
