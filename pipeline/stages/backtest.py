@@ -175,8 +175,9 @@ STAGES = (
         outputs=backtest_outputs,
         consumes_signals=True,
         # 2: daily returns, IC, closes, signals kept; 3: runs named with settings; 4: daily Rank IC;
-        # 5: forecast errors of the horizon return (return_mse, return_mae); 6: folds, seeds, t-statistics, intervals
-        version=6,
+        # 5: forecast errors of the horizon return (return_mse, return_mae); 6: folds, seeds, t-statistics, intervals;
+        # 7: report.html, alphalens factor analysis
+        version=7,
         description="every signal source through IC analysis, Qlib's TopkDropout backtest and vectorbt",
     ),
 )
