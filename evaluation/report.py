@@ -70,12 +70,14 @@ def report_figures(evaluations: list[Evaluation], sweeps: pd.DataFrame) -> list[
 
 
 def write_report(path: Path, title: str, comparison: pd.DataFrame, evaluations: list[Evaluation], sweeps: pd.DataFrame,
-                 probabilistic: pd.DataFrame, notes: list[str]) -> Path:
+                 probabilistic: pd.DataFrame, portfolio: pd.DataFrame, rolling_sharpe: pd.DataFrame, notes: list[str]) -> Path:
     sections = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in notes),
-                "<h2>Comparison</h2>", _table(comparison[list(HEADLINE)])]
+                "<h2>Comparison</h2>", _table(comparison[list(HEADLINE)]),
+                "<h2>Portfolio statistics after cost (quantstats)</h2>", _table(portfolio)]
     if not probabilistic.empty:
         sections += ["<h2>Interval coverage of the horizon return</h2>", _table(probabilistic[list(CALIBRATION)])]
-    sections += ["<h2>Plots</h2>", *report_figures(evaluations, sweeps)]
+    sharpe = go.Figure([go.Scatter(x=rolling_sharpe.index, y=rolling_sharpe[name], name=name, mode="lines") for name in rolling_sharpe])
+    sections += ["<h2>Plots</h2>", *report_figures(evaluations, sweeps), _figure(sharpe, "Rolling 63-day Sharpe ratio after cost (quantstats)")]
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 {WATCHER}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from pipeline.config import load_config
@@ -44,6 +46,15 @@ def test_the_report_is_written_logged_and_named_last(report, capsys):
     assert last_line.startswith("report: ") and path.endswith("report.html")
     page = open(path).read()
     assert "Plotly" in page and "<script src=" not in page  # plotly.js inlined: works offline
+    output = Path(path).parent
+    stats = pd.read_csv(output / "portfolio_stats.csv")
+    assert len(stats) == 6 and (stats["max_drawdown"] <= 0).all() and (stats["max_drawdown_days"] >= 0).all()
+    daily = pd.read_csv(output / "daily_returns.csv", index_col="datetime", parse_dates=True)
+    momentum = daily[(daily["strategy"] == "momentum") & (daily["engine"] == "qlib")]
+    net = momentum["return"] - momentum["cost"]
+    cagr = stats.set_index(["strategy", "engine"]).loc[("momentum", "qlib"), "cagr"]
+    assert cagr == pytest.approx((1 + net).prod() ** (252 / len(net)) - 1, rel=1e-6)  # compounded over 252-day years
+    assert {"year", "month", "return"} <= set(pd.read_csv(output / "monthly_returns.csv").columns)
     config = load_config(config_path, OVERRIDES)
     client = mlflow.MlflowClient(config.tracking.uri)
     experiment = client.get_experiment_by_name("report")
@@ -60,7 +71,7 @@ def test_the_report_renders_without_script_errors_and_shows_every_strategy(repor
     dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=180).stdout
     assert re.search(r'<body[^>]*data-errors="0"', dom), dom[:500]
     plots = int(re.search(r'<body[^>]*data-plots="(\d+)"', dom).group(1))
-    assert plots == 5 + 3  # five plots and a sweep heatmap per strategy
+    assert plots == 6 + 3  # six plots and a sweep heatmap per strategy
     for strategy in ("kronos", "momentum", "reversal"):
         assert f">{strategy}<" in dom
     subprocess.run([*flags, "--window-size=1400,2400", f"--screenshot={tmp_path / 'report.png'}", path.as_uri()],

@@ -23,6 +23,7 @@ from data_prep.windows import Split
 from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_table, seed_spread
 from evaluation.evaluate import evaluate
 from evaluation.plots import comparison_plots, uncertainty_plots
+from evaluation.portfolio_report import portfolio_statistics
 from evaluation.probabilistic import interval_scores
 from evaluation.report import write_report
 from evaluation.rules import RULE_BASELINES, rule_baseline
@@ -119,6 +120,9 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).to_csv(out / "quintile_returns.csv")
     pd.DataFrame({e.name: e.factor.ic_by_period for e in evaluations}).rename_axis("period").to_csv(out / "ic_decay.csv")
     pd.DataFrame({e.name: e.factor.turnover for e in evaluations}).to_csv(out / "quintile_turnover.csv")
+    portfolio, monthly, rolling_sharpe = portfolio_statistics(evaluations)
+    portfolio.to_csv(out / "portfolio_stats.csv", index=False)
+    monthly.to_csv(out / "monthly_returns.csv", index=False)
     pd.concat(sweeps).to_csv(out / "vbt_sweep.csv", index=False)
     daily = pd.concat(
         [frame.assign(strategy=e.name, engine=engine) for e in evaluations for engine, frame in e.daily.items()]
@@ -148,19 +152,21 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
                f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
                *markdown_table(headline).splitlines(), *calibration]
     report = write_report(out / "report.html", f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {periods})",
-                          comparison, evaluations, pd.concat(sweeps), probabilistic, [summary[0], *calibration])
+                          comparison, evaluations, pd.concat(sweeps), probabilistic, portfolio, rolling_sharpe, [summary[0], *calibration])
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
                  "significant": int(comparison["significant"].sum())},
         summary=summary,
-        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "vbt_sweep.csv", "daily_returns.csv",
+        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "portfolio_stats.csv", "monthly_returns.csv",
+                                           "vbt_sweep.csv", "daily_returns.csv",
                                            "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "signals")],
         children=children,
         parent_artifacts=[out / "comparison.csv", out / "comparison.md", report, *plots],
     )
 
 
-BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "vbt_sweep.csv", "daily_returns.csv",
+BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "portfolio_stats.csv",
+                  "monthly_returns.csv", "vbt_sweep.csv", "daily_returns.csv",
                   "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "report.html")
 
 
