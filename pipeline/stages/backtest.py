@@ -33,6 +33,12 @@ from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, St
 
 log = logging.getLogger(__name__)
 
+# Files of the backtest output; the first three go to the invocation's run, the rest to the stage's.
+BACKTEST_FILES = ("comparison.csv", "comparison.md", "report.html", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv",
+                  "portfolio_stats.csv", "monthly_returns.csv", "vbt_sweep.csv", "daily_returns.csv", "daily_ic.csv", "close.parquet",
+                  "seeds.csv", "breakdown.csv", "probabilistic.csv")
+
+
 def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_tests) -> list[tuple[Strategy, pd.DataFrame]]:
     """Every strategy to backtest: each source per seed (one history over all folds), the seed
     ensemble where asked, and the rules over the same test segments."""
@@ -115,8 +121,8 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     comparison.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(markdown_table(comparison[list(HEADLINE)]) + "\n")
     seed_spread(comparison).to_csv(out / "seeds.csv", index=False)
-    periods = breakdown(strategies, evaluations, fold_tests, split.horizon)
-    periods.to_csv(out / "breakdown.csv", index=False)
+    by_period = breakdown(strategies, evaluations, fold_tests, split.horizon)
+    by_period.to_csv(out / "breakdown.csv", index=False)
     pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).to_csv(out / "quintile_returns.csv")
     pd.DataFrame({e.name: e.factor.ic_by_period for e in evaluations}).rename_axis("period").to_csv(out / "ic_decay.csv")
     pd.DataFrame({e.name: e.factor.turnover for e in evaluations}).to_csv(out / "quintile_turnover.csv")
@@ -133,7 +139,7 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     daily_ic.to_csv(out / "daily_ic.csv")
     # closes from the test start to `horizon` days past it: what the forecasts are judged against
     close.loc[start:].iloc[: len(close.loc[start:end]) + split.horizon].to_parquet(out / "close.parquet")
-    plots = comparison_plots(evaluations, out) + uncertainty_plots(comparison, periods, evaluations, out)
+    plots = comparison_plots(evaluations, out) + uncertainty_plots(comparison, by_period, evaluations, out)
 
     children = [
         ChildRun(name=f"{row.strategy} [{row.engine}, top {settings.topk}, drop {settings.n_drop}]",
@@ -143,31 +149,24 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         for row in comparison.itertuples(index=False)
     ]
     test_days = int(sum(((calendar >= a) & (calendar <= b)).sum() for a, b in fold_tests))
-    periods = ", ".join(f"{a.date()}..{b.date()}" for a, b in fold_tests)
+    segments = ", ".join(f"{a.date()}..{b.date()}" for a, b in fold_tests)
     headline = comparison[list(HEADLINE)]
     calibration = [f"{row.strategy}: 80%/90% intervals cover {row.coverage_80:.1%}/{row.coverage_90:.1%} of outcomes, pinball "
                    f"{row.pinball:.5f} (trailing-volatility baseline {row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
                    f"{row.baseline_pinball:.5f})" for row in probabilistic.itertuples(index=False)]
-    summary = [f"comparison over {len(fold_tests)} test segment(s) ({periods}, {test_days} days); t: Newey-West, "
+    summary = [f"comparison over {len(fold_tests)} test segment(s) ({segments}, {test_days} days); t: Newey-West, "
                f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
                *markdown_table(headline).splitlines(), *calibration]
-    report = write_report(out / "report.html", f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {periods})",
+    write_report(out / "report.html", f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {segments})",
                           comparison, evaluations, pd.concat(sweeps), probabilistic, portfolio, rolling_sharpe, [summary[0], *calibration])
     return StageResult(
         metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
                  "significant": int(comparison["significant"].sum())},
         summary=summary,
-        artifacts=[out / name for name in ("quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "portfolio_stats.csv", "monthly_returns.csv",
-                                           "vbt_sweep.csv", "daily_returns.csv",
-                                           "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "signals")],
+        artifacts=[*(out / name for name in BACKTEST_FILES[3:]), out / "signals"],
         children=children,
-        parent_artifacts=[out / "comparison.csv", out / "comparison.md", report, *plots],
+        parent_artifacts=[*(out / name for name in BACKTEST_FILES[:3]), *plots],
     )
-
-
-BACKTEST_FILES = ("comparison.csv", "comparison.md", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv", "portfolio_stats.csv",
-                  "monthly_returns.csv", "vbt_sweep.csv", "daily_returns.csv",
-                  "daily_ic.csv", "close.parquet", "seeds.csv", "breakdown.csv", "probabilistic.csv", "report.html")
 
 
 def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
