@@ -61,7 +61,7 @@ def print_outcomes(console: Console, outcomes) -> None:
         table.add_row(outcome.stage, status, seconds, outcome.produced_by[:12], str(outcome.output))
     console.print(table)
     for line in outcomes[-1].summary:
-        console.print(line, soft_wrap=True, highlight=False)
+        console.print(line, soft_wrap=True, highlight=False, markup=False)  # strategy names hold brackets
     report = outcomes[-1].output / "report.html"
     if report.is_file():
         console.print(f"report: {report}", soft_wrap=True, highlight=False)
