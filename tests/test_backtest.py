@@ -59,6 +59,8 @@ def test_alphalens_agrees_with_the_project_where_they_overlap(panel):
     assert list(analysis.quantile_returns.index) == ["q1", "q2", "q3", "q4", "q5"]
     assert analysis.quantile_returns["q5"] > analysis.quantile_returns["q1"]  # the score holds real signal
     assert analysis.turnover.between(0, 1).all()
+    tied = analyse(scores.round(1), close, 4)  # blocks of equal scores, as a tree model gives
+    assert tied.ic_by_period.notna().all() and tied.quantile_returns.notna().all() and len(tied.quantile_returns) == 5
 
 
 def test_rule_baselines_are_causal(panel):
