@@ -48,14 +48,21 @@ def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_
             table = pd.concat([rule_baseline(source, split.panel, start.date(), end.date()) for start, end in fold_tests], ignore_index=True)
             strategies.append((Strategy(source, source, None, rule=True), table))
             continue
-        history = inputs.signal_history(source)
-        for seed, table in history.items():
-            strategies.append((Strategy(source if len(history) == 1 else f"{source} [seed {seed}]", source, seed, rule=False), table))
-        if len(history) > 1 and config.evaluation.seed_ensemble:
-            mean = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False)["score"].mean()
-            ensemble = make_signal_table(mean["datetime"], mean["instrument"], mean["score"], None, f"{source} [ensemble]")
-            strategies.append((Strategy(f"{source} [ensemble]", source, None, rule=False), ensemble))
+        for name, (seed, table) in per_strategy(source, inputs.signal_history(source), config.evaluation.seed_ensemble).items():
+            if seed is None:  # the ensemble: the mean score across seeds, no spread
+                table = make_signal_table(table["datetime"], table["instrument"], table["score"], None, name)
+            strategies.append((Strategy(name, source, seed, rule=False), table))
     return strategies
+
+
+def per_strategy(source: str, history: dict[int, pd.DataFrame], ensemble: bool) -> dict[str, tuple[int | None, pd.DataFrame]]:
+    """Strategy name -> (seed, table): one per seed (the source's own name with a single seed), and
+    with several seeds and `ensemble` the mean of every numeric column across seeds (seed None)."""
+    named = {source if len(history) == 1 else f"{source} [seed {seed}]": (seed, table) for seed, table in history.items()}
+    if len(history) > 1 and ensemble:
+        mean = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False).mean(numeric_only=True)
+        named[f"{source} [ensemble]"] = (None, mean)
+    return named
 
 
 def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests) -> pd.DataFrame:
@@ -65,11 +72,7 @@ def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.Data
     for source in config.signals.sources:
         if not inputs.has_quantiles(source):
             continue
-        history = inputs.quantile_history(source)
-        tables = {source if len(history) == 1 else f"{source} [seed {seed}]": table for seed, table in history.items()}
-        if len(history) > 1 and config.evaluation.seed_ensemble:
-            tables[f"{source} [ensemble]"] = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False).mean()
-        for name, table in tables.items():
+        for name, (_, table) in per_strategy(source, inputs.quantile_history(source), config.evaluation.seed_ensemble).items():
             table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
             rows.append({"strategy": name, "source": source, **interval_scores(table, close, horizon)})
     return pd.DataFrame(rows)
