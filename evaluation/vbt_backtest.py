@@ -18,22 +18,30 @@ import pandas as pd
 from evaluation.qlib_backtest import TopkSettings
 
 
+def descending(values: np.ndarray) -> np.ndarray:
+    """Positions from the highest value to the lowest, NaN last, in exactly the order pandas'
+    `sort_values(ascending=False)` gives (ties included), which is the order Qlib's strategy ranks by."""
+    valid = np.flatnonzero(~np.isnan(values))[::-1]
+    order = valid[values[valid].argsort(kind="quicksort")][::-1]
+    return np.concatenate([order, np.flatnonzero(np.isnan(values))])
+
+
 def topk_dropout_orders(scores: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
     """Target weights per day (NaN = no order): 1/topk on buys, 0 on sells. Same index as scores."""
-    orders = np.full(scores.shape, np.nan)
-    column = {name: i for i, name in enumerate(scores.columns)}
-    held: list[str] = []
-    for day, (_, row) in enumerate(scores.iterrows()):
-        ranked = row.dropna().sort_values(ascending=False)
-        candidates = [name for name in ranked.index if name not in held][: max(n_drop + topk - len(held), 0)]
+    values = scores.to_numpy(dtype=float)
+    orders = np.full(values.shape, np.nan)
+    held = np.empty(0, dtype=np.int64)  # column positions, in the order they were bought
+    for day, row in enumerate(values):
+        ranked = descending(row)[: np.count_nonzero(~np.isnan(row))]
+        candidates = ranked[~np.isin(ranked, held)][: max(n_drop + topk - len(held), 0)]
         # held names without a score today rank last, as in Qlib
-        combined = ranked.reindex(held + candidates).sort_values(ascending=False, na_position="last")
-        worst = set(combined.index[-n_drop:]) if n_drop else set()
-        sell = [name for name in held if name in worst]
+        combined = np.concatenate([held, candidates])
+        worst = combined[descending(row[combined])][-n_drop:] if n_drop else combined[:0]
+        sell = held[np.isin(held, worst)]
         buy = candidates[: len(sell) + topk - len(held)]
-        orders[day, [column[name] for name in sell]] = 0.0
-        orders[day, [column[name] for name in buy]] = 1.0 / topk
-        held = [name for name in held if name not in sell] + buy
+        orders[day, sell] = 0.0
+        orders[day, buy] = 1.0 / topk
+        held = np.concatenate([held[~np.isin(held, sell)], buy])
     return pd.DataFrame(orders, index=scores.index, columns=scores.columns)
 
 
@@ -78,20 +86,21 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
     """
     close = close.reindex(index=scores.index, columns=scores.columns)
     grid = list(product(topks, n_drops, costs))
-    orders, fees = [], []
-    for topk, n_drop, cost in grid:
-        frame = topk_dropout_orders(scores, topk, n_drop).shift(1)
-        orders.append(frame)
-        fees.append(pd.DataFrame(np.where(frame > 0, settings.open_cost * cost, settings.close_cost * cost), index=frame.index, columns=frame.columns))
-    keys = pd.MultiIndex.from_tuples(grid, names=["topk", "n_drop", "cost"])
-    size = pd.concat(orders, axis=1, keys=keys)
+    targets = {(topk, n_drop): topk_dropout_orders(scores, topk, n_drop).shift(1).to_numpy() for topk, n_drop in product(topks, n_drops)}
+    # One wide frame of (combination x instrument) columns, grouped by combination number: plain
+    # integer labels spare vectorbt the factorising of a 4-level column index.
+    size = np.concatenate([targets[(topk, n_drop)] for topk, n_drop, _ in grid], axis=1)
+    cost = np.repeat([cost for _, _, cost in grid], scores.shape[1])
+    fees = np.where(size > 0, settings.open_cost * cost, settings.close_cost * cost)
+    wide = lambda values: pd.DataFrame(values, index=scores.index)  # noqa: E731
     import vectorbt as vbt
 
     portfolio = vbt.Portfolio.from_orders(
-        pd.concat([close.ffill()] * len(grid), axis=1, keys=keys), size=size, size_type="targetpercent",
-        fees=pd.concat(fees, axis=1, keys=keys), group_by=["topk", "n_drop", "cost"], cash_sharing=True,
-        call_seq="auto", init_cash=settings.account, freq="1D",
+        wide(np.tile(close.ffill().to_numpy(), len(grid))), size=wide(size), size_type="targetpercent", fees=wide(fees),
+        group_by=np.repeat(np.arange(len(grid)), scores.shape[1]), cash_sharing=True, call_seq="auto",
+        init_cash=settings.account, freq="1D",
     )
+    keys = pd.MultiIndex.from_tuples(grid, names=["topk", "n_drop", "cost"])
     # vectorbt squeezes a single group to a Series or scalars; index by the grid either way
     returns = pd.DataFrame(np.asarray(portfolio.returns()).reshape(len(close), len(grid)), index=close.index, columns=keys)
     summary = pd.DataFrame({

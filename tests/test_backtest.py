@@ -93,6 +93,32 @@ def test_topk_dropout_rule_limits_holdings_and_sells(panel):
         assert len(held) <= 3
 
 
+def pandas_topk_dropout_orders(scores: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
+    """Reference: the rule written with pandas, name by name, as Qlib's TopkDropoutStrategy does it."""
+    orders = np.full(scores.shape, np.nan)
+    column = {name: i for i, name in enumerate(scores.columns)}
+    held: list[str] = []
+    for day, (_, row) in enumerate(scores.iterrows()):
+        ranked = row.dropna().sort_values(ascending=False)
+        candidates = [name for name in ranked.index if name not in held][: max(n_drop + topk - len(held), 0)]
+        combined = ranked.reindex(held + candidates).sort_values(ascending=False, na_position="last")
+        worst = set(combined.index[-n_drop:]) if n_drop else set()
+        sell = [name for name in held if name in worst]
+        buy = candidates[: len(sell) + topk - len(held)]
+        orders[day, [column[name] for name in sell]] = 0.0
+        orders[day, [column[name] for name in buy]] = 1.0 / topk
+        held = [name for name in held if name not in sell] + buy
+    return pd.DataFrame(orders, index=scores.index, columns=scores.columns)
+
+
+@pytest.mark.parametrize(("topk", "n_drop"), [(3, 1), (5, 2), (4, 0), (20, 5)])
+def test_topk_dropout_orders_equal_the_pandas_rule_with_ties_and_gaps(topk, n_drop):
+    rng = np.random.default_rng(topk + n_drop)
+    scores = pd.DataFrame(rng.integers(0, 4, (60, 40)).astype(float), columns=[f"S{i:02d}" for i in range(40)])  # many ties
+    scores = scores.mask(rng.random(scores.shape) < 0.2)  # names without a score on some days, held ones among them
+    pd.testing.assert_frame_equal(topk_dropout_orders(scores, topk, n_drop), pandas_topk_dropout_orders(scores, topk, n_drop))
+
+
 def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path):
     init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
     close = panel.field_frame("close").astype(float)
@@ -118,6 +144,8 @@ def test_sweep_runs_every_combination(panel):
     assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
     single, _ = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,))
     assert single.loc[(3, 1, 1.0), "final_value"] == pytest.approx(sweep.loc[(3, 1, 1.0), "final_value"])
+    alone = vbt_topk_dropout(scores, close, BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings())
+    np.testing.assert_allclose(returns[(3, 1, 1.0)], alone["return"] - alone["cost"], atol=1e-12)  # a cell is the rule run alone
 
 
 def test_bad_signal_tables(panel, caplog):
