@@ -7,17 +7,19 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
-import torch
-from mlflow.data.dataset import Dataset
 
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
 from pipeline.contract import InstanceOutputs, StageInputs, StageSpec
 from pipeline.graph import SIGNAL_PRODUCERS, STAGES, Instance, cache_key, data_fingerprint, data_location, instances, plan, upstream_keys
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,8 @@ def check_outputs(stage: StageSpec, config: PipelineConfig, folder: Path) -> Non
 
 
 def seed_everything(seed: int) -> None:
+    import torch  # only stages that run need it; a cached rerun does not
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from data_prep.windows import ForecastInputs
-from evaluation.probabilistic import quantile_table, quantiles_from_levels
 from evaluation.signal_table import make_signal_table, write_signal_table
-from models.chronos.distill import distil
-from models.chronos.forecasting import load_pipeline, pipeline_for, pipeline_quantiles, prediction_length, quantile_levels, scores_from_quantiles
-from models.chronos.student import build_student, parameter_count
-from models.device import pick_device
 from pipeline.config import ConfigError
 from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
+
+if TYPE_CHECKING:
+    import torch
 
 TIMING_SERIES = 1024  # test series both models forecast for the speed-up figure
 
@@ -38,11 +36,15 @@ class ChronosSeries:
         self.covariates = [i for i in range(len(series.fields)) if i != self.target] if covariates else []
 
     def forecast(self, pipeline, batch_size: int, label: str, rows: slice = slice(None)) -> np.ndarray:
+        from models.chronos.forecasting import pipeline_quantiles
+
         return pipeline_quantiles(pipeline, self.series.values[rows], self.target, self.covariates, self.series.fields,
                                   self.series.split.horizon, batch_size, label)
 
 
 def load_teacher(config: ConfigView, device: torch.device):
+    from models.chronos.forecasting import load_pipeline
+
     source = config.chronos.teacher
     try:
         return load_pipeline(source, device)
@@ -52,6 +54,9 @@ def load_teacher(config: ConfigView, device: torch.device):
 
 
 def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
+    from evaluation.probabilistic import quantile_table, quantiles_from_levels
+    from models.chronos.forecasting import scores_from_quantiles
+
     score, spread = scores_from_quantiles(quantiles, levels, series.last("close"))
     write_signal_table(make_signal_table(series.days, series.instruments, score, spread, source), out / signal_path(source))
     np.savez_compressed(out / FORECASTS, quantiles=quantiles.astype(np.float32), levels=np.array(levels))
@@ -61,6 +66,10 @@ def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[fl
 
 
 def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from models.chronos.forecasting import quantile_levels
+    from models.chronos.student import parameter_count
+    from models.device import pick_device
+
     split = inputs.split()
     device = pick_device(config.chronos.device)
     pipeline = load_teacher(config, device)
@@ -81,6 +90,11 @@ def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 
 
 def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from models.chronos.distill import distil
+    from models.chronos.forecasting import pipeline_for, prediction_length, quantile_levels
+    from models.chronos.student import build_student, parameter_count
+    from models.device import pick_device
+
     section = config.chronos
     split = inputs.split()
     device = pick_device(section.device)
@@ -122,6 +136,8 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
 
 def forecast_agreement(series: ChronosSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]) -> dict[str, float]:
     """How closely the student's test forecasts follow the teacher's."""
+    from models.chronos.forecasting import scores_from_quantiles
+
     middle = levels.index(0.5)
     scale = np.nanstd(series.series.values[..., series.target], axis=1)[:, None] + 1e-8
     last_close = series.series.last("close")

@@ -9,7 +9,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.panel import load_panel
@@ -71,6 +70,8 @@ def split(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 
 
 def _plot_windows_per_day(split_output: Split, path: Path) -> None:
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(9, 3))
     axis = figure.subplots()
     for name in split_output.windows:

@@ -19,21 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.probabilistic import quantile_table, quantiles_from_paths
 from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
-from models.kronos import train_cli
-from models.kronos.batches import time_features
-from models.kronos.forecast_cli import merge_shards
-from models.kronos.generation import Sampling
-from models.kronos.model import Kronos
-from models.kronos.predictor import FIELDS, KronosPredictor
-from models.kronos.tokenizer import KronosTokenizer
 from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
 
 
 def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) -> dict:
     """Train in-process, or launch `nproc` processes with torchrun, and return the report."""
     if nproc <= 1:
+        from models.kronos import train_cli
+
         return train_cli.train(task, split_dir, out, spec)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
@@ -81,6 +75,12 @@ def predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult
 
 def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, work: Path) -> np.ndarray:
     """Sample paths (N, samples, horizon, fields) in this process, or sharded over torchrun."""
+    from models.kronos.forecast_cli import merge_shards
+    from models.kronos.generation import Sampling
+    from models.kronos.model import Kronos
+    from models.kronos.predictor import KronosPredictor
+    from models.kronos.tokenizer import KronosTokenizer
+
     if nproc <= 1:
         predictor = KronosPredictor(
             Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
@@ -103,6 +103,11 @@ def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, w
 
 def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     """Forecast every test day and instrument with Kronos; score = expected horizon return."""
+    from evaluation.probabilistic import quantile_table, quantiles_from_paths
+    from models.kronos.batches import time_features
+    from models.kronos.generation import Sampling
+    from models.kronos.predictor import FIELDS
+
     split = inputs.split()
     settings = config.kronos.inference
     series = split.forecast_inputs(*config.split.test)
