@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -146,10 +147,14 @@ def read_aligned(paths: dict[str, Path], calendar_days: int) -> tuple[int, dict[
 
 
 def init_qlib(provider_uri: Path, region: str, mlflow_uri: str | None = None) -> None:
-    """qlib.init on a folder; Qlib's own recorder writes to the project's MLflow store."""
+    """qlib.init on a folder; Qlib's own recorder writes to the project's MLflow store.
+
+    Qlib computes expressions (Alpha158) in `kernels` processes and defaults to two fewer than the
+    CPUs, which is one process on a 2-core machine; every CPU is used here.
+    """
     import qlib
 
-    kwargs = {}
+    kwargs = {"kernels": os.cpu_count() or 1}
     if mlflow_uri is not None:
         kwargs["exp_manager"] = {
             "class": "MLflowExpManager",
