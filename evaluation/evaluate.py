@@ -2,13 +2,19 @@
 
 Signals are checked against the data first: rows on days outside the backtest calendar, for
 instruments the data does not know, or with NaN scores are dropped with a logged count; a table
-left empty is an error.
+left empty is an error. `run_in_processes` evaluates several tables in parallel processes, since
+Qlib's backtest and the order loops are single-threaded Python.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -75,3 +81,21 @@ def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, 
         factor=analyse(scores, close, horizon),
     )
 
+
+
+def run_in_processes(jobs: list[tuple[Any, ...]], evaluate_one: Callable[..., Any], initializer: Callable[..., None], initargs: tuple,
+                 workers: int | None = None) -> list[Any]:
+    """`evaluate_one(*job)` for every job, in job order, over `workers` processes (default: one per
+    CPU, at most one per job); each process runs `initializer(*initargs)` once (e.g. qlib.init).
+
+    With one worker everything runs here, after `initializer`. Processes are spawned, not forked:
+    the pipeline's process holds torch's and MLflow's threads, which a fork does not carry safely.
+    """
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        initializer(*initargs)
+        return [evaluate_one(*job) for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        futures = [pool.submit(evaluate_one, *job) for job in jobs]
+        return [future.result() for future in futures]

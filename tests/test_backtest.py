@@ -11,7 +11,7 @@ from scipy import stats
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from evaluation.evaluate import clean_signals
+from evaluation.evaluate import clean_signals, run_in_processes
 from evaluation.metrics import daily_ic, forward_returns, score_matrix, signal_metrics
 from evaluation.qlib_backtest import qlib_topk_dropout
 from evaluation.rules import rule_baseline
@@ -132,6 +132,28 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
     assert qlib_daily["return"].corr(vbt_daily["return"]) > 0.95
     assert difference.mean() < 2e-3
     assert abs(qlib_daily["cost"].sum() - vbt_daily["cost"].sum()) < 0.5 * qlib_daily["cost"].sum()
+
+
+def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, panel, tmp_path):
+    from pipeline.stages.backtest import evaluate_strategy
+
+    close = panel.field_frame("close").astype(float)
+    settings = BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings()
+    jobs = []
+    for seed in (4, 5, 6):
+        scores = random_scores(close, seed=seed).loc["2021-03-01":"2021-05-31"].stack().rename_axis(["datetime", "instrument"]).rename("score").reset_index()
+        table = make_signal_table(scores["datetime"], scores["instrument"], scores["score"], None, f"random {seed}")
+        jobs.append((table, f"random {seed}", close, 4, settings, list(panel.instruments), pd.Timestamp("2021-05-31"), ((2, 3), (1,), (1.0,))))
+    qlib_init = (tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    alone = run_in_processes(jobs, evaluate_strategy, init_qlib, qlib_init, workers=1)
+    side_by_side = run_in_processes(jobs, evaluate_strategy, init_qlib, qlib_init, workers=2)
+    assert [evaluation.name for evaluation, _, _ in side_by_side] == ["random 4", "random 5", "random 6"]  # job order kept
+    for (one, sweep_one, returns_one), (other, sweep_other, returns_other) in zip(alone, side_by_side):
+        assert one.rows == other.rows
+        for engine in ("qlib", "vectorbt"):
+            pd.testing.assert_frame_equal(one.daily[engine], other.daily[engine])
+        pd.testing.assert_frame_equal(sweep_one, sweep_other)
+        pd.testing.assert_frame_equal(returns_one, returns_other)
 
 
 def test_sweep_runs_every_combination(panel):

@@ -20,12 +20,7 @@ import pandas as pd
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from evaluation.comparison import HEADLINE, Strategy, breakdown, comparison_table, seed_spread
-from evaluation.evaluate import evaluate
-from evaluation.plots import comparison_plots, uncertainty_plots
-from evaluation.portfolio_report import portfolio_statistics
-from evaluation.probabilistic import interval_scores
-from evaluation.report import write_report
+from evaluation.evaluate import Evaluation, evaluate, run_in_processes
 from evaluation.rules import RULE_BASELINES, rule_baseline
 from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
@@ -42,6 +37,8 @@ BACKTEST_FILES = ("comparison.csv", "comparison.md", "report.html", "quintile_re
 def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_tests) -> list[tuple[Strategy, pd.DataFrame]]:
     """Every strategy to backtest: each source per seed (one history over all folds), the seed
     ensemble where asked, and the rules over the same test segments."""
+    from evaluation.comparison import Strategy
+
     strategies = []
     for source in config.signals.sources:
         if source in RULE_BASELINES:
@@ -67,6 +64,8 @@ def per_strategy(source: str, history: dict[int, pd.DataFrame], ensemble: bool) 
 
 def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests) -> pd.DataFrame:
     """Interval coverage and pinball loss of every source with quantiles (per seed and for the ensemble), beside the trailing-volatility baseline."""
+    from evaluation.probabilistic import interval_scores
+
     rows = []
     start, end = fold_tests[0][0], fold_tests[-1][1]
     for source in config.signals.sources:
@@ -78,6 +77,14 @@ def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.Data
     return pd.DataFrame(rows)
 
 
+def evaluate_strategy(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, settings, benchmark, last_day: pd.Timestamp,
+                      grid: tuple) -> tuple[Evaluation, pd.DataFrame, pd.DataFrame]:
+    """One strategy through IC analysis, both engines and the vectorbt sweep (in a worker process of run_in_processes)."""
+    evaluation = evaluate(table, name, close, horizon, settings, benchmark, last_day)
+    summary, returns = vbt_sweep(evaluation.scores, close, settings, *grid)
+    return evaluation, summary, returns
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
@@ -86,6 +93,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from evaluation.comparison import HEADLINE, breakdown, comparison_table, seed_spread
+    from evaluation.plots import comparison_plots, uncertainty_plots
+    from evaluation.portfolio_report import portfolio_statistics
+    from evaluation.report import write_report
+
     split = inputs.split()
     calendar = split.panel.calendar
     folds = {instance.fold: instance.dates.test for instance in inputs.instances}
@@ -93,7 +105,6 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     start, end = fold_tests[0][0], fold_tests[-1][1]
     last_day = calendar[calendar <= end][-1]
     close = split.panel.field_frame("close")
-    init_qlib(inputs.qlib_dir, config.data.region, inputs.tracking_uri)
     # No index in the data: benchmark against the equal-weight universe (Qlib fails on None).
     benchmark = config.data.benchmark or list(split.panel.instruments)
     if config.data.benchmark and not (inputs.qlib_dir / "features" / config.data.benchmark.lower()).is_dir():
@@ -103,19 +114,21 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         )
     settings = config.backtest.topk_settings()
 
-    strategies, evaluations, sweeps, sweep_returns = [], [], [], {}
+    strategies, jobs = [], []
+    grid = (config.backtest.sweep_topk, config.backtest.sweep_n_drop, config.backtest.sweep_cost)
     (out / "signals").mkdir()
     for strategy, table in strategy_tables(config, inputs, split, fold_tests):
         table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
         if not (out / signal_path(strategy.source)).exists():  # a seeded source: its first seed's table
             table.to_parquet(out / signal_path(strategy.source), index=False)
         log.info("backtesting %s: %d scores over %d days", strategy.name, len(table), table["datetime"].nunique())
-        evaluation = evaluate(table, strategy.name, close, split.horizon, settings, benchmark, last_day)
-        summary, sweep_returns[strategy.name] = vbt_sweep(evaluation.scores, close, settings, config.backtest.sweep_topk,
-                                                          config.backtest.sweep_n_drop, config.backtest.sweep_cost)
         strategies.append(strategy)
-        evaluations.append(evaluation)
-        sweeps.append(summary.assign(strategy=strategy.name).reset_index())
+        jobs.append((table, strategy.name, close, split.horizon, settings, benchmark, last_day, grid))
+    results = run_in_processes(jobs, evaluate_strategy, init_qlib, (inputs.qlib_dir, config.data.region, inputs.tracking_uri),
+                               config.backtest.workers)
+    evaluations = [evaluation for evaluation, _, _ in results]
+    sweeps = [summary.assign(strategy=evaluation.name).reset_index() for evaluation, summary, _ in results]
+    sweep_returns = {evaluation.name: returns for evaluation, _, returns in results}
     comparison = comparison_table(strategies, evaluations, sweep_returns, split.horizon, config.evaluation.bootstrap_reps, config.seed)
     probabilistic = probabilistic_scores(config, inputs, close, split.horizon, fold_tests)
     probabilistic.to_csv(out / "probabilistic.csv", index=False)
