@@ -10,9 +10,9 @@ import torch
 from data_prep.windows import Split
 from models.kronos.hub import CheckpointMismatchError
 from models.timellm import VARIANTS, TimeLLM, TimeLLMConfig
-from models.timellm.backbone import load_backbone
-from models.timellm.prompt import LoopPromptBuilder, PromptBuilder, input_statistics
-from models.timellm.training import evaluate, fit, forecast
+from models.timellm.backbone import int8_backbone, load_backbone
+from models.timellm.prompt import PROMPT_STYLES, LoopPromptBuilder, PromptBuilder, input_statistics
+from models.timellm.training import accumulate_gradients, evaluate, fit, forecast
 from pipeline.config import TimeLLMTrainConfig
 
 DEVICE = torch.device("cpu")
@@ -25,17 +25,42 @@ def tiny_config(backbone: str, variant: str = "llm", **overrides) -> TimeLLMConf
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
-def test_vectorised_prompts_equal_the_per_sample_loop(backbone_dirs, kind):
+@pytest.mark.parametrize("style", PROMPT_STYLES)
+def test_vectorised_prompts_equal_the_per_sample_loop(backbone_dirs, kind, style):
     tokenizer = load_backbone(backbone_dirs[kind], 1).tokenizer
     series = torch.randn(16, 24).cumsum(-1)
     series = (series - series.mean(-1, keepdim=True)) / series.std(-1, keepdim=True)
     series[0] = 0.0  # a flat series: zero statistics, arbitrary lags
-    ids, mask = PromptBuilder(tokenizer, "Daily stock prices.", 24, 4)(series)
-    loop_ids, loop_mask = LoopPromptBuilder(tokenizer, "Daily stock prices.", 24, 4)(series)
+    ids, mask = PromptBuilder(tokenizer, "Daily stock prices.", 24, 4, style)(series)
+    loop_ids, loop_mask = LoopPromptBuilder(tokenizer, "Daily stock prices.", 24, 4, style)(series)
     assert torch.equal(ids, loop_ids) and torch.equal(mask, loop_mask)
     assert not mask[:, -1].logical_not().any()  # left padding: every prompt ends at the last position
-    text = tokenizer.decode(ids[1][mask[1]])
-    assert "max value" in text.lower() and "lags are" in text.lower()
+    text = tokenizer.decode(ids[1][mask[1]]).lower()
+    assert "daily stock prices" in text and "4 steps" in text and "24" in text
+    assert ("max value" in text and "lags are" in text) if style == "upstream" else (", max" in text and "top lags" in text)
+
+
+def test_compact_prompt_states_the_same_statistics_in_fewer_tokens():
+    tokenizer = load_backbone("all-MiniLM-L6-v2", 1).tokenizer  # the default backbone's WordPiece vocabulary
+    series = torch.randn(64, 60).cumsum(-1)
+    series = (series - series.mean(-1, keepdim=True)) / series.std(-1, keepdim=True)
+    prompts = {style: PromptBuilder(tokenizer, TimeLLMConfig.description, 60, 5, style) for style in PROMPT_STYLES}
+    lengths = {style: builder(series)[1].sum(1).float().mean().item() for style, builder in prompts.items()}
+    assert lengths["compact"] < 0.75 * lengths["upstream"]
+    assert torch.equal(prompts["compact"].pieces_of(series)[:, 1::2], prompts["upstream"].pieces_of(series)[:, 1::2])  # same numbers, trend, lags
+
+
+def test_checkpoints_without_a_prompt_style_load_with_upstreams_wording(backbone_dirs, tmp_path):
+    backbone = load_backbone(backbone_dirs["bert"], 2)
+    model = TimeLLM(tiny_config(backbone_dirs["bert"], prompt="upstream"), backbone).eval()
+    model.save_pretrained(tmp_path / "saved")
+    config_file = tmp_path / "saved" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"prompt": "upstream",', ""))  # as saved before the styles existed
+    loaded = TimeLLM.from_pretrained(tmp_path / "saved", backbone)
+    x = torch.rand(2, 24, 1) + 3
+    assert loaded.config.prompt == "upstream" and torch.allclose(model(x), loaded(x), atol=1e-6)
+    with pytest.raises(ValueError, match="prompt style"):
+        tiny_config(backbone_dirs["bert"], prompt="chatty")
 
 
 def test_prompt_statistics_match_numpy():
@@ -92,6 +117,40 @@ def test_save_and_load_round_trip(backbone_dirs, tmp_path):
         TimeLLM.from_pretrained(tmp_path / "saved")
 
 
+def test_int8_backbone_forecasts_near_fp32_with_the_same_trained_weights(backbone_dirs):
+    backbone = load_backbone(backbone_dirs["bert"], 2)
+    torch.manual_seed(0)
+    model = TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).eval()
+    quantised = model.with_backbone(int8_backbone(backbone))
+    trained = quantised.trainable_state()
+    assert all(torch.equal(weight, trained[name]) for name, weight in model.trainable_state().items())
+    assert any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in quantised.llm.modules())
+    assert not any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.llm.modules())  # a copy
+    x = torch.rand(64, 24, 1).cumsum(1) + 10
+    with torch.no_grad():
+        exact, approx = model(x), quantised(x)
+    spread = (exact - exact.mean(0)).abs().mean()
+    assert 0 < (approx - exact).abs().mean() < 0.1 * spread
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_micro_batches_give_the_whole_batchs_gradient(backbone_dirs, variant):
+    backbone = load_backbone(backbone_dirs["gpt2"], 2)
+    torch.manual_seed(0)
+    model = TimeLLM(tiny_config(backbone_dirs["gpt2"], variant), backbone).train()  # dropout 0: the same function
+    x, y = torch.rand(10, 24, 1).cumsum(1) + 5, torch.rand(10, 4, 1) + 5
+    gradients = []
+    for micro_batch in (10, 3):
+        model.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, x, y, micro_batch, DEVICE, bf16=False)
+        gradients.append((loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}))
+    (whole_loss, whole), (micro_loss, micro) = gradients
+    assert micro_loss == pytest.approx(whole_loss, rel=1e-5)
+    for name, grad in whole.items():
+        torch.testing.assert_close(micro[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert whole["mapping.weight"].abs().sum() > 0  # the vocabulary projection gets its gradient
+
+
 def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_split_dir):
     split = Split.load(tiny_split_dir)
     backbone = load_backbone(backbone_dirs["gpt2"], 2)
@@ -126,7 +185,7 @@ def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_c
     overrides = [f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
                  "n_heads: 2, num_tokens: 32}", "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32}",
                  "signals.sources=[timellm, timellm_no_llm, timellm_llm_to_attn, momentum]", "backtest.topk=2", "backtest.n_drop=1",
-                 "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"]
+                 "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]", "timellm.forecast_backbone=int8"]
     config = load_config(write_config(bars_csv, experiment="timellm"), overrides)
     outcomes = run_pipeline(config, "backtest")
     assert [o.stage for o in outcomes] == ["ingest", "split", "timellm", "backtest"]
@@ -141,3 +200,5 @@ def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_c
     metrics = mlflow.MlflowClient(config.tracking.uri).get_run(stage.run_id).data.metrics
     assert metrics["timellm_frozen_params"] > 0 and metrics["timellm_no_llm_frozen_params"] < metrics["timellm_frozen_params"]
     assert {"timellm_test_mse", "timellm_llm_to_attn_val_mse", "persistence_test_mse"} <= set(metrics)
+    assert metrics["backbone_int8"] == 1 and -1 <= metrics["timellm_int8_score_correlation"] <= 1  # forecast with int8, checked against fp32
+    assert "timellm_no_llm_int8_score_correlation" not in metrics  # no other variant runs the backbone's layers

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from models.kronos.hub import CheckpointMismatchError
 from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from models.timellm.layers import FlattenHead, PatchEmbedding, ReprogrammingAttention, SelfAttentionLayer, revin
-from models.timellm.prompt import PromptBuilder
+from models.timellm.prompt import PROMPT_STYLES, PromptBuilder
 
 VARIANTS = ("llm", "no_llm", "llm_to_attn")
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -37,7 +37,7 @@ class TimeLLMConfig:
     pred_len: int = 5
     variant: str = "llm"
     backbone: str = DEFAULT_BACKBONE  # hub id or local folder
-    llm_layers: int = 6
+    llm_layers: int = 3  # the backbone's first blocks kept: 3 of MiniLM's 6 halve the frozen model's cost on a CPU
     patch_len: int = 16
     stride: int = 8
     d_model: int = 16
@@ -46,12 +46,15 @@ class TimeLLMConfig:
     num_tokens: int = 1000  # text prototypes
     dropout: float = 0.1
     description: str = "Daily prices of large-cap stocks, one stock per series."
+    prompt: str = "compact"  # wording of the prompt: compact (53 tokens) or upstream (Time-LLM's, 79 tokens)
     trust_remote_code: bool = False
     load_in_4bit: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown Time-LLM variant {self.variant!r}: choose from {VARIANTS}")
+        if self.prompt not in PROMPT_STYLES:
+            raise ValueError(f"unknown Time-LLM prompt style {self.prompt!r}: choose from {PROMPT_STYLES}")
         if self.seq_len < self.patch_len:
             raise ValueError(f"seq_len ({self.seq_len}) is shorter than patch_len ({self.patch_len}): lower timellm.patch_len")
 
@@ -71,7 +74,7 @@ class TimeLLM(nn.Module):
         self.reprogramming = ReprogrammingAttention(config.d_model, config.n_heads, config.d_ff, backbone.width, config.dropout)
         self.prompt = None
         if config.variant != "no_llm":
-            self.prompt = PromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len)
+            self.prompt = PromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len, config.prompt)
             longest = self.prompt.max_length + self.n_patches
             if backbone.max_positions is not None and longest > backbone.max_positions:
                 raise ValueError(f"prompt ({self.prompt.max_length} tokens) + {self.n_patches} patches exceed the backbone's "
@@ -93,8 +96,8 @@ class TimeLLM(nn.Module):
     def forward(self, x: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, C) values of any length L -> (B, pred_len, C) forecasts in the same units.
 
-        `prototypes` may be passed in when the weights do not change (inference) to skip the
-        vocabulary projection.
+        `prototypes` (from `text_prototypes()`) may be passed in to skip the vocabulary projection:
+        at inference, and when a training batch runs as micro-batches (training.accumulate_gradients).
         """
         x, mean, std = revin(x[:, -self.config.seq_len :])
         b, length, c = x.shape
@@ -118,6 +121,14 @@ class TimeLLM(nn.Module):
             return self.attention(sequence, mask)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
         return self.llm(inputs_embeds=sequence, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+
+    def with_backbone(self, backbone: Backbone) -> TimeLLM:
+        """The same trained model on another copy of the frozen backbone (e.g. an int8 one for forecasting)."""
+        model = TimeLLM(self.config, backbone).to(next(self.head.parameters()).device)
+        with torch.no_grad():  # parameter by parameter: a quantised backbone has no float state to load
+            for name, weight in self.trainable_state().items():
+                model.get_parameter(name).copy_(weight)
+        return model.eval()
 
     def parameter_counts(self) -> dict[str, int]:
         unique = {id(p): p for p in self.parameters()}.values()
@@ -145,7 +156,8 @@ class TimeLLM(nn.Module):
 
             config_file = hf_hub_download(str(name_or_path), CONFIG_NAME)
             weights_file = hf_hub_download(str(name_or_path), WEIGHTS_NAME)
-        model = cls(TimeLLMConfig(**json.loads(Path(config_file).read_text())), backbone)
+        # Checkpoints saved before the prompt style existed were trained on upstream's wording.
+        model = cls(TimeLLMConfig(**{"prompt": "upstream", **json.loads(Path(config_file).read_text())}), backbone)
         state = safetensors.torch.load_file(str(weights_file))
         expected = set(model.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

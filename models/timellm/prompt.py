@@ -19,18 +19,30 @@ NUMBER_STEPS = 100  # two decimals
 TOP_LAGS = 5
 
 
-def fixed_pieces(description: str, seq_len: int, pred_len: int) -> list[str]:
-    """The template's constant text; numbers, trend and lags go between these pieces."""
-    return [
-        f"Dataset description: {description} Task description: forecast the next {pred_len} steps given the "
-        f"previous {seq_len} steps information; Input statistics: min value",
-        ", max value",
-        ", median value",
-        ", the trend of input is",
-        f", top {TOP_LAGS} lags are:",
-        ",",
-        ".",
-    ]
+PROMPT_STYLES = ("compact", "upstream")
+
+
+def fixed_pieces(description: str, seq_len: int, pred_len: int, style: str = "compact") -> list[str]:
+    """The template's constant text; numbers, trend and lags go between these pieces.
+
+    `upstream` is Time-LLM's wording (79 WordPiece tokens with the default description);
+    `compact` states the same description, task and statistics in 53, and the frozen model's
+    cost grows with every token of every series.
+    """
+    if style == "upstream":
+        return [
+            f"Dataset description: {description} Task description: forecast the next {pred_len} steps given the "
+            f"previous {seq_len} steps information; Input statistics: min value",
+            ", max value",
+            ", median value",
+            ", the trend of input is",
+            f", top {TOP_LAGS} lags are:",
+            ",",
+            ".",
+        ]
+    if style != "compact":
+        raise ValueError(f"unknown Time-LLM prompt style {style!r}: choose from {PROMPT_STYLES}")
+    return [f"{description} Forecast {pred_len} steps from {seq_len}; min", ", max", ", median", ", trend", ", top lags", ",", "."]
 
 
 def number_text(step: int) -> str:
@@ -65,11 +77,11 @@ def start_token(tokenizer) -> str:
 class PromptBuilder(nn.Module):
     """(N, L) normalised series -> left-padded prompt ids (N, T) and mask (N, T), all tensor ops."""
 
-    def __init__(self, tokenizer, description: str, seq_len: int, pred_len: int):
+    def __init__(self, tokenizer, description: str, seq_len: int, pred_len: int, style: str = "compact"):
         super().__init__()
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its EOS token)")
-        fixed = fixed_pieces(description, seq_len, pred_len)
+        fixed = fixed_pieces(description, seq_len, pred_len, style)
         numbers = [number_text(step) for step in range(-int(NUMBER_LIMIT * NUMBER_STEPS), int(NUMBER_LIMIT * NUMBER_STEPS) + 1)]
         trends = [" downward", " upward"]
         lags = [f" {lag}" for lag in range(seq_len)]
@@ -130,10 +142,10 @@ class LoopPromptBuilder(nn.Module):
     """Reference: the same prompts built like upstream, one Python string per sample, tokenised
     with padding on every call."""
 
-    def __init__(self, tokenizer, description: str, seq_len: int, pred_len: int):
+    def __init__(self, tokenizer, description: str, seq_len: int, pred_len: int, style: str = "compact"):
         super().__init__()
         self.tokenizer = tokenizer
-        self.fixed = fixed_pieces(description, seq_len, pred_len)
+        self.fixed = fixed_pieces(description, seq_len, pred_len, style)
 
     def text(self, series: torch.Tensor) -> str:
         row = series.float().unsqueeze(0)

@@ -32,7 +32,8 @@ class TimeLLMTrainSettings:
 
     epochs: int
     steps_per_epoch: int  # batches per epoch, drawn at random from the training windows
-    batch_size: int
+    batch_size: int  # windows per optimiser step
+    micro_batch: int  # windows per forward/backward pass; their gradients add up to the batch's
     lr: float
     patience: int  # epochs without validation improvement before stopping
     val_windows: int
@@ -70,6 +71,27 @@ def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: li
     return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist()))
 
 
+def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro_batch: int, device: torch.device, bf16: bool) -> float:
+    """Gradients of the batch's MSE, summed over micro-batches of `micro_batch` windows; returns the MSE.
+
+    The text prototypes (the vocabulary projection, the costliest part of a small-batch step) are
+    computed once per batch and their gradient, gathered from every micro-batch, is sent back
+    through the projection once: the gradient is the whole batch's, at the memory of a micro-batch.
+    """
+    prototypes = model.text_prototypes()
+    shared = prototypes.detach().requires_grad_()
+    total = torch.zeros((), device=x.device)
+    for start in range(0, len(x), micro_batch):
+        inputs, targets = x[start : start + micro_batch], y[start : start + micro_batch]
+        with autocast(device, bf16):
+            forecast = model(inputs, shared).float()
+        loss = normalised_errors(forecast, targets, inputs).pow(2).sum() / y.numel()  # this part of the batch mean
+        loss.backward()
+        total += loss.detach()
+    prototypes.backward(shared.grad)
+    return total.item()
+
+
 def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int], settings: TimeLLMTrainSettings,
         device: torch.device, bf16: bool, label: str) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Train in place; returns the per-step history and a report. The best weights are kept."""
@@ -77,7 +99,7 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
     rng = np.random.default_rng(settings.seed)
     val_items = np.sort(rng.choice(len(valid), min(settings.val_windows, len(valid)), replace=False))
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=settings.lr)
+    optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in ("cpu", "cuda"))
     total_steps = settings.epochs * settings.steps_per_epoch
     warmup = max(1, total_steps // 5)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -90,17 +112,14 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
         progress = tqdm(range(settings.steps_per_epoch), desc=f"{label} epoch {epoch + 1}/{settings.epochs}", leave=False)
         for _ in progress:
             x, y = windows_tensor(train, rng.integers(0, len(train), settings.batch_size), channels, device)
-            with autocast(device, bf16):
-                forecast = model(x).float()
-            loss = normalised_errors(forecast, y, x).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulate_gradients(model, x, y, settings.micro_batch, device, bf16)
             optimizer.step()
             schedule.step()
             step += 1
-            history.append({"step": step, f"{label}_train_mse": loss.item()})
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        scores = evaluate(model, valid, val_items, channels, device, bf16)
+            history.append({"step": step, f"{label}_train_mse": loss})
+            progress.set_postfix(loss=f"{loss:.4f}")
+        scores = evaluate(model, valid, val_items, channels, device, bf16, settings.micro_batch)
         history.append({"step": step, f"{label}_val_mse": scores["mse"], f"{label}_val_mae": scores["mae"]})
         log.info("%s epoch %d: train MSE %.4f, validation MSE %.4f (persistence %.4f)", label, epoch + 1,
                  np.mean([row[f"{label}_train_mse"] for row in history[-settings.steps_per_epoch - 1 : -1]]),

@@ -13,18 +13,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
-from models.device import bf16_is_fast, pick_device
-from models.timellm import TimeLLM, TimeLLMConfig
-from models.timellm.backbone import DEFAULT_BACKBONE, load_backbone
-from models.timellm.training import fit, forecast, normalised_errors
-from pipeline.config import TIMELLM_VARIANTS, timellm_source
+from pipeline.config import TIMELLM_VARIANTS, ConfigError, timellm_source
 from pipeline.contract import REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 
 
 def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    import torch  # model code loads when the stage runs, not when the graph is planned
+
+    from models.device import bf16_is_fast, pick_device
+    from models.timellm import TimeLLM, TimeLLMConfig
+    from models.timellm.backbone import DEFAULT_BACKBONE, int8_backbone, load_backbone
+    from models.timellm.training import fit, forecast, normalised_errors
+
     section = config.timellm
     split = inputs.split()
     fields = list(split.panel.fields)
@@ -36,16 +38,21 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     model_options = {"backbone": DEFAULT_BACKBONE, **section.model}
     base = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, **model_options)
     backbone = load_backbone(base.backbone, base.llm_layers, base.trust_remote_code, base.load_in_4bit, device)
+    if section.forecast_backbone == "int8" and device.type != "cpu":
+        raise ConfigError(f"timellm.forecast_backbone is int8 but timellm.device is {device}: int8 dynamic quantisation runs on "
+                          "the CPU; set it to auto or float")
+    int8 = section.forecast_backbone == "int8" or (section.forecast_backbone == "auto" and device.type == "cpu" and not bf16)
 
     series = split.forecast_inputs(*config.split.test)
     known = series.segment_rows("test")
     test_set = split.segment("test")
     test_inputs, test_targets = (torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set))))
     persistence = normalised_errors(test_inputs[:, -1:].expand_as(test_targets), test_targets, test_inputs)
-    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16),
+    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16), "backbone_int8": float(int8),
                                  "persistence_test_mse": persistence.pow(2).mean().item(), "persistence_test_mae": persistence.abs().mean().item()}
     history: list[dict[str, float]] = []
-    summary = [f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}): "
+    summary = [f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}"
+               f"{', int8 backbone for forecasts' if int8 else ''}): "
                f"{len(split.windows['train']):,} train windows, {len(series):,} test series",
                f"{'source':<22}{'trainable':>11}{'frozen':>11}{'val MSE':>9}{'test MSE':>10}{'test MAE':>10}{'train s':>9}"]
     artifacts = []
@@ -56,8 +63,15 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         counts = model.parameter_counts()
         steps, report = fit(model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name)
         history += steps
+        forecaster = model
+        if int8 and variant == "llm":  # the only variant that runs the backbone's layers
+            forecaster = model.with_backbone(int8_backbone(backbone))
+            change = int8_change(model, forecaster, series, channels, close_channel, section.batch_size)
+            metrics.update({f"{name}_int8_{key}": value for key, value in change.items()})
+            summary.insert(1, f"{name} forecasts with an int8 backbone: on {INT8_CHECK_SERIES} test series the forecast moves by "
+                              f"{change['mean_abs_change']:.4f} (normalised close) and its score correlates {change['score_correlation']:.4f} with fp32")
         started = time.perf_counter()
-        predicted = forecast(model, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
+        predicted = forecast(forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
         seconds = time.perf_counter() - started
         errors = normalised_errors(torch.from_numpy(predicted[known]), test_targets, test_inputs)
         score = expected_return(predicted[..., close_channel], series.last("close"))
@@ -78,6 +92,26 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
                    "   (normalised close, test windows)")
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, *artifacts], history=history)
+
+
+INT8_CHECK_SERIES = 512  # test series forecast with both backbones to report what int8 changes
+
+
+def int8_change(model, quantised, series, channels: list[int], close_channel: int, batch_size: int) -> dict[str, float]:
+    """How far the int8 backbone moves the forecasts from the float one on the same test series (spread over the segment)."""
+    import torch
+
+    from models.timellm.training import forecast
+
+    rows = np.linspace(0, len(series) - 1, min(INT8_CHECK_SERIES, len(series))).astype(int)
+    values = series.values[rows][..., channels]
+    cpu = torch.device("cpu")
+    exact = forecast(model, values, cpu, False, batch_size, label="fp32 check")[..., close_channel]
+    approx = forecast(quantised, values, cpu, False, batch_size, label="int8 check")[..., close_channel]
+    scale = values[..., close_channel].std(axis=1, keepdims=True) + 1e-8  # the model's normalised units
+    last_close = series.last("close")[rows]
+    return {"mean_abs_change": float(np.mean(np.abs(approx - exact) / scale)),
+            "score_correlation": float(np.corrcoef(expected_return(exact, last_close), expected_return(approx, last_close))[0, 1])}
 
 
 def timellm_models(config: ConfigView) -> tuple[str, ...]:
