@@ -146,15 +146,15 @@ def read_aligned(paths: dict[str, Path], calendar_days: int) -> tuple[int, dict[
     return start, aligned
 
 
-def init_qlib(provider_uri: Path, region: str, mlflow_uri: str | None = None) -> None:
+def init_qlib(provider_uri: Path, region: str, mlflow_uri: str | None = None, kernels: int | None = None) -> None:
     """qlib.init on a folder; Qlib's own recorder writes to the project's MLflow store.
 
     Qlib computes expressions (Alpha158) in `kernels` processes and defaults to two fewer than the
-    CPUs, which is one process on a 2-core machine; every CPU is used here.
+    CPUs, which is one process on a 2-core machine; here the default is every CPU.
     """
     import qlib
 
-    kwargs = {"kernels": os.cpu_count() or 1}
+    kwargs = {"kernels": kernels or os.cpu_count() or 1}
     if mlflow_uri is not None:
         kwargs["exp_manager"] = {
             "class": "MLflowExpManager",

@@ -124,7 +124,8 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         log.info("backtesting %s: %d scores over %d days", strategy.name, len(table), table["datetime"].nunique())
         strategies.append(strategy)
         jobs.append((table, strategy.name, close, split.horizon, settings, benchmark, last_day, grid))
-    results = run_in_processes(jobs, evaluate_strategy, init_qlib, (inputs.qlib_dir, config.data.region, inputs.tracking_uri),
+    # One Qlib process inside each worker: the workers already share out the CPUs.
+    results = run_in_processes(jobs, evaluate_strategy, init_qlib, (inputs.qlib_dir, config.data.region, inputs.tracking_uri, 1),
                                config.backtest.workers)
     evaluations = [evaluation for evaluation, _, _ in results]
     sweeps = [summary.assign(strategy=evaluation.name).reset_index() for evaluation, summary, _ in results]
