@@ -70,12 +70,15 @@ def main() -> None:
     close = inputs.fields.index("close")
     values, days, last_close = inputs.values[rows][..., [close]], inputs.days[rows], inputs.last("close")[rows]
     split = PipelineConfig().split
-    backbone = load_backbone("all-MiniLM-L6-v2", 6)
     if args.model:
+        saved = TimeLLM.from_pretrained(args.model).config  # the backbone at the depth the model was trained with
+        backbone = load_backbone(saved.backbone, saved.llm_layers)
         model = TimeLLM.from_pretrained(args.model, backbone)
     else:
+        config = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon)
+        backbone = load_backbone(config.backbone, config.llm_layers)
         torch.manual_seed(0)
-        model = TimeLLM(TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon), backbone).eval()
+        model = TimeLLM(config, backbone).eval()
     print(f"torch threads {torch.get_num_threads()}, {len(values)} series ({args.days} days), batch {args.batch}, prompt {model.config.prompt!r}, "
           f"at most {model.prompt.max_length} prompt tokens + {model.n_patches} patches")
     fp32, fp32_s = timed_forecast(model, values, args.batch)

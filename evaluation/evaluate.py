@@ -82,9 +82,8 @@ def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, 
     )
 
 
-
 def run_in_processes(jobs: list[tuple[Any, ...]], evaluate_one: Callable[..., Any], initializer: Callable[..., None], initargs: tuple,
-                 workers: int | None = None) -> list[Any]:
+                     workers: int | None = None) -> list[Any]:
     """`evaluate_one(*job)` for every job, in job order, over `workers` processes (default: one per
     CPU, at most one per job); each process runs `initializer(*initargs)` once (e.g. qlib.init).
 

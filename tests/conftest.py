@@ -54,6 +54,9 @@ def write_config(tmp_path, mlflow_uri):
                 "test": ["2021-04-01", "2021-04-30"],
             },
             "tracking": {"uri": mlflow_uri, "experiment": experiment},
+            # One process: spawning backtest workers costs more than it saves on these tiny runs
+            # (tests/test_backtest.py checks that workers give the same results).
+            "backtest": {"workers": 1},
         }
         for name, values in sections.items():
             config[name] = {**config.get(name, {}), **values}
