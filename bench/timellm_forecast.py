@@ -1,5 +1,5 @@
 """Time-LLM forecasting on the CPU: the frozen backbone in fp32 against int8 dynamic quantisation,
-and the compact prompt against upstream's, on the same windows of the default run's test segment.
+on the same windows of the default run's test segment.
 
     python bench/timellm_forecast.py [--model DIR] [--days 5] [--batch 32]
 
@@ -12,7 +12,6 @@ the scores (expected horizon return) and the overlap of each day's top 20.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import tempfile
 import time
 from pathlib import Path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from evaluation.rules import RULE_BASELINES, rule_baseline
 from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
 from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
+
+if TYPE_CHECKING:
+    from evaluation.comparison import Strategy
 
 log = logging.getLogger(__name__)
 
