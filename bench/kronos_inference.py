@@ -1,10 +1,13 @@
-"""Cached Kronos sampling against the full-recompute reference, on CPU.
+"""Cached Kronos decoding (DecodeStep; CUDA graphs on a GPU) against the full-recompute reference.
 
-    python bench/kronos_inference.py [--batch 8] [--context 400] [--horizon 120] [--max-context 512]
+    python bench/kronos_inference.py [--device cpu|cuda] [--model small|mini|base] [--long-series 8] [--short-series 300]
 
-Random-weight Kronos-small (the issue's setting), then Kronos-mini at context 90 / horizon 10
-(the backtest setting). Greedy decoding (top_k = 1), so both samplers must return identical
-tokens; prints both times and the speed-up.
+Random weights, the two settings of the Kronos GPU issue, each run by both samplers in one process:
+  long:  `long-series` series, context 400 -> 120 bars, greedy (top_k = 1): tokens must be identical;
+  short: `short-series` series x 5 paths, context 90 -> 10, T 0.6, top-p 0.9, per-path seeds (one
+         CSI300 day at 300): both samplers invert the same uniforms, so tokens must be identical too.
+Also prints the operators one decoded token calls (torch.profiler, CPU dispatch, top level and all).
+On a 2-core CPU use e.g. --short-series 20: the reference recomputes every window for every token.
 """
 
 from __future__ import annotations
@@ -13,42 +16,87 @@ import argparse
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from models.kronos.configs import KRONOS_MINI, KRONOS_SMALL
-from models.kronos.generation import Sampling, generate_cached, generate_reference
+from models.device import bf16_weights, pick_device, without_cudnn_attention
+from models.kronos.configs import KRONOS_BASE, KRONOS_MINI, KRONOS_SMALL
+from models.kronos.generation import CachedSampler, Sampling, generate_reference
 from models.kronos.model import Kronos
 
+MODELS = {"mini": KRONOS_MINI, "small": KRONOS_SMALL, "base": KRONOS_BASE}
 
-def compare(name: str, config: dict, batch: int, context: int, horizon: int, max_context: int) -> None:
-    torch.manual_seed(0)
-    model = Kronos(**config).eval()
-    vocab = 2 ** config["s1_bits"]
-    s1, s2 = torch.randint(0, vocab, (2, batch, context))
+
+def inputs(series: int, context: int, horizon: int, vocab: int, device: torch.device):
+    generator = torch.Generator().manual_seed(series + context)
+    s1, s2 = torch.randint(0, vocab, (2, series, context), generator=generator)
     steps = torch.arange(context + horizon)
     stamps = torch.stack([torch.zeros_like(steps), torch.zeros_like(steps), steps % 5, steps % 28 + 1, steps % 12 + 1], -1)
-    stamps = stamps.expand(batch, -1, -1)
-    greedy = Sampling(top_k=1)
-    timings = {}
-    for label, sampler in (("cached", generate_cached), ("reference", generate_reference)):
-        started = time.perf_counter()
-        timings[label] = (sampler(model, s1, s2, stamps, horizon, max_context, greedy), time.perf_counter() - started)
-    (cached, cached_s), (reference, reference_s) = timings["cached"], timings["reference"]
+    return s1.to(device), s2.to(device), stamps.expand(series, -1, -1).to(device)
+
+
+def timed(function, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - started
+
+
+def operators_per_token(model: Kronos, device: torch.device) -> dict[str, tuple[float, float]]:
+    """(top-level, all) aten operators per decoded token, from two horizons' difference."""
+    vocab = 2**model.s1_bits
+    counts = {}
+    for name in ("cached", "reference"):
+        sampler = CachedSampler(model, 512, Sampling(top_k=1))
+        per_horizon = []
+        for horizon in (4, 12):
+            s1, s2, stamps = inputs(2, 32, horizon, vocab, device)
+            run = (lambda: sampler(s1, s2, stamps, horizon)) if name == "cached" else (
+                lambda: generate_reference(model, s1, s2, stamps, horizon, 512, Sampling(top_k=1)))
+            run()  # builds the DecodeStep (and its graphs) outside the count
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                run()
+            events = [e for e in profiled.events() if e.name.startswith("aten::")]
+            top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+            per_horizon.append((len(top), len(events)))
+        counts[name] = tuple((b - a) / 8 for a, b in zip(*per_horizon))
+    return counts
+
+
+def compare(label: str, model: Kronos, device, series: int, context: int, horizon: int, sampling: Sampling, samples: int) -> None:
+    s1, s2, stamps = inputs(series, context, horizon, 2**model.s1_bits, device)
+    seeds = list(range(series * samples)) if samples > 1 else None
+    sampler = CachedSampler(model, 512, sampling)
+    sampler(s1, s2, stamps, horizon, seeds, samples)  # warm-up: buffers, CUDA graphs, kernels
+    cached, cached_s = timed(lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device)
+    rows = (s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0), stamps.repeat_interleave(samples, 0))
+    reference, reference_s = timed(lambda: generate_reference(model, *rows, horizon, 512, sampling, seeds), device)
     same = all(torch.equal(a, b) for a, b in zip(cached, reference))
-    print(f"{name:<12} batch {batch} context {context} horizon {horizon} max_context {max_context}: "
-          f"cached {cached_s:7.2f} s  reference {reference_s:7.2f} s  speed-up {reference_s / cached_s:5.1f}x  "
-          f"identical greedy tokens: {same}")
+    print(f"{label:<6} {series} series x {samples} paths, {context} -> {horizon}, {sampling}: cached {cached_s:8.3f} s  "
+          f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical tokens: {same}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--context", type=int, default=400)
-    parser.add_argument("--horizon", type=int, default=120)
-    parser.add_argument("--max-context", type=int, default=512)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", choices=sorted(MODELS), default="small")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights (what the signals stage uses on a CUDA GPU)")
+    parser.add_argument("--long-series", type=int, default=8)
+    parser.add_argument("--short-series", type=int, default=300)
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}")
-    compare("Kronos-small", KRONOS_SMALL, args.batch, args.context, args.horizon, args.max_context)
-    compare("Kronos-mini", KRONOS_MINI, args.batch, 90, 10, args.max_context)
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    model = Kronos(**MODELS[args.model]).to(device).eval()
+    if args.bf16:
+        bf16_weights(model)
+    print(f"Kronos-{args.model}, random weights, {device}, {'bf16' if args.bf16 else 'fp32'} weights, torch threads {torch.get_num_threads()}")
+    with without_cudnn_attention(device):
+        for name, (top, total) in operators_per_token(model, device).items():
+            print(f"operators per decoded token, {name:<9}: {top:6.1f} top-level, {total:7.1f} with nested calls")
+        compare("long", model, device, args.long_series, 400, 120, Sampling(top_k=1), 1)
+        compare("short", model, device, args.short_series, 90, 10, Sampling(temperature=0.6, top_p=0.9), 5)
 
 
 if __name__ == "__main__":

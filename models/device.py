@@ -32,3 +32,22 @@ def bf16_is_fast(device: torch.device) -> bool:
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on `device` when asked for, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def without_cudnn_attention(device: torch.device):
+    """On CUDA, scaled_dot_product_attention without the cuDNN backend, which builds a plan per
+    new shape (decoding meets a new key length at every token); a no-op context elsewhere."""
+    if device.type != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def bf16_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """Cast a module's floating-point parameters to bf16 in place; buffers (rotary frequencies,
+    bit place values) keep their dtype, so positions stay exact."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(torch.bfloat16)
+    return module

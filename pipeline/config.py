@@ -249,7 +249,7 @@ class KronosConfig(StrictModel):
     predictor: KronosPartConfig = KronosPartConfig()
     inference: KronosInferenceConfig = KronosInferenceConfig()
     device: str = "auto"  # cuda, then mps, then cpu
-    bf16: bool = True  # autocast on CUDA
+    bf16: bool = True  # on CUDA: autocast for training, bf16 weights for forecasting
     nproc: int = 1  # >1: train under torchrun with DistributedDataParallel
 
 

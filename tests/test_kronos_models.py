@@ -158,6 +158,24 @@ def test_cached_sampler_matches_full_recompute(context, max_context, horizon):
         assert torch.equal(cached[0], reference[0]) and torch.equal(cached[1], reference[1])
 
 
+def test_decode_steps_are_reused_and_replay_without_capture_on_cpu():
+    """The CUDA-graph path's CPU fallback: the same DecodeStep object serves every call of one shape."""
+    from models.kronos.generation import CachedSampler, Sampling, generate_reference, replayable
+
+    torch.manual_seed(0)
+    model = Kronos(**dict(TINY_PREDICTOR, s1_bits=6, s2_bits=6)).eval()
+    function = lambda: None  # noqa: E731
+    assert replayable(function, torch.device("cpu")) is function
+    sampler = CachedSampler(model, 512, Sampling(top_k=1))
+    for seed in range(3):  # different contexts through the same buffers
+        s1, s2 = torch.randint(0, 64, (2, 4, 20), generator=torch.Generator().manual_seed(seed))
+        stamps = random_stamps(4, 28)
+        cached = sampler(s1, s2, stamps, 8)
+        reference = generate_reference(model, s1, s2, stamps, 8, 512, Sampling(top_k=1))
+        assert torch.equal(cached[0], reference[0]) and torch.equal(cached[1], reference[1])
+    assert len(sampler._steps) == 1
+
+
 def test_per_series_seeds_do_not_depend_on_the_batch():
     from models.kronos.generation import Sampling, generate_cached
 

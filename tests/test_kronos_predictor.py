@@ -106,3 +106,17 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
     got = kronos.forecast(*args, batch_size=8).paths
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_weights_forecast_close_to_fp32():
+    """The bf16 path (what a CUDA GPU runs) on CPU: bf16 parameters, fp32 rotary buffers, sane prices."""
+    df, x_time, y_time = frame(40)
+    fp32 = predictor().predict(df, x_time, y_time, pred_len=5, top_k=1, verbose=False)
+    torch.manual_seed(0)
+    half = KronosPredictor(Kronos(**TINY_PREDICTOR), KronosTokenizer(**TINY_TOKENIZER), device="cpu", bf16=True)
+    assert half.model.head.proj_s1.weight.dtype == torch.bfloat16
+    assert half.model.transformer[0].self_attn.rotary.inv_freq.dtype == torch.float32
+    forecast = half.predict(df, x_time, y_time, pred_len=5, top_k=1, verbose=False)
+    assert np.isfinite(forecast.to_numpy()).all()
+    spread = df["close"].max() - df["close"].min()
+    assert np.abs(forecast["close"].to_numpy() - fp32["close"].to_numpy()).max() < spread

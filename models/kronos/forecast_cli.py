@@ -33,7 +33,7 @@ def forecast_shard(inputs: Path, out_dir: Path, spec: dict) -> Path:
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     predictor = KronosPredictor(
         Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
-        device=device, max_context=spec["max_context"], clip=spec["clip"],
+        device=device, max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"],
     )
     data = np.load(inputs)
     index = np.arange(len(data["history"]))[rank::world]

@@ -4,10 +4,15 @@ Both follow upstream Kronos' decoding: the context is cut from the left to `max_
 tokens; each step samples s1 from the last position, then s2 from the dependency-aware layer
 with a single query (published checkpoints expect that, see Kronos.decode_s2), and appends the
 pair with its bar's time stamp. The reference recomputes the whole window every step, as
-upstream does. The cached sampler processes the context once (prefill), then one position per
-step, reusing each layer's keys and values and the s2 layer's projected context; when the
-window starts to slide past `max_context` it recomputes the cache from the window, which keeps
-it exactly equal to the reference.
+upstream does. The cached sampler processes the context once (prefill, the model's own code),
+then one position per token with `DecodeStep`, reusing each layer's keys and values and the s2
+layer's projected context; when the window starts to slide past `max_context` it prefills the
+window again, which keeps it exactly equal to the reference.
+
+`DecodeStep` works on static shapes over buffers it allocates once, with the write position
+and token index as device tensors, so on CUDA each half of a token (sample, advance) is captured
+as a CUDA graph and replayed: one launch instead of hundreds of kernel launches per half. On
+other devices the same functions run eagerly.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.kronos.layers import LayerCache
+from models.kronos.layers import LayerCache, MultiHeadAttention
 from models.kronos.model import Kronos
 
 
@@ -41,105 +46,253 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample_tokens(logits: torch.Tensor, sampling: Sampling, uniforms: torch.Tensor | None) -> torch.Tensor:
-    """(B, V) logits -> (B,) ids. `uniforms` (B,) in [0, 1) make each row's draw its own stream."""
+def sample_tokens(logits: torch.Tensor, sampling: Sampling, uniforms: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits -> (B,) ids by inverting each row's distribution at its uniform (B,) in [0, 1)."""
     if sampling.top_k == 1:
         return logits.argmax(-1)
     probs = F.softmax(filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p), dim=-1)
-    if uniforms is None:
-        return torch.multinomial(probs, 1).squeeze(-1)
     cumulative = probs.cumsum(-1)
     ids = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1]).unsqueeze(-1)).squeeze(-1)
     return ids.clamp_max(probs.shape[-1] - 1)
 
 
-class _Draws:
-    """Per-series uniform streams: series b always gets the same numbers for the same seed."""
+def draw_uniforms(seeds: list[int] | None, rows: int, steps: int, device: torch.device) -> torch.Tensor:
+    """(rows, steps, 2) uniforms for the s1 and s2 draws of every step.
 
-    def __init__(self, seeds: list[int] | None, steps: int, device: torch.device):
-        self.table = None
-        if seeds is not None:
-            rows = [torch.rand(2 * steps, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-            self.table = torch.stack(rows).to(device)  # (B, 2 * steps): s1 and s2 draws per step
-
-    def s1(self, step: int):
-        return None if self.table is None else self.table[:, 2 * step]
-
-    def s2(self, step: int):
-        return None if self.table is None else self.table[:, 2 * step + 1]
-
-
-def _s2_step(model: Kronos, last_hidden, keys, values, s1_new, sampling, uniforms):
-    """The published single-query s2 step over projected context keys/values."""
-    layer = model.dep_layer
-    sibling = model.embedding.emb_s1(s1_new[:, None])  # (B, 1, D)
-    zero = torch.zeros(1, dtype=torch.long, device=sibling.device)
-    attended = layer.cross_attn.attend(sibling, keys, values, zero, None)
-    logits = model.head.cond_forward(layer.norm(last_hidden + attended))[:, -1]
-    return sample_tokens(logits, sampling, uniforms)
-
-
-@torch.no_grad()
-def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None, samples: int = 1):
-    """s1, s2: (B, T) context ids; stamps: (B, T + pred_len, 5). Returns (B * samples, pred_len) x2.
-
-    With samples > 1 each series' context is processed once and its cache shared by its
-    `samples` paths (rows b * samples .. b * samples + samples - 1); `seeds` then has one
-    entry per path.
+    With seeds (one per row) row b always gets the same numbers, however rows are batched;
+    without, they come from torch's global generator.
     """
-    context_len = s1.shape[1]
-    draws = _Draws(seeds, pred_len, s1.device)
-    tokens_s1, tokens_s2 = s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0)
-    new_s1, new_s2 = [], []
+    if seeds is None:
+        return torch.rand(rows, steps, 2).to(device)
+    streams = [torch.rand(steps, 2, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    return torch.stack(streams).to(device)
 
-    def prefill(end: int, tokens_s1, tokens_s2, stamps, repeat: int = 1):
-        start = max(0, end - max_context)
-        capacity = min(max_context, end - start + pred_len)
+
+def replayable(function, device: torch.device):
+    """`function` captured once as a CUDA graph, returned as its replay on CUDA; itself elsewhere.
+
+    `function` must read and write only tensors that outlive the graph; it runs once on a side
+    stream first, so its allocations and library handles exist before capture.
+    """
+    if device.type != "cuda":
+        return function
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        function()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        function()
+    return graph.replay
+
+
+def _rotary_tables(attention: MultiHeadAttention, capacity: int, dtype: torch.dtype):
+    """Rotary positions for a fused [q | k | v] projection (rows, 3D): `x * cos + x[:, swap] * sin`.
+
+    rotate_half (per head: -second half, first half) is a signed permutation of channels: `swap`
+    is the permutation and the signs go into the sin table, which is exact. v gets cos 1, sin 0.
+    Returns swap (3D,) and cos, sin (capacity, 3D).
+    """
+    heads, half = attention.n_heads, attention.head_dim // 2
+    channel = torch.arange(heads * 2 * half).view(heads, 2, half)
+    swap = torch.cat([channel[:, 1], channel[:, 0]], 1).flatten()  # rotate_half's source channel
+    sign = torch.tensor([-1.0, 1.0]).repeat_interleave(half).repeat(heads)
+    cos, sin = attention.rotary._tables(capacity)
+    cos, sin = cos[:capacity].repeat(1, heads), sin[:capacity].repeat(1, heads) * sign.to(sin.device)  # (capacity, D)
+    d_model = heads * 2 * half
+    swap = torch.cat([swap, swap + d_model, torch.arange(2 * d_model, 3 * d_model)]).to(cos.device)
+    cos = torch.cat([cos, cos, torch.ones_like(cos)], 1)
+    sin = torch.cat([sin, sin, torch.zeros_like(sin)], 1)
+    return swap, cos.to(dtype), sin.to(dtype)
+
+
+class DecodeStep:
+    """One token of cached decoding for `rows` sequences in windows of `capacity` positions.
+
+    Buffers (allocated once): per block keys/values (rows, heads, capacity, head_dim); the s2
+    layer's projected context likewise; `last` (rows, D), the normalised hidden state of the
+    newest position; an additive attention mask over the capacity; the sampled tokens
+    (rows, steps, 2); per-step uniforms and time embeddings; `position` (the next slot) and
+    `step` (the token index) as device tensors. Per block q|k|v run as one matmul, and w1|w3.
+    """
+
+    def __init__(self, model: Kronos, rows: int, capacity: int, steps: int, sampling: Sampling):
+        weight = model.head.proj_s1.weight
+        device, dtype, d_model = weight.device, weight.dtype, model.d_model
+        self.model, self.sampling, self.rows, self.capacity = model, sampling, rows, capacity
+
+        def zeros(*shape, kind=dtype):
+            return torch.zeros(*shape, dtype=kind, device=device)
+
+        def cache_for(attention: MultiHeadAttention):
+            return zeros(rows, attention.n_heads, capacity, attention.head_dim)
+
+        attentions = [block.self_attn for block in model.transformer]
+        self.keys, self.values = [cache_for(a) for a in attentions], [cache_for(a) for a in attentions]
+        cross = model.dep_layer.cross_attn
+        self.cross_keys, self.cross_values = cache_for(cross), cache_for(cross)
+        self.cross_kv = (torch.cat([cross.k_proj.weight, cross.v_proj.weight]), torch.cat([cross.k_proj.bias, cross.v_proj.bias]))
+        self.last = zeros(rows, d_model)
+        self.mask = zeros(1, capacity)  # 0 where a position is filled, -inf elsewhere
+        self.latest = zeros(rows, 2, kind=torch.long)  # the tokens sampled last
+        self.tokens = zeros(rows, steps, 2, kind=torch.long)
+        self.uniforms = zeros(rows, steps, 2, kind=torch.float32)
+        self.time = zeros(rows, steps, d_model)  # temporal embedding of each future bar
+        self.position = zeros(1, kind=torch.long)
+        self.step = zeros(1, kind=torch.long)
+
+        self.qkv, self.swaps, cos, sin, self.gate_up = [], [], [], [], []
+        for attention, block in zip(attentions, model.transformer):
+            projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+            self.qkv.append((torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])))
+            swap, block_cos, block_sin = _rotary_tables(attention, capacity, dtype)
+            self.swaps.append(swap)
+            cos.append(block_cos)
+            sin.append(block_sin)
+            self.gate_up.append(torch.cat([block.ffn.w1.weight, block.ffn.w3.weight]))
+        self.cos, self.sin = torch.stack(cos, 1), torch.stack(sin, 1)  # (capacity, blocks, 3D)
+        self.sample = replayable(self._sample, device)
+        self.advance = replayable(self._advance, device)
+
+    def begin(self, uniforms: torch.Tensor, time: torch.Tensor) -> None:
+        """Per-generation inputs: uniforms (rows, steps, 2) and time embeddings (rows, steps, D)."""
+        self.uniforms.copy_(uniforms)
+        self.time.copy_(time)
+
+    def load(self, caches: list[LayerCache], cross: LayerCache, last: torch.Tensor, step: int) -> None:
+        """Take a prefill's caches and newest hidden state, each row repeated for its sample paths."""
+        length = cross.length
+        for buffers, cache in zip(zip(self.keys + [self.cross_keys], self.values + [self.cross_values]), caches + [cross]):
+            for buffer, filled in zip(buffers, (cache.keys, cache.values)):
+                buffer.unflatten(0, (filled.shape[0], -1))[:, :, :, :length].copy_(filled[:, None])
+                buffer[:, :, length:].zero_()  # unfilled slots are masked; zeros keep them finite
+        self.last.unflatten(0, (last.shape[0], -1)).copy_(last[:, None])
+        self.mask.fill_(float("-inf"))[:, :length] = 0
+        self.position.fill_(length)
+        self.step.fill_(step)
+
+    def _sample(self) -> None:
+        """Sample this step's s1 and s2 from `last`; they go to `latest` and `tokens[:, step]`."""
+        model, rows = self.model, self.rows
+        uniforms = self.uniforms.index_select(1, self.step)[:, 0]  # (rows, 2)
+        s1 = sample_tokens(model.head(self.last), self.sampling, uniforms[:, 0])
+        cross = model.dep_layer.cross_attn
+        query = cross.q_proj(model.embedding.emb_s1(s1)).view(rows, cross.n_heads, 1, cross.head_dim)  # rotary at 0 is the identity
+        attended = F.scaled_dot_product_attention(query, self.cross_keys, self.cross_values, attn_mask=self.mask)
+        hidden = model.dep_layer.norm(self.last + cross.out_proj(attended.view(rows, -1)))
+        s2 = sample_tokens(model.head.cond_forward(hidden), self.sampling, uniforms[:, 1])
+        torch.stack([s1, s2], 1, out=self.latest)
+        self.tokens.index_copy_(1, self.step, self.latest[:, None])
+
+    def _advance(self) -> None:
+        """Run the `latest` tokens through the model at `position`: caches, `last`, then position + 1."""
+        model, rows = self.model, self.rows
+        x = model.embedding(self.latest[:, :1], self.latest[:, 1:]) + self.time.index_select(1, self.step)  # (rows, 1, D)
+        x = x.view(rows, -1)
+        self.mask.index_fill_(1, self.position, 0.0)
+        cos, sin = self.cos.index_select(0, self.position)[0], self.sin.index_select(0, self.position)[0]  # (blocks, 3D)
+        for block, (weight, bias), swap, block_cos, block_sin, gate_up, keys, values in zip(
+                model.transformer, self.qkv, self.swaps, cos, sin, self.gate_up, self.keys, self.values):
+            attention = block.self_attn
+            projected = F.linear(block.norm1(x), weight, bias)  # (rows, 3D): q, k, v
+            rotated = projected * block_cos + projected.index_select(1, swap) * block_sin  # rotary positions on q and k
+            query, key, value = rotated.view(rows, 3, attention.n_heads, 1, attention.head_dim).unbind(1)
+            keys.index_copy_(2, self.position, key)
+            values.index_copy_(2, self.position, value)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=self.mask)
+            x = x + attention.out_proj(attended.view(rows, -1))
+            gate, up = F.linear(block.norm2(x), gate_up).chunk(2, -1)
+            x = x + block.ffn.w2(F.silu(gate) * up)
+        self.last.copy_(model.norm(x))
+        cross = model.dep_layer.cross_attn
+        key, value = F.linear(self.last, *self.cross_kv).view(rows, 2, cross.n_heads, 1, cross.head_dim).unbind(1)
+        self.cross_keys.index_copy_(2, self.position, key)  # rotary at position 0 is the identity
+        self.cross_values.index_copy_(2, self.position, value)
+        self.position.add_(1)
+        self.step.add_(1)
+
+
+class CachedSampler:
+    """Cached decoding with one model and sampling; keeps its DecodeSteps (and CUDA graphs) for reuse."""
+
+    def __init__(self, model: Kronos, max_context: int, sampling: Sampling, keep: int = 2):
+        self.model, self.max_context, self.sampling, self.keep = model, max_context, sampling, keep
+        self._steps: dict[tuple[int, int, int], DecodeStep] = {}
+
+    def _decode_step(self, rows: int, capacity: int, steps: int) -> DecodeStep:
+        key = (rows, capacity, steps)
+        if key not in self._steps:
+            while len(self._steps) >= self.keep:  # their buffers hold a full cache each
+                self._steps.pop(next(iter(self._steps)))
+            self._steps[key] = DecodeStep(self.model, rows, capacity, steps, self.sampling)
+        return self._steps[key]
+
+    def _prefill(self, s1, s2, stamps, end: int, capacity: int) -> tuple[list[LayerCache], LayerCache, torch.Tensor]:
+        """The model's own forward over the window ending at `end`: caches and the newest hidden state."""
+        model = self.model
+        start = max(0, end - self.max_context)
         caches = [LayerCache(capacity) for _ in model.transformer]
-        hidden = model.context(tokens_s1[:, start:end], tokens_s2[:, start:end], stamps[:, start:end], caches=caches)
-        zeros = torch.zeros(hidden.shape[1], dtype=torch.long, device=hidden.device)
+        hidden = model.context(s1[:, start:end], s2[:, start:end], stamps[:, start:end], caches=caches)
         cross = LayerCache(capacity)
-        cross.extend(*model.dep_layer.cross_attn.project_keys_values(hidden, zeros))
-        if repeat > 1:  # share one context's work among its sample paths
-            for cache in caches + [cross]:
-                cache.repeat_interleave(repeat)
-            hidden = hidden.repeat_interleave(repeat, 0)
-        return caches, cross, hidden[:, -1:], end - start
+        cross.extend(*model.dep_layer.cross_attn.project_keys_values(hidden, torch.zeros(hidden.shape[1], dtype=torch.long, device=hidden.device)))
+        return caches, cross, hidden[:, -1]
 
-    caches, cross, last, window = prefill(context_len, s1, s2, stamps, samples)
-    stamps = stamps.repeat_interleave(samples, 0)
-    for step in range(pred_len):
-        s1_next = sample_tokens(model.head(last)[:, -1], sampling, draws.s1(step))
-        s2_next = _s2_step(model, last, cross.keys, cross.values, s1_next, sampling, draws.s2(step))
-        new_s1.append(s1_next)
-        new_s2.append(s2_next)
-        tokens_s1 = torch.cat([tokens_s1, s1_next[:, None]], dim=1)
-        tokens_s2 = torch.cat([tokens_s2, s2_next[:, None]], dim=1)
-        if step == pred_len - 1:
-            break
-        end = context_len + step + 1
-        if window < max_context:  # room left: one position of work
-            last = model.context(s1_next[:, None], s2_next[:, None], stamps[:, end - 1 : end], start=window, caches=caches)
-            cross.extend(*model.dep_layer.cross_attn.project_keys_values(last, torch.zeros(1, dtype=torch.long, device=last.device)))
-            window += 1
-        else:  # the window slides: every position's history changes, so rebuild from the window
-            caches, cross, last, window = prefill(end, tokens_s1, tokens_s2, stamps)
-    return torch.stack(new_s1, dim=1), torch.stack(new_s2, dim=1)
+    @torch.no_grad()
+    def __call__(self, s1, s2, stamps, pred_len: int, seeds=None, samples: int = 1):
+        """s1, s2: (B, T) context ids; stamps: (B, T + pred_len, 5). Returns (B * samples, pred_len) x2.
+
+        Each series' context is processed once and shared by its `samples` paths (rows
+        b * samples .. b * samples + samples - 1); `seeds` has one entry per path.
+        """
+        model, (series, context_len) = self.model, s1.shape
+        rows, capacity = series * samples, min(self.max_context, context_len + pred_len)
+        decoder = self._decode_step(rows, capacity, pred_len)
+        future = model.time_emb(stamps[:, context_len : context_len + pred_len]).repeat_interleave(samples, 0)  # (rows, pred_len, D)
+        decoder.begin(draw_uniforms(seeds, rows, pred_len, s1.device), future)
+        decoder.load(*self._prefill(s1, s2, stamps, context_len, capacity), step=0)
+        if context_len + pred_len - 1 <= self.max_context:  # the window never slides: one position per token
+            for step in range(pred_len):
+                decoder.sample()
+                if step < pred_len - 1:
+                    decoder.advance()
+            new = decoder.tokens.clone()
+            return new[..., 0], new[..., 1]
+        # The window slides: every position's history changes each token, so prefill it each time.
+        tokens_s1, tokens_s2 = s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0)
+        stamps = stamps.repeat_interleave(samples, 0)
+        for step in range(pred_len):
+            decoder.sample()
+            tokens_s1 = torch.cat([tokens_s1, decoder.latest[:, :1]], dim=1)
+            tokens_s2 = torch.cat([tokens_s2, decoder.latest[:, 1:]], dim=1)
+            if step < pred_len - 1:
+                end = context_len + step + 1
+                if end <= self.max_context:  # the window still grows: one more position
+                    decoder.advance()
+                else:
+                    decoder.load(*self._prefill(tokens_s1, tokens_s2, stamps, end, capacity), step=step + 1)
+        new = decoder.tokens.clone()
+        return new[..., 0], new[..., 1]
+
+
+def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None, samples: int = 1):
+    """One-off cached decoding (see CachedSampler); keep a CachedSampler to reuse its buffers."""
+    return CachedSampler(model, max_context, sampling)(s1, s2, stamps, pred_len, seeds, samples)
 
 
 @torch.no_grad()
 def generate_reference(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None):
     """Plain decoding that recomputes the whole window for every new token (upstream's way)."""
     context_len = s1.shape[1]
-    draws = _Draws(seeds, pred_len, s1.device)
+    uniforms = draw_uniforms(seeds, s1.shape[0], pred_len, s1.device)
     tokens_s1, tokens_s2 = s1, s2
     for step in range(pred_len):
         end = context_len + step
         start = max(0, end - max_context)
         s1_logits, context = model.decode_s1(tokens_s1[:, start:end], tokens_s2[:, start:end], stamps[:, start:end])
-        s1_next = sample_tokens(s1_logits[:, -1], sampling, draws.s1(step))
+        s1_next = sample_tokens(s1_logits[:, -1], sampling, uniforms[:, step, 0])
         s2_logits = model.decode_s2(context, s1_next[:, None])
-        s2_next = sample_tokens(s2_logits[:, -1], sampling, draws.s2(step))
+        s2_next = sample_tokens(s2_logits[:, -1], sampling, uniforms[:, step, 1])
         tokens_s1 = torch.cat([tokens_s1, s1_next[:, None]], dim=1)
         tokens_s2 = torch.cat([tokens_s2, s2_next[:, None]], dim=1)
     return tokens_s1[:, context_len:], tokens_s2[:, context_len:]

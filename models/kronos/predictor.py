@@ -12,7 +12,6 @@ per-series seeds, and halves its batch on out-of-memory.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +19,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.device import pick_device
+from models.device import bf16_weights, pick_device, without_cudnn_attention
 from models.kronos.batches import time_features
-from models.kronos.generation import Sampling, generate_cached
+from models.kronos.generation import CachedSampler, Sampling
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
 
@@ -42,11 +41,19 @@ class Forecast:
 
 
 class KronosPredictor:
-    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5):
+    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5, bf16: bool | None = None):
+        """bf16: run both models with bf16 weights; None = on CUDA GPUs that support bf16."""
         self.device = pick_device("auto" if device is None else str(device))
+        if bf16 is None:
+            bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
+        if bf16:
+            bf16_weights(self.model)
+            bf16_weights(self.tokenizer)
+        self.dtype = self.model.head.proj_s1.weight.dtype
         self.max_context, self.clip = max_context, clip
+        self._samplers: dict[Sampling, CachedSampler] = {}  # their buffers (and CUDA graphs) are reused across batches
 
     def forecast(
         self,
@@ -92,11 +99,12 @@ class KronosPredictor:
         mean, std = x.mean(axis=1, keepdims=True), x.std(axis=1, keepdims=True)
         scaled = np.clip((x - mean) / (std + 1e-5), -self.clip, self.clip)
         stamps = torch.from_numpy(np.concatenate([np.stack(x_stamps), np.stack(y_stamps)], axis=1)).to(self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        with autocast:
-            s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device), half=True)
+        if sampling not in self._samplers:
+            self._samplers[sampling] = CachedSampler(self.model, self.max_context, sampling)
+        with without_cudnn_attention(self.device):
+            s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device, self.dtype), half=True)
             path_seeds = None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
-            new_s1, new_s2 = generate_cached(self.model, s1, s2, stamps, pred_len, self.max_context, sampling, path_seeds, sample_count)
+            new_s1, new_s2 = self._samplers[sampling](s1, s2, stamps, pred_len, path_seeds, sample_count)
             all_s1 = torch.cat([s1.repeat_interleave(sample_count, 0), new_s1], dim=1)
             all_s2 = torch.cat([s2.repeat_interleave(sample_count, 0), new_s2], dim=1)
             start = max(0, all_s1.shape[1] - self.max_context)

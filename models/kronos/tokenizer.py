@@ -92,7 +92,7 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
             bits = torch.cat([_unpack(s1_ids, self.s1_bits), _unpack(s2_ids, self.s2_bits)], dim=-1)
         else:
             bits = _unpack(ids, self.codebook_dim)
-        return (bits.float() * 2 - 1) / self.codebook_dim**0.5
+        return ((bits.float() * 2 - 1) / self.codebook_dim**0.5).to(self.post_quant_embed.weight.dtype)
 
     def decode(self, ids, half: bool = False) -> torch.Tensor:
         """Token ids (see encode) -> fine reconstruction (B, T, d_in)."""

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from data_prep.windows import Split
@@ -38,6 +39,7 @@ def train(task_name: str, split_dir: Path, out_dir: Path, spec: dict) -> dict:
     settings = KronosTrainSettings(**{**spec["settings"], "betas": tuple(spec["settings"]["betas"])})
     world = init_world(settings.device)
     split = Split.load(split_dir)
+    torch.manual_seed(settings.seed)  # a model trained from scratch starts from the same weights whatever ran before
     if task_name == "tokenizer":
         model = build(KronosTokenizer, spec["architecture"], spec.get("pretrained", ""))
         task = TokenizerTask()

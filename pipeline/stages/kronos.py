@@ -84,7 +84,7 @@ def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, w
     if nproc <= 1:
         predictor = KronosPredictor(
             Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
-            device=spec["device"], max_context=spec["max_context"], clip=spec["clip"],
+            device=spec["device"], max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"],
         )
         return predictor.forecast(
             list(history), list(x_stamps), list(y_stamps), spec["pred_len"], Sampling(**spec["sampling"]),
@@ -118,6 +118,7 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         "predictor": str(inputs.checkpoint("kronos_predictor")),
         "tokenizer": str(inputs.checkpoint("kronos_tokenizer")),
         "device": config.kronos.device,
+        "bf16": None if config.kronos.bf16 else False,  # None: bf16 weights on a CUDA GPU that has bf16
         "max_context": settings.max_context,
         "clip": config.split.clip,
         "pred_len": split.horizon,
@@ -173,9 +174,9 @@ STAGES = (
     ),
     StageSpec(
         "kronos_signals", signals, needs=("kronos_predictor", "kronos_tokenizer", "split"),
-        reads=("kronos.inference", "kronos.device", "split.test", "split.clip", "seed"),
+        reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
-        version=3,  # 2: forecasts.npz is logged for the notebook; 3: horizon-return quantiles
+        version=4,  # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights
         signal_sources=("kronos",),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
     ),
