@@ -165,8 +165,8 @@ class DecodeStep:
         length = cross.length
         for buffers, cache in zip(zip(self.keys + [self.cross_keys], self.values + [self.cross_values]), caches + [cross]):
             for buffer, filled in zip(buffers, (cache.keys, cache.values)):
+                # Slots past `length` keep finite values from earlier use (or zeros); the mask hides them.
                 buffer.unflatten(0, (filled.shape[0], -1))[:, :, :, :length].copy_(filled[:, None])
-                buffer[:, :, length:].zero_()  # unfilled slots are masked; zeros keep them finite
         self.last.unflatten(0, (last.shape[0], -1)).copy_(last[:, None])
         self.mask.fill_(float("-inf"))[:, :length] = 0
         self.position.fill_(length)
