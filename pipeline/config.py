@@ -216,6 +216,7 @@ class KronosTrainConfig(StrictModel):
     min_context: int = 16
     random_context_share: float = 0.3  # share of batches trained on a shorter, random context
     teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token while training
+    log_every: PositiveInt = 10  # steps between reads of the training loss: each read waits for the GPU
 
     def settings(self, clip: float, seed: int, device: str, bf16: bool):
         """The model layer's settings (models.kronos.training.KronosTrainSettings)."""

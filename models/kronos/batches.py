@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data_prep.windows import WindowSet, normalise
+from data_prep.windows import WindowSet
 
 
 def time_features(dates: np.ndarray) -> np.ndarray:
@@ -21,18 +21,36 @@ def time_features(dates: np.ndarray) -> np.ndarray:
     return stamps.reshape(*dates.shape, 5).astype(np.int64)
 
 
-def make_batch(windows: WindowSet, items: np.ndarray, context: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows `items` with the last `context` lookback rows and the full target.
+class DeviceWindows:
+    """A WindowSet's panel and calendar stamps moved to `device` once; batches are gathered there.
 
-    Returns x (B, context + horizon, F) normalised with the context's statistics and clipped,
-    and stamps (B, context + horizon, 5).
+    A training step then costs a few device gathers instead of numpy fancy indexing, a pandas
+    calendar and a host-to-device copy.
     """
-    inputs, targets = windows.get(items)
-    inputs = inputs[:, inputs.shape[1] - context :]
-    scaled_inputs, scaled_targets, _, _ = normalise(inputs, targets, clip)
-    x = np.concatenate([scaled_inputs, scaled_targets], axis=1).astype(np.float32)
-    dates = windows.dates(items)[:, windows.lookback - context :]
-    return torch.from_numpy(x), torch.from_numpy(time_features(dates))
+
+    def __init__(self, windows: WindowSet, device: torch.device):
+        panel, self.lookback = windows.panel, windows.lookback
+        instrument, end = windows.index.T
+        self.values = torch.from_numpy(np.array(panel.values, dtype=np.float32)).to(device)  # (panel rows, F)
+        self.stamps = torch.from_numpy(time_features(panel.calendar.values)).to(device)  # (calendar days, 5)
+        self.end_rows = torch.from_numpy(panel.offsets[instrument] + end).to(device)  # each window's last input row
+        self.end_days = torch.from_numpy(panel.starts[instrument] + end).to(device)
+        self.offsets = torch.arange(-windows.lookback + 1, windows.horizon + 1, device=device)  # rows from the window's end
+
+    def __len__(self) -> int:
+        return len(self.end_rows)
+
+    def batch(self, items: torch.Tensor, context: int, clip: float, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows `items` (device tensor) with the last `context` lookback rows and the full target.
+
+        Returns x (B, context + horizon, F) normalised with the context's statistics and clipped,
+        and stamps (B, context + horizon, 5).
+        """
+        offsets = self.offsets[self.lookback - context :]
+        values = self.values[self.end_rows[items, None] + offsets]
+        inputs = values[:, :context]
+        mean, std = inputs.mean(1, keepdim=True), inputs.std(1, keepdim=True, correction=0)
+        return ((values - mean) / (std + eps)).clamp(-clip, clip), self.stamps[self.end_days[items, None] + offsets]
 
 
 def draw_context(rng: np.random.Generator, lookback: int, min_context: int, random_share: float) -> int:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from data_prep.errors import DataError
 from data_prep.windows import WindowSet
 from models.device import pick_device
-from models.kronos.batches import draw_context, make_batch
+from models.kronos.batches import DeviceWindows, draw_context
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
 
@@ -56,6 +56,7 @@ class KronosTrainSettings:
     device: str
     bf16: bool  # autocast on CUDA only
     teacher_forcing: bool  # predictor: condition s2 on the true s1 token
+    log_every: int  # steps between reads of the training metrics (each read waits for the device)
 
 
 @dataclass
@@ -150,7 +151,8 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     if isinstance(task, PredictorTask):
         task.tokenizer.to(world.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay,
+                                  fused=world.device.type in ("cuda", "cpu"))
     total_steps = settings.epochs * settings.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=0.03, div_factor=10)
     state = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
@@ -170,18 +172,19 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     wrapped = DistributedDataParallel(model) if world.size > 1 else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and world.device.type == "cuda" else nullcontext()
     val_items = np.random.default_rng(settings.seed).permutation(len(valid))[: settings.val_windows]
+    train_batches, valid_batches = DeviceWindows(train, world.device), DeviceWindows(valid, world.device)
     started, windows_seen = time.perf_counter(), 0
 
     for epoch in range(state["epoch"], settings.epochs):
         # Every rank draws the same plan (same seed), then takes its own slice of each batch.
         rng = np.random.default_rng([settings.seed, epoch])
-        plan = rng.integers(0, len(train), (settings.steps_per_epoch, world.size, settings.batch_size))
+        plan = torch.from_numpy(rng.integers(0, len(train), (settings.steps_per_epoch, world.size, settings.batch_size))).to(world.device)
         contexts = [draw_context(rng, train.lookback, settings.min_context, settings.random_context_share) for _ in range(settings.steps_per_epoch)]
         wrapped.train()
         bar = tqdm(range(settings.steps_per_epoch), desc=f"{task.name} epoch {epoch + 1}/{settings.epochs}", disable=not world.main, leave=False, mininterval=1.0)
+        running: dict[str, torch.Tensor] = {}  # metric sums on the device since the last read
         for step in bar:
-            x, stamps = make_batch(train, plan[step, world.rank], contexts[step], settings.clip)
-            x, stamps = x.to(world.device), stamps.to(world.device)
+            x, stamps = train_batches.batch(plan[step, world.rank], contexts[step], settings.clip)
             with autocast:
                 loss, metrics = task.step(wrapped, x, stamps)
             optimizer.zero_grad(set_to_none=True)
@@ -190,11 +193,17 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
             optimizer.step()
             scheduler.step()
             windows_seen += len(x) * world.size
-            global_step = epoch * settings.steps_per_epoch + step
-            row = {f"train_{k}": float(v.detach()) for k, v in metrics.items()}
-            state["history"].append({"step": global_step, **row, "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
-        validation = validate(task, model, valid, val_items, settings, world)
+            for key, value in metrics.items():
+                running[key] = running[key] + value.detach() if key in running else value.detach().clone()
+            last_step = step == settings.steps_per_epoch - 1
+            if (step + 1) % settings.log_every == 0 or last_step:
+                steps_read = (step % settings.log_every) + 1
+                row = {f"train_{k}": float(v) / steps_read for k, v in running.items()}  # mean over the steps since the last read
+                state["history"].append({"step": epoch * settings.steps_per_epoch + step, **row, "lr": scheduler.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                running = {}
+        state["steps"] = state.get("steps", 0) + settings.steps_per_epoch
+        validation = validate(task, model, valid_batches, val_items, settings, world)
         state["history"].append({"step": (epoch + 1) * settings.steps_per_epoch - 1, **{f"val_{k}": v for k, v in validation.items()}})
         score = validation["loss"]
         log.info("%s epoch %d: %s", task.name, epoch + 1, ", ".join(f"val_{k}={v:.4f}" for k, v in validation.items()))
@@ -215,7 +224,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     seconds = time.perf_counter() - started
     return {
         "epochs_run": state["epoch"],
-        "steps": len([row for row in state["history"] if "train_loss" in row]),
+        "steps": state.get("steps", 0),
         **state["best_metrics"],
         "train_seconds": seconds,
         "windows_per_second": windows_seen / seconds if seconds else 0.0,
@@ -227,7 +236,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
 
 
 @torch.no_grad()
-def validate(task, model, valid: WindowSet, items: np.ndarray, settings: KronosTrainSettings, world: World) -> dict[str, float]:
+def validate(task, model, valid: DeviceWindows, items: np.ndarray, settings: KronosTrainSettings, world: World) -> dict[str, float]:
     """Validation metrics over `items` (full lookback), shared across ranks and summed."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}
@@ -235,8 +244,8 @@ def validate(task, model, valid: WindowSet, items: np.ndarray, settings: KronosT
     for chunk in np.array_split(items[world.rank :: world.size], max(1, len(items) // (settings.batch_size * world.size))):
         if not len(chunk):
             continue
-        x, stamps = make_batch(valid, chunk, valid.lookback, settings.clip)
-        sums = task.evaluate(model, x.to(world.device), stamps.to(world.device))
+        x, stamps = valid.batch(torch.from_numpy(chunk).to(world.device), valid.lookback, settings.clip)
+        sums = task.evaluate(model, x, stamps)
         for key, value in sums.items():
             totals[key] = totals[key] + value if key in totals else value.clone()
         count += len(chunk)
