@@ -285,6 +285,7 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 
 
 class TimeLLMTrainConfig(StrictModel):
+    # 3 epochs: 2 would save ~85 s of a 2-core CPU's first run but left the full model at validation MSE 1.72 (3: 1.14).
     epochs: int = 3
     steps_per_epoch: int = 15  # batches per epoch, drawn at random from the training windows
     # Windows per optimiser step, run as micro-batches whose gradients add up: every step projects

@@ -43,9 +43,9 @@ def summarise(backtest_output: Path) -> dict:
 def test_every_default_source_matches_the_stored_summary(bars_csv, write_config, backbone_dirs, teacher_dir):
     overrides = QUICK_KRONOS + [
         "kronos.inference.sample_count=2",
-        # The prompt wording and learning rate the summary was written with (the defaults changed since).
+        # The prompt wording, description and learning rate the summary was written with (the defaults changed since).
         f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
-        "n_heads: 2, num_tokens: 32, prompt: upstream}", "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32, lr: 0.001}",
+        "n_heads: 2, num_tokens: 32, prompt: upstream, description: 'Daily prices of large-cap stocks, one stock per series.'}", "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32, lr: 0.001}",
         "timellm.precision=fp32",
         f"chronos.teacher={teacher_dir}", "chronos.batch_size=16",
         "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, steps: 10, batch_size: 8, "

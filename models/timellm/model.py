@@ -45,7 +45,7 @@ class TimeLLMConfig:
     n_heads: int = 8
     num_tokens: int = 1000  # text prototypes
     dropout: float = 0.1
-    description: str = "Daily prices of large-cap stocks, one stock per series."
+    description: str = "Daily stock prices."  # every token is paid for by every series in the frozen model
     prompt: str = "compact"  # wording of the prompt: compact (53 tokens) or upstream (Time-LLM's, 79 tokens)
     trust_remote_code: bool = False
     load_in_4bit: bool = False
