@@ -120,7 +120,7 @@ class DecodeStep:
     def __init__(self, model: Kronos, rows: int, capacity: int, steps: int, sampling: Sampling):
         weight = model.head.proj_s1.weight
         device, dtype, d_model = weight.device, weight.dtype, model.d_model
-        self.model, self.sampling, self.rows, self.capacity = model, sampling, rows, capacity
+        self.model, self.sampling, self.rows = model, sampling, rows
 
         def zeros(*shape, kind=dtype):
             return torch.zeros(*shape, dtype=kind, device=device)
@@ -214,7 +214,11 @@ class DecodeStep:
 
 
 class CachedSampler:
-    """Cached decoding with one model and sampling; keeps its DecodeSteps (and CUDA graphs) for reuse."""
+    """Cached decoding with one model and sampling; keeps its DecodeSteps (and CUDA graphs) for reuse.
+
+    A DecodeStep holds fused copies of the weights as they were when it was built: make a new
+    sampler after changing the model's weights.
+    """
 
     def __init__(self, model: Kronos, max_context: int, sampling: Sampling, keep: int = 2):
         self.model, self.max_context, self.sampling, self.keep = model, max_context, sampling, keep

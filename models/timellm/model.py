@@ -46,7 +46,7 @@ class TimeLLMConfig:
     num_tokens: int = 1000  # text prototypes
     dropout: float = 0.1
     description: str = "Daily stock prices."  # every token is paid for by every series in the frozen model
-    prompt: str = "compact"  # wording of the prompt: compact (53 tokens) or upstream (Time-LLM's, 79 tokens)
+    prompt: str = "compact"  # wording of the prompt: compact (44 tokens with the default description) or upstream (Time-LLM's, 70)
     trust_remote_code: bool = False
     load_in_4bit: bool = False
 

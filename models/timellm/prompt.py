@@ -25,8 +25,8 @@ PROMPT_STYLES = ("compact", "upstream")
 def fixed_pieces(description: str, seq_len: int, pred_len: int, style: str = "compact") -> list[str]:
     """The template's constant text; numbers, trend and lags go between these pieces.
 
-    `upstream` is Time-LLM's wording (79 WordPiece tokens with the default description);
-    `compact` states the same description, task and statistics in 53, and the frozen model's
+    `upstream` is Time-LLM's wording (70 WordPiece tokens with the default description);
+    `compact` states the same description, task and statistics in 44, and the frozen model's
     cost grows with every token of every series.
     """
     if style == "upstream":
