@@ -255,26 +255,17 @@ class CachedSampler:
         future = model.time_emb(stamps[:, context_len : context_len + pred_len]).repeat_interleave(samples, 0)  # (rows, pred_len, D)
         decoder.begin(draw_uniforms(seeds, rows, pred_len, s1.device), future)
         decoder.load(*self._prefill(s1, s2, stamps, context_len, capacity), step=0)
-        if context_len + pred_len - 1 <= self.max_context:  # the window never slides: one position per token
-            for step in range(pred_len):
-                decoder.sample()
-                if step < pred_len - 1:
-                    decoder.advance()
-            new = decoder.tokens.clone()
-            return new[..., 0], new[..., 1]
-        # The window slides: every position's history changes each token, so prefill it each time.
-        tokens_s1, tokens_s2 = s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0)
-        stamps = stamps.repeat_interleave(samples, 0)
-        for step in range(pred_len):
+        for step in range(pred_len - 1):
             decoder.sample()
-            tokens_s1 = torch.cat([tokens_s1, decoder.latest[:, :1]], dim=1)
-            tokens_s2 = torch.cat([tokens_s2, decoder.latest[:, 1:]], dim=1)
-            if step < pred_len - 1:
-                end = context_len + step + 1
-                if end <= self.max_context:  # the window still grows: one more position
-                    decoder.advance()
-                else:
-                    decoder.load(*self._prefill(tokens_s1, tokens_s2, stamps, end, capacity), step=step + 1)
+            end = context_len + step + 1  # tokens once this step's are appended
+            if end <= self.max_context:  # the window still grows: one more position
+                decoder.advance()
+            else:  # the window slides: every position's history changes, so prefill it again
+                sampled = decoder.tokens[:, : step + 1]
+                window_s1 = torch.cat([s1.repeat_interleave(samples, 0), sampled[..., 0]], dim=1)
+                window_s2 = torch.cat([s2.repeat_interleave(samples, 0), sampled[..., 1]], dim=1)
+                decoder.load(*self._prefill(window_s1, window_s2, stamps.repeat_interleave(samples, 0), end, capacity), step=step + 1)
+        decoder.sample()
         new = decoder.tokens.clone()
         return new[..., 0], new[..., 1]
 

@@ -202,7 +202,6 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
                 state["history"].append({"step": epoch * settings.steps_per_epoch + step, **row, "lr": scheduler.get_last_lr()[0]})
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
                 running = {}
-        state["steps"] = state.get("steps", 0) + settings.steps_per_epoch
         validation = validate(task, model, valid_batches, val_items, settings, world)
         state["history"].append({"step": (epoch + 1) * settings.steps_per_epoch - 1, **{f"val_{k}": v for k, v in validation.items()}})
         score = validation["loss"]
@@ -224,7 +223,7 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     seconds = time.perf_counter() - started
     return {
         "epochs_run": state["epoch"],
-        "steps": state.get("steps", 0),
+        "steps": state["epoch"] * settings.steps_per_epoch,  # epochs always run all their steps
         **state["best_metrics"],
         "train_seconds": seconds,
         "windows_per_second": windows_seen / seconds if seconds else 0.0,
