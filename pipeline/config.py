@@ -438,7 +438,8 @@ class BacktestConfig(StrictModel):
     min_cost: float = 5.0
     limit_threshold: float | None = None
     account: float = 100_000_000.0
-    # Processes that backtest strategies side by side (Qlib's backtest is single-threaded); None: one per CPU.
+    # Processes that backtest strategies side by side (Qlib's backtest is single-threaded). None: one
+    # per STRATEGIES_PER_PROCESS strategies, at most one per CPU (evaluation.evaluate.default_workers).
     workers: PositiveInt | None = None
     # vectorbt sweep grid: every (topk, n_drop, cost multiplier) in one vectorised run
     sweep_topk: tuple[int, ...] = (10, 20, 30, 40, 50)

@@ -134,6 +134,38 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
     assert abs(qlib_daily["cost"].sum() - vbt_daily["cost"].sum()) < 0.5 * qlib_daily["cost"].sum()
 
 
+def qlib_backtest_unshared(scores: pd.DataFrame, settings, benchmark: list[str], end: pd.Timestamp) -> pd.DataFrame:
+    """Qlib's backtest as its docs call it: an exchange and the benchmark built from settings for this run alone."""
+    from qlib.backtest import backtest
+    from qlib.contrib.strategy import TopkDropoutStrategy
+
+    signal = scores.stack().rename("score").to_frame().rename_axis(["datetime", "instrument"])
+    exchange = {"freq": "day", "limit_threshold": settings.limit_threshold, "deal_price": settings.deal_price,
+                "open_cost": settings.open_cost, "close_cost": settings.close_cost, "min_cost": settings.min_cost}
+    portfolio, _ = backtest(
+        start_time=scores.index[0], end_time=end, benchmark=benchmark, account=settings.account, exchange_kwargs=exchange,
+        strategy=TopkDropoutStrategy(signal=signal, topk=settings.topk, n_drop=settings.n_drop, hold_thresh=settings.hold_thresh),
+        executor={"class": "SimulatorExecutor", "module_path": "qlib.backtest.executor",
+                  "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True, "verbose": False}},
+    )
+    return portfolio["1day"][0][["return", "cost", "bench", "turnover"]].astype(float)
+
+
+def test_strategies_sharing_a_market_get_qlibs_own_results(tiny_split_dir, panel, tmp_path):
+    from evaluation.qlib_backtest import market
+
+    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    market.cache_clear()
+    close = panel.field_frame("close").astype(float)
+    settings = BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings()
+    benchmark = list(panel.instruments)
+    for seed in (7, 8):  # the second strategy reuses the first one's exchange and benchmark
+        scores = random_scores(close, seed=seed).loc["2021-03-01":"2021-05-31"]
+        shared = qlib_topk_dropout(scores, settings, benchmark, scores.index[-1])
+        pd.testing.assert_frame_equal(shared, qlib_backtest_unshared(scores, settings, benchmark, scores.index[-1]), rtol=1e-12)
+    assert market.cache_info().hits == 1 and market.cache_info().misses == 1
+
+
 def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, panel, tmp_path):
     from pipeline.stages.backtest import evaluate_strategy
 
