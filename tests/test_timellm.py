@@ -104,6 +104,20 @@ def test_only_the_reprogramming_parts_train(backbone_dirs):
     assert model.mapping.weight.grad is not None and model.head.linear.weight.grad is not None
 
 
+def test_ablation_layer_computes_only_the_positions_the_head_reads():
+    from models.timellm.layers import SelfAttentionLayer
+
+    torch.manual_seed(0)
+    layer = SelfAttentionLayer(32, 4, dropout=0.1).eval()
+    x = torch.randn(6, 20, 32)
+    mask = torch.ones(6, 20, dtype=torch.bool)
+    mask[:3, :5] = False  # left padding, as the prompts have
+    full = layer(x, mask)
+    last = layer(x, mask, queries=7)
+    assert last.shape == (6, 7, 32)
+    torch.testing.assert_close(last, full[:, -7:], rtol=1e-5, atol=1e-5)
+
+
 def test_save_and_load_round_trip(backbone_dirs, tmp_path):
     backbone = load_backbone(backbone_dirs["bert"], 2)
     torch.manual_seed(1)

@@ -85,7 +85,10 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.attention = nn.MultiheadAttention(width, n_heads, dropout=dropout, batch_first=True)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (N, T, W), mask (N, T) True = real token
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """x (N, T, W), mask (N, T) True = real token -> (N, Q, W) for the last `queries` positions (all by
+        default): the others attend as keys and values only, which saves their projections."""
         h = self.norm(x)
-        attended, _ = self.attention(h, h, h, key_padding_mask=~mask, need_weights=False)
-        return x + attended
+        last = h.shape[1] - (queries or h.shape[1])
+        attended, _ = self.attention(h[:, last:], h, h, key_padding_mask=~mask, need_weights=False)
+        return x[:, last:] + attended

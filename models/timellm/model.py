@@ -106,21 +106,23 @@ class TimeLLM(nn.Module):
             series = F.pad(series.unsqueeze(1), (self.config.seq_len - length, 0), mode="replicate").squeeze(1)
         patches = self.patch_embedding(series)  # (N, P, d_model)
         tokens = self.reprogramming(patches, self.text_prototypes() if prototypes is None else prototypes)  # (N, P, W)
-        hidden = self.mix(series, tokens)[:, -self.n_patches :, : self.config.d_ff]  # (N, P, d_ff)
+        hidden = self.mix(series, tokens)[..., : self.config.d_ff]  # (N, P, d_ff)
         forecast = self.head(hidden.float()).view(b, c, -1).permute(0, 2, 1)  # (B, H, C)
         return forecast * std + mean
 
     def mix(self, series: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """The sequence model between reprogramming and head: LM, one attention layer, or none."""
+        """The sequence model between reprogramming and head (LM, one attention layer, or none):
+        tokens (N, P, W) -> hidden states of the patch positions (N, P, W), which the head reads."""
         if self.prompt is None:
             return tokens
         prompt_ids, prompt_mask = self.prompt(series)  # (N, T)
         sequence = torch.cat([self.word_embeddings(prompt_ids).to(tokens.dtype), tokens], dim=1)  # (N, T + P, W)
         mask = torch.cat([prompt_mask, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)], dim=1)
         if self.attention is not None:
-            return self.attention(sequence, mask)
+            return self.attention(sequence, mask, queries=self.n_patches)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-        return self.llm(inputs_embeds=sequence, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+        return hidden[:, -self.n_patches :]
 
     def with_backbone(self, backbone: Backbone) -> TimeLLM:
         """The same trained model on another copy of the frozen backbone (e.g. an int8 one for forecasting)."""
