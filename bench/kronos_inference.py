@@ -5,7 +5,9 @@
 Random weights, the two settings of the Kronos GPU issue, each run by both samplers in one process:
   long:  `long-series` series, context 400 -> 120 bars, greedy (top_k = 1): tokens must be identical;
   short: `short-series` series x 5 paths, context 90 -> 10, T 0.6, top-p 0.9, per-path seeds (one
-         CSI300 day at 300): both samplers invert the same uniforms, so tokens must be identical too.
+         CSI300 day at 300): both samplers invert the same uniforms, so tokens agree except where
+         rounding moves a cumulative probability across a uniform, and the path differs from there
+         on (on an AVX-512 CPU 1 of 100 paths in fp32; none with float64 weights).
 Also prints the operators one decoded token calls (torch.profiler, CPU dispatch, top level and all).
 On a 2-core CPU use e.g. --short-series 20: the reference recomputes every window for every token.
 """
@@ -73,9 +75,9 @@ def compare(label: str, model: Kronos, device, series: int, context: int, horizo
     cached, cached_s = timed(lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device)
     rows = (s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0), stamps.repeat_interleave(samples, 0))
     reference, reference_s = timed(lambda: generate_reference(model, *rows, horizon, 512, sampling, seeds), device)
-    same = all(torch.equal(a, b) for a, b in zip(cached, reference))
+    same = torch.stack([a == b for a, b in zip(cached, reference)]).all(0).all(1)  # (paths,)
     print(f"{label:<6} {series} series x {samples} paths, {context} -> {horizon}, {sampling}: cached {cached_s:8.3f} s  "
-          f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical tokens: {same}")
+          f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical paths: {int(same.sum())}/{len(same)}")
 
 
 def main() -> None:
