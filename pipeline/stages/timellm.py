@@ -129,6 +129,7 @@ STAGES = (
         outputs=timellm_outputs,
         models=timellm_models,
         signal_sources=tuple(timellm_source(variant) for variant in TIMELLM_VARIANTS),
+        version=2,  # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws)
         description="Time-LLM and its ablations on the same windows, seed and budget",
     ),
 )
