@@ -121,15 +121,24 @@ class WindowSet:
 
     def __init__(self, panel: Panel, index: np.ndarray, lookback: int, horizon: int):
         self.panel, self.index, self.lookback, self.horizon = panel, index, lookback, horizon
-        self._steps = np.arange(-lookback + 1, horizon + 1)  # offsets of a window's rows from its end
+        self.steps = np.arange(-lookback + 1, horizon + 1)  # offsets of a window's rows from its end
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def end_rows(self, items: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Global panel row of each window's last input row: (B,)."""
+        instrument, end = self.index[items].T
+        return self.panel.offsets[instrument] + end
+
+    def end_days(self, items: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Calendar index of each window's last input row: (B,)."""
+        instrument, end = self.index[items].T
+        return self.panel.starts[instrument] + end
+
     def rows(self, items: np.ndarray) -> np.ndarray:
         """Global panel rows of the windows `items`: (B, lookback + horizon)."""
-        instrument, end = self.index[items].T
-        return (self.panel.offsets[instrument] + end)[:, None] + self._steps
+        return self.end_rows(items)[:, None] + self.steps
 
     def get(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw inputs (B, lookback, F) and targets (B, horizon, F)."""
@@ -138,14 +147,11 @@ class WindowSet:
 
     def dates(self, items: np.ndarray) -> np.ndarray:
         """Calendar days of every window row: (B, lookback + horizon) datetime64[ns]."""
-        instrument, end = self.index[items].T
-        days = (self.panel.starts[instrument] + end)[:, None] + self._steps
-        return self.panel.calendar.values[days]
+        return self.panel.calendar.values[self.end_days(items)[:, None] + self.steps]
 
     def decision_days(self) -> np.ndarray:
         """Calendar day of every window's last input row (its decision day): (N,) datetime64[ns]."""
-        instrument, end = self.index.T
-        return self.panel.calendar.values[self.panel.starts[instrument] + end]
+        return self.panel.calendar.values[self.end_days()]
 
     def instruments(self) -> np.ndarray:
         """Instrument name of every window: (N,)."""

@@ -37,6 +37,21 @@ def mean_loss(report, first: bool):
     return rows[0] if first else rows[-1]
 
 
+def test_device_batches_equal_the_host_windows_normalised(tiny_split_dir):
+    import numpy as np
+
+    from data_prep.windows import normalise
+    from models.kronos.batches import DeviceWindows, time_features
+
+    windows = Split.load(tiny_split_dir).segment("train")
+    items, context = np.array([0, 7, len(windows) - 1, 7]), 12
+    x, stamps = DeviceWindows(windows, torch.device("cpu")).batch(torch.from_numpy(items), context, clip=2.0)
+    inputs, targets = windows.get(items)
+    scaled_inputs, scaled_targets, _, _ = normalise(inputs[:, -context:], targets, clip=2.0)
+    np.testing.assert_allclose(x.numpy(), np.concatenate([scaled_inputs, scaled_targets], axis=1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(stamps.numpy(), time_features(windows.dates(items)[:, windows.lookback - context :]))
+
+
 def test_tokenizer_then_predictor_learn(tiny_split_dir, tmp_path):
     tokenizer_report = train("tokenizer", tiny_split_dir, tmp_path / "tokenizer", spec())
     assert mean_loss(tokenizer_report, first=False) < mean_loss(tokenizer_report, first=True)

@@ -29,13 +29,12 @@ class DeviceWindows:
     """
 
     def __init__(self, windows: WindowSet, device: torch.device):
-        panel, self.lookback = windows.panel, windows.lookback
-        instrument, end = windows.index.T
-        self.values = torch.from_numpy(np.array(panel.values, dtype=np.float32)).to(device)  # (panel rows, F)
-        self.stamps = torch.from_numpy(time_features(panel.calendar.values)).to(device)  # (calendar days, 5)
-        self.end_rows = torch.from_numpy(panel.offsets[instrument] + end).to(device)  # each window's last input row
-        self.end_days = torch.from_numpy(panel.starts[instrument] + end).to(device)
-        self.offsets = torch.arange(-windows.lookback + 1, windows.horizon + 1, device=device)  # rows from the window's end
+        self.lookback = windows.lookback
+        self.values = torch.from_numpy(np.array(windows.panel.values, dtype=np.float32)).to(device)  # (panel rows, F)
+        self.stamps = torch.from_numpy(time_features(windows.panel.calendar.values)).to(device)  # (calendar days, 5)
+        self.end_rows = torch.from_numpy(windows.end_rows()).to(device)  # each window's last input row
+        self.end_days = torch.from_numpy(windows.end_days()).to(device)
+        self.offsets = torch.from_numpy(windows.steps).to(device)  # rows from the window's end
 
     def __len__(self) -> int:
         return len(self.end_rows)
@@ -43,8 +42,8 @@ class DeviceWindows:
     def batch(self, items: torch.Tensor, context: int, clip: float, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `items` (device tensor) with the last `context` lookback rows and the full target.
 
-        Returns x (B, context + horizon, F) normalised with the context's statistics and clipped,
-        and stamps (B, context + horizon, 5).
+        Returns x (B, context + horizon, F) normalised with the context's statistics and clipped (as
+        data_prep.windows.normalise does on the host), and stamps (B, context + horizon, 5).
         """
         offsets = self.offsets[self.lookback - context :]
         values = self.values[self.end_rows[items, None] + offsets]

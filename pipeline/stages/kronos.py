@@ -111,9 +111,8 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     split = inputs.split()
     settings = config.kronos.inference
     series = split.forecast_inputs(*config.split.test)
-    instrument_ids, end_rows = series.windows.index.T
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
-    seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(split.panel.starts[i] + end) for i, end in zip(instrument_ids, end_rows)]
+    seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(day) for i, day in zip(series.windows.index[:, 0], series.windows.end_days())]
     spec = {
         "predictor": str(inputs.checkpoint("kronos_predictor")),
         "tokenizer": str(inputs.checkpoint("kronos_tokenizer")),
