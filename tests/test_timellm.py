@@ -118,6 +118,23 @@ def test_ablation_layer_computes_only_the_positions_the_head_reads():
     torch.testing.assert_close(last, full[:, -7:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_backbone_computes_the_patch_positions_as_the_whole_model_does(backbone_dirs, kind):
+    from models.timellm.backbone import last_hidden_states
+
+    model = load_backbone(backbone_dirs[kind], 3).model
+    torch.manual_seed(0)
+    embeddings = torch.randn(5, 20, model.config.hidden_size)
+    mask = torch.ones(5, 20, dtype=torch.bool)
+    mask[:2, :4] = False  # left-padded prompts
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        whole = model(inputs_embeds=embeddings, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+        kept = last_hidden_states(model, embeddings, mask, positions, keep=6)
+    assert kept.shape == (5, 6, model.config.hidden_size)
+    torch.testing.assert_close(kept, whole[:, -6:], rtol=1e-5, atol=1e-5)
+
+
 def test_save_and_load_round_trip(backbone_dirs, tmp_path):
     backbone = load_backbone(backbone_dirs["bert"], 2)
     torch.manual_seed(1)

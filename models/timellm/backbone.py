@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,41 @@ def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_
     log.info("backbone %s: %d layers of width %d, %.1fM frozen parameters", name, config.num_hidden_layers,
              config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6)
     return Backbone(model, tokenizer, config.hidden_size, getattr(config, "max_position_embeddings", None))
+
+
+def last_hidden_states(model: nn.Module, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                       keep: int) -> torch.Tensor:
+    """The frozen model over input embeddings (N, T, W) -> hidden states of the last `keep` positions (N, keep, W).
+
+    mask (N, T) marks real tokens; positions (N, T) are their position ids. A BERT-family encoder
+    runs its last block for the kept positions only (the others still serve as its keys and
+    values): nothing reads the rest, and with 44 prompt and 12 patch positions that block is a
+    third of a 3-block model's work. Any other model runs whole.
+    """
+    if getattr(model.config, "model_type", None) != "bert" or model.config.is_decoder:
+        hidden = model(inputs_embeds=embeddings, attention_mask=mask.long(), position_ids=positions).last_hidden_state
+        return hidden[:, -keep:]
+    hidden = model.embeddings(inputs_embeds=embeddings, position_ids=positions)
+    *first_blocks, last_block = model.encoder.layer
+    block_mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask.long())
+    for block in first_blocks:
+        hidden = block(hidden, block_mask)
+    return bert_block_for_last(last_block, hidden, mask, keep)
+
+
+def bert_block_for_last(block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """A BertLayer's output at the last `keep` positions (N, keep, W): queries, attention output
+    and feed-forward for those rows, keys and values over all of hidden (N, T, W). Eval mode only
+    (no dropout), as the frozen backbone always runs."""
+    attention = block.attention.self
+    n, _, width = hidden.shape
+    heads = attention.num_attention_heads
+    by_head = lambda x: x.view(n, x.shape[1], heads, width // heads).transpose(1, 2)  # noqa: E731  (N, heads, T, W/heads)
+    kept = hidden[:, -keep:]  # (N, keep, W)
+    mixed = F.scaled_dot_product_attention(by_head(attention.query(kept)), by_head(attention.key(hidden)),
+                                           by_head(attention.value(hidden)), attn_mask=mask[:, None, None, :])
+    attended = block.attention.output(mixed.transpose(1, 2).reshape(n, keep, width), kept)  # dense, residual, LayerNorm
+    return block.output(block.intermediate(attended), attended)
 
 
 def int8_backbone(backbone: Backbone) -> Backbone:

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.kronos.hub import CheckpointMismatchError
-from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, last_hidden_states, load_backbone
 from models.timellm.layers import FlattenHead, PatchEmbedding, ReprogrammingAttention, SelfAttentionLayer, revin
 from models.timellm.prompt import PROMPT_STYLES, PromptBuilder
 
@@ -121,8 +121,7 @@ class TimeLLM(nn.Module):
         if self.attention is not None:
             return self.attention(sequence, mask, queries=self.n_patches)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask.long(), position_ids=positions).last_hidden_state
-        return hidden[:, -self.n_patches :]
+        return last_hidden_states(self.llm, sequence, mask, positions, self.n_patches)
 
     def with_backbone(self, backbone: Backbone) -> TimeLLM:
         """The same trained model on another copy of the frozen backbone (e.g. an int8 one for forecasting)."""

@@ -129,7 +129,9 @@ STAGES = (
         outputs=timellm_outputs,
         models=timellm_models,
         signal_sources=tuple(timellm_source(variant) for variant in TIMELLM_VARIANTS),
-        version=2,  # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws)
+        # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws);
+        # 3: the backbone's last block runs for the patch positions only (int8 forecasts move)
+        version=3,
         description="Time-LLM and its ablations on the same windows, seed and budget",
     ),
 )
