@@ -298,6 +298,7 @@ class TimeLLMTrainConfig(StrictModel):
     lr: float = 3e-3
     patience: int = 2
     val_windows: int = 512
+    log_every: int = 5  # steps between reads of the training loss: each read waits for the GPU
 
     def settings(self, seed: int):
         """The model layer's settings (models.timellm.training.TimeLLMTrainSettings)."""
@@ -321,10 +322,11 @@ class TimeLLMSection(StrictModel):
     channels: Literal["close", "all"] = "close"  # forecast the close only, or every field (channel-independent)
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware is fast at it
-    # The frozen backbone when forecasting: int8 (dynamic quantisation of its linear layers) or as
-    # loaded (float); auto: int8 on a CPU where the run is fp32. Training always uses the float
-    # backbone, and the stage reports how far int8 moves the forecasts from float ones.
-    forecast_backbone: Literal["auto", "int8", "float"] = "auto"
+    # The frozen backbone when forecasting: int8 (dynamic quantisation of its linear layers, CPU),
+    # bf16 (a copy with bf16 weights, under bf16 autocast) or as loaded (float); auto: int8 on a CPU
+    # where the run is fp32, bf16 on a GPU that runs bf16. Training always uses the float backbone,
+    # and the stage reports how far the cheaper backbone moves the forecasts from fp32 ones.
+    forecast_backbone: Literal["auto", "int8", "bf16", "float"] = "auto"
     batch_size: int = 32  # series per forward pass when forecasting (2 CPU cores: 32 is 17% faster than 256)
     training: TimeLLMTrainConfig = TimeLLMTrainConfig()
 
@@ -358,6 +360,7 @@ class ChronosStudentConfig(StrictModel):
     train_windows: int = 8192  # training windows the teacher labels once
     val_windows: int = 512
     eval_every: int = 50
+    log_every: int = 10  # steps between reads of the training losses: each read waits for the GPU
     patience: int = 3
 
     def settings(self, seed: int):

@@ -80,7 +80,9 @@ def test_random_length_contexts_mask_the_left(tiny_split_dir):
 def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teacher_dir, tiny_split_dir):
     split = Split.load(tiny_split_dir)
     teacher = load_pipeline(str(teacher_dir), DEVICE).model
-    settings = ChronosStudentConfig(steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10).settings(seed=5)
+    # losses are read every 4 steps and at each validation (every 10)
+    settings = ChronosStudentConfig(steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10,
+                                    log_every=4).settings(seed=5)
     reports = []
     for _ in range(2):
         student = build_student(teacher, STUDENT, seed=0)
@@ -89,6 +91,7 @@ def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teache
     assert report["best_val_match"] < 0.9 * report["initial_val_match"]  # closer to the teacher than at the start
     assert reports[0] == reports[1]  # same seed, same labels and batches, same result
     assert history[0] == {"step": 0, **{f"val_{key}": report[f"initial_val_{key}"] for key in ("match", "pinball", "loss")}}
+    assert [row["step"] for row in history if "distill_loss" in row] == list(range(1, report["steps"] + 1))
 
 
 def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config):

@@ -164,6 +164,42 @@ def test_int8_backbone_forecasts_near_fp32_with_the_same_trained_weights(backbon
     assert 0 < (approx - exact).abs().mean() < 0.1 * spread
 
 
+def test_bf16_backbone_copy_forecasts_near_fp32_and_leaves_the_float_backbone(backbone_dirs):
+    from models.device import autocast
+    from models.timellm.backbone import bf16_backbone
+
+    backbone = load_backbone(backbone_dirs["bert"], 2)
+    torch.manual_seed(0)
+    model = TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).eval()
+    halved = model.with_backbone(bf16_backbone(backbone))
+    assert all(p.dtype == torch.bfloat16 for p in halved.llm.parameters())
+    assert all(p.dtype == torch.float32 for p in model.llm.parameters())  # the copy, not the backbone training uses
+    x = torch.rand(64, 24, 1).cumsum(1) + 10
+    with torch.no_grad(), autocast(DEVICE, True):  # the CPU runs the GPU path's dtypes, slowly
+        approx = halved(x).float()
+    with torch.no_grad():
+        exact = model(x)
+    spread = (exact - exact.mean(0)).abs().mean()
+    assert 0 < (approx - exact).abs().mean() < 0.1 * spread
+
+
+def test_forecast_backbone_follows_the_device_and_precision():
+    from pipeline.config import ConfigError
+    from pipeline.stages.timellm import forecast_backbone
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert forecast_backbone("auto", cpu, False, False) == "int8"  # a CPU without bf16 units
+    assert forecast_backbone("auto", cpu, True, False) is None  # bf16 autocast on a CPU with bf16 units
+    assert forecast_backbone("auto", cuda, True, False) == "bf16"
+    assert forecast_backbone("auto", cuda, True, True) is None  # 4-bit weights already compute in bf16
+    assert forecast_backbone("auto", cuda, False, False) is None
+    assert forecast_backbone("float", cpu, False, False) is None
+    with pytest.raises(ConfigError, match="int8 dynamic quantisation runs on the CPU"):
+        forecast_backbone("int8", cuda, True, False)
+    with pytest.raises(ConfigError, match="is fp32"):
+        forecast_backbone("bf16", cuda, False, False)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_micro_batches_give_the_whole_batchs_gradient(backbone_dirs, variant):
     backbone = load_backbone(backbone_dirs["gpt2"], 2)
@@ -174,7 +210,7 @@ def test_micro_batches_give_the_whole_batchs_gradient(backbone_dirs, variant):
     for micro_batch in (10, 3):
         model.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, x, y, micro_batch, DEVICE, bf16=False)
-        gradients.append((loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}))
+        gradients.append((loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}))
     (whole_loss, whole), (micro_loss, micro) = gradients
     assert micro_loss == pytest.approx(whole_loss, rel=1e-5)
     for name, grad in whole.items():
@@ -185,7 +221,8 @@ def test_micro_batches_give_the_whole_batchs_gradient(backbone_dirs, variant):
 def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_split_dir):
     split = Split.load(tiny_split_dir)
     backbone = load_backbone(backbone_dirs["gpt2"], 2)
-    settings = TimeLLMTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64).settings(seed=3)
+    # log_every 4 does not divide the 15 steps of an epoch: the losses are also read at its end
+    settings = TimeLLMTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64, log_every=4).settings(seed=3)
     close = [list(split.panel.fields).index("close")]
     valid = split.segment("valid")
     reports = []
@@ -197,7 +234,8 @@ def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_sp
         reports.append(report["best_val_mse"])
     assert report["best_val_mse"] < before["mse"]
     assert reports[0] == reports[1]  # same seed, same batches, same result
-    assert any("timellm_train_mse" in row for row in history) and any("timellm_val_mse" in row for row in history)
+    assert [row["step"] for row in history if "timellm_train_mse" in row] == list(range(1, report["steps"] + 1))
+    assert [row["step"] for row in history if "timellm_val_mse" in row] == [15 * (epoch + 1) for epoch in range(report["epochs_run"])]
     history_values, _ = split.forecast_windows(*split_dates(split)).get(np.arange(5))
     assert forecast(model, history_values[..., close], DEVICE, bf16=False, batch_size=2).shape == (5, 4, 1)
 

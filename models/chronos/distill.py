@@ -43,13 +43,14 @@ class DistillSettings:
     train_windows: int  # training windows the teacher labels (once)
     val_windows: int
     eval_every: int  # steps between validations
+    log_every: int  # steps between reads of the training losses (each read waits for the device)
     patience: int  # validations without improvement before stopping
     seed: int
 
 
 @dataclass
 class Labelled:
-    """Windows with random context lengths and what the student learns from."""
+    """Windows with random context lengths and what the student learns from, on the training device."""
 
     inputs: torch.Tensor  # (N, L, F), NaN before each window's context start
     targets: torch.Tensor  # (N, H) true future of the target channel
@@ -72,11 +73,11 @@ def label(teacher, windows: WindowSet, items: np.ndarray, target: int, covariate
           rng: np.random.Generator, device: torch.device, what: str) -> Labelled:
     inputs, targets = random_length_inputs(windows, items, target, settings.min_context,
                                            teacher.chronos_config.context_length, rng)
+    inputs, targets = inputs.to(device), targets.to(device)
     teacher.eval()
     quantiles = []
     for start in tqdm(range(0, len(items), 256), desc=f"teacher labels {what}", leave=False):
-        batch = inputs[start : start + 256].to(device)
-        quantiles.append(model_quantiles(teacher, batch, target, covariates, windows.horizon).float().cpu())
+        quantiles.append(model_quantiles(teacher, inputs[start : start + 256], target, covariates, windows.horizon).float())
     return Labelled(inputs, targets, torch.cat(quantiles))
 
 
@@ -98,9 +99,9 @@ def pinball(quantiles: torch.Tensor, targets: torch.Tensor, levels: torch.Tensor
     return (2 * ((targets[:, None] - quantiles) * (below - levels)).abs()).mean(-1).sum(-1).mean()
 
 
-def losses(student, batch: Labelled, target: int, covariates: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def losses(student, batch: Labelled, target: int, covariates: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(teacher-matching loss, true-target pinball loss) for one batch."""
-    inputs, targets, teacher = batch.inputs.to(device), batch.targets.to(device), batch.teacher.to(device)
+    inputs, targets, teacher = batch.inputs, batch.targets, batch.teacher
     predicted = model_quantiles(student, inputs, target, covariates, targets.shape[-1])  # (B, Q, H)
     predicted, teacher, targets = scaled(student, inputs[..., target], predicted, teacher, targets)
     match = (predicted - teacher).abs().mean(-1).sum(-1).mean()
@@ -115,13 +116,11 @@ def subset(data: Labelled, items: torch.Tensor | slice) -> Labelled:
 def evaluate(student, data: Labelled, target: int, covariates: list[int], settings: DistillSettings,
              device: torch.device) -> dict[str, float]:
     student.eval()
-    sums, count = np.zeros(2), 0
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # summed on the device, read once
     for start in range(0, len(data.targets), 256):
         batch = subset(data, slice(start, start + 256))
-        match, pinball = losses(student, batch, target, covariates, device)
-        sums += np.array([match.item(), pinball.item()]) * len(batch.targets)
-        count += len(batch.targets)
-    match, pinball = sums / count
+        sums += torch.stack(losses(student, batch, target, covariates)).double() * len(batch.targets)
+    match, pinball = (sums / len(data.targets)).tolist()
     return {"match": match, "pinball": pinball, "loss": match + settings.target_weight * pinball}
 
 
@@ -152,25 +151,33 @@ def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, co
     initial = evaluate(student, val_data, target, covariates, settings, device)  # the untrained student, for reference
     history: list[dict[str, float]] = [{"step": 0, **{f"val_{key}": value for key, value in initial.items()}}]
     best, best_state, stale = {"loss": float("inf")}, None, 0
+    plan = torch.from_numpy(rng.integers(0, len(train_items), (settings.steps, settings.batch_size))).to(device)  # every step's batch
+    unread: list[torch.Tensor] = []  # (loss, match, pinball) of the steps since the last read, on the device
     progress = tqdm(range(1, settings.steps + 1), desc="distilling Chronos-2 student", leave=False)
     for step in progress:
         student.train()
-        batch = subset(train_data, torch.from_numpy(rng.integers(0, len(train_items), settings.batch_size)))
-        match, pinball = losses(student, batch, target, covariates, device)
+        match, pinball = losses(student, subset(train_data, plan[step - 1]), target, covariates)
         loss = match + settings.target_weight * pinball
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        history.append({"step": step, "distill_loss": loss.item(), "distill_match": match.item(), "distill_pinball": pinball.item()})
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-        if step % settings.eval_every and step != settings.steps:
+        unread.append(torch.stack([loss, match, pinball]).detach())
+        validating = step % settings.eval_every == 0 or step == settings.steps
+        if step % settings.log_every and not validating:
+            continue
+        rows = torch.stack(unread).tolist()
+        history += [{"step": step - len(rows) + 1 + k, "distill_loss": loss_, "distill_match": match_, "distill_pinball": pinball_}
+                    for k, (loss_, match_, pinball_) in enumerate(rows)]
+        progress.set_postfix(loss=f"{rows[-1][0]:.4f}")
+        unread = []
+        if not validating:
             continue
         scores = evaluate(student, val_data, target, covariates, settings, device)
         history.append({"step": step, **{f"val_{key}": value for key, value in scores.items()}})
         log.info("student step %d: train loss %.4f, validation loss %.4f (match %.4f, pinball %.4f)",
-                 step, loss.item(), scores["loss"], scores["match"], scores["pinball"])
+                 step, rows[-1][0], scores["loss"], scores["match"], scores["pinball"])
         if scores["loss"] < best["loss"]:
             best, best_state, stale = scores, copy.deepcopy(student.state_dict()), 0
         else:

@@ -7,6 +7,7 @@ A hub id or a local folder: GPT-2, BERT-family (the default all-MiniLM-L6-v2 shi
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
+
+from models.device import bf16_weights
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +133,10 @@ def int8_backbone(backbone: Backbone) -> Backbone:
         warnings.simplefilter("ignore")
         model = quantize_dynamic(backbone.model, {nn.Linear: per_channel_dynamic_qconfig})
     return replace(backbone, model=model)
+
+
+def bf16_backbone(backbone: Backbone) -> Backbone:
+    """A copy with bf16 weights, for forecasting under bf16 autocast on a GPU: the frozen model's
+    matmuls read its weights as they are instead of casting every one on every call. Training
+    keeps the float model (the reprogramming layers learn against it)."""
+    return replace(backbone, model=bf16_weights(copy.deepcopy(backbone.model)))

@@ -37,6 +37,7 @@ class TimeLLMTrainSettings:
     lr: float
     patience: int  # epochs without validation improvement before stopping
     val_windows: int
+    log_every: int  # steps between reads of the training loss (each read waits for the device)
     seed: int
 
 
@@ -59,20 +60,22 @@ def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: li
     """Normalised MSE/MAE over `items`, for the model and for the last-value (persistence) forecast."""
     model.eval()
     prototypes = model.text_prototypes()
-    sums = np.zeros(4)
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # summed on the device, read once
     for start in range(0, len(items), batch_size):
         x, y = windows_tensor(windows, items[start : start + batch_size], channels, device)
         with autocast(device, bf16):
             forecast = model(x, prototypes).float()
         errors = normalised_errors(forecast, y, x)
         naive = normalised_errors(x[:, -1:].expand_as(y), y, x)
-        sums += [errors.pow(2).sum().item(), errors.abs().sum().item(), naive.pow(2).sum().item(), naive.abs().sum().item()]
+        sums += torch.stack([errors.pow(2).sum(), errors.abs().sum(), naive.pow(2).sum(), naive.abs().sum()]).double()
     count = len(items) * windows.horizon * len(channels)
     return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist()))
 
 
-def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro_batch: int, device: torch.device, bf16: bool) -> float:
-    """Gradients of the batch's MSE, summed over micro-batches of `micro_batch` windows; returns the MSE.
+def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro_batch: int, device: torch.device,
+                         bf16: bool) -> torch.Tensor:
+    """Gradients of the batch's MSE, summed over micro-batches of `micro_batch` windows; returns the
+    MSE as a 0-d tensor on the device (reading it waits for the device, so the caller reads it when logging).
 
     The text prototypes (the vocabulary projection, the costliest part of a small-batch step) are
     computed once per batch and their gradient, gathered from every micro-batch, is sent back
@@ -89,7 +92,7 @@ def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro
         loss.backward()
         total += loss.detach()
     prototypes.backward(shared.grad)
-    return total.item()
+    return total
 
 
 def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int], settings: TimeLLMTrainSettings,
@@ -110,15 +113,19 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
     for epoch in range(settings.epochs):
         model.train()
         progress = tqdm(range(settings.steps_per_epoch), desc=f"{label} epoch {epoch + 1}/{settings.epochs}", leave=False)
-        for _ in progress:
+        unread: list[torch.Tensor] = []  # training losses on the device since the last read
+        for index in progress:
             x, y = windows_tensor(train, rng.integers(0, len(train), settings.batch_size), channels, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(model, x, y, settings.micro_batch, device, bf16)
+            unread.append(accumulate_gradients(model, x, y, settings.micro_batch, device, bf16))
             optimizer.step()
             schedule.step()
             step += 1
-            history.append({"step": step, f"{label}_train_mse": loss})
-            progress.set_postfix(loss=f"{loss:.4f}")
+            if step % settings.log_every == 0 or index == settings.steps_per_epoch - 1:
+                losses = torch.stack(unread).tolist()
+                history += [{"step": step - len(losses) + 1 + k, f"{label}_train_mse": loss} for k, loss in enumerate(losses)]
+                progress.set_postfix(loss=f"{losses[-1]:.4f}")
+                unread = []
         scores = evaluate(model, valid, val_items, channels, device, bf16, settings.micro_batch)
         history.append({"step": step, f"{label}_val_mse": scores["mse"], f"{label}_val_mae": scores["mae"]})
         log.info("%s epoch %d: train MSE %.4f, validation MSE %.4f (persistence %.4f)", label, epoch + 1,
@@ -145,9 +152,9 @@ def forecast(model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: boo
     """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units."""
     model.eval()
     prototypes = model.text_prototypes()  # fixed weights: project the vocabulary once
-    outputs = []
+    outputs = []  # kept on the device and copied back once, so the batches do not wait for each other
     for start in tqdm(range(0, len(inputs), batch_size), desc=label, leave=False):
         x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(device)
         with autocast(device, bf16):
-            outputs.append(model(x, prototypes).float().cpu().numpy())
-    return np.concatenate(outputs)
+            outputs.append(model(x, prototypes).float())
+    return torch.cat(outputs).cpu().numpy()

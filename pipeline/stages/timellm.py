@@ -24,7 +24,7 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 
     from models.device import bf16_is_fast, pick_device
     from models.timellm import TimeLLM, TimeLLMConfig
-    from models.timellm.backbone import DEFAULT_BACKBONE, int8_backbone, load_backbone
+    from models.timellm.backbone import DEFAULT_BACKBONE, bf16_backbone, int8_backbone, load_backbone
     from models.timellm.training import fit, forecast, normalised_errors
 
     section = config.timellm
@@ -38,21 +38,20 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     model_options = {"backbone": DEFAULT_BACKBONE, **section.model}
     base = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, **model_options)
     backbone = load_backbone(base.backbone, base.llm_layers, base.trust_remote_code, base.load_in_4bit, device)
-    if section.forecast_backbone == "int8" and device.type != "cpu":
-        raise ConfigError(f"timellm.forecast_backbone is int8 but timellm.device is {device}: int8 dynamic quantisation runs on "
-                          "the CPU; set it to auto or float")
-    int8 = section.forecast_backbone == "int8" or (section.forecast_backbone == "auto" and device.type == "cpu" and not bf16)
+    cheaper = forecast_backbone(section.forecast_backbone, device, bf16, base.load_in_4bit)
+    make_cheaper = {"int8": int8_backbone, "bf16": bf16_backbone}.get(cheaper)
 
     series = split.forecast_inputs(*config.split.test)
     known = series.segment_rows("test")
     test_set = split.segment("test")
     test_inputs, test_targets = (torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set))))
     persistence = normalised_errors(test_inputs[:, -1:].expand_as(test_targets), test_targets, test_inputs)
-    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16), "backbone_int8": float(int8),
+    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16),
+                                 "backbone_int8": float(cheaper == "int8"), "backbone_bf16": float(cheaper == "bf16"),
                                  "persistence_test_mse": persistence.pow(2).mean().item(), "persistence_test_mae": persistence.abs().mean().item()}
     history: list[dict[str, float]] = []
     summary = [f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}"
-               f"{', int8 backbone for forecasts' if int8 else ''}): "
+               f"{f', {cheaper} backbone for forecasts' if cheaper else ''}): "
                f"{len(split.windows['train']):,} train windows, {len(series):,} test series",
                f"{'source':<22}{'trainable':>11}{'frozen':>11}{'val MSE':>9}{'test MSE':>10}{'test MAE':>10}{'train s':>9}"]
     artifacts = []
@@ -64,12 +63,13 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         steps, report = fit(model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name)
         history += steps
         forecaster = model
-        if int8 and variant == "llm":  # the only variant that runs the backbone's layers
-            forecaster = model.with_backbone(int8_backbone(backbone))
-            change = int8_change(model, forecaster, series, channels, close_channel, section.batch_size)
-            metrics.update({f"{name}_int8_{key}": value for key, value in change.items()})
-            summary.insert(1, f"{name} forecasts with an int8 backbone: on {INT8_CHECK_SERIES} test series the forecast moves by "
-                              f"{change['mean_abs_change']:.4f} (normalised close) and its score correlates {change['score_correlation']:.4f} with fp32")
+        if make_cheaper and variant == "llm":  # the only variant that runs the backbone's layers
+            forecaster = model.with_backbone(make_cheaper(backbone))
+            change = forecast_change(model, forecaster, series, channels, close_channel, section.batch_size, device, bf16)
+            metrics.update({f"{name}_{cheaper}_{key}": value for key, value in change.items()})
+            summary.insert(1, f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series the forecast moves by "
+                              f"{change['mean_abs_change']:.4f} (normalised close) from fp32 and its score correlates "
+                              f"{change['score_correlation']:.4f} with fp32's")
         started = time.perf_counter()
         predicted = forecast(forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
         seconds = time.perf_counter() - started
@@ -94,20 +94,39 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, *artifacts], history=history)
 
 
-INT8_CHECK_SERIES = 512  # test series forecast with both backbones to report what int8 changes
+CHANGE_CHECK_SERIES = 512  # test series forecast with both backbones to report what the cheaper one changes
 
 
-def int8_change(model, quantised, series, channels: list[int], close_channel: int, batch_size: int) -> dict[str, float]:
-    """How far the int8 backbone moves the forecasts from the float one on the same test series (spread over the segment)."""
-    import torch
+def forecast_backbone(choice: str, device, bf16: bool, load_in_4bit: bool) -> str | None:
+    """The backbone copy forecasts run on: int8, bf16, or None for the backbone as loaded.
 
+    auto: int8 on a CPU where the run is fp32 (no bf16 units); bf16 weights on a GPU that runs
+    bf16 autocast (a 4-bit backbone already computes in bf16).
+    """
+    if choice == "int8" and device.type != "cpu":
+        raise ConfigError(f"timellm.forecast_backbone is int8 but timellm.device is {device}: int8 dynamic quantisation runs on "
+                          "the CPU; set it to auto or float")
+    if choice == "bf16" and (not bf16 or load_in_4bit):
+        raise ConfigError("timellm.forecast_backbone is bf16 but the run " + ("loads the backbone in 4 bits" if load_in_4bit else
+                          "is fp32 (timellm.precision)") + ": set it to auto or float")
+    if choice == "auto":
+        if device.type == "cpu" and not bf16:
+            return "int8"
+        return "bf16" if device.type == "cuda" and bf16 and not load_in_4bit else None
+    return None if choice == "float" else choice
+
+
+def forecast_change(model, cheaper, series, channels: list[int], close_channel: int, batch_size: int, device, bf16: bool) -> dict[str, float]:
+    """How far the cheaper backbone moves the forecasts from fp32 ones on the same test series (spread over the segment).
+
+    int8 runs on the CPU in fp32; a bf16 copy runs under the run's bf16 autocast.
+    """
     from models.timellm.training import forecast
 
-    rows = np.linspace(0, len(series) - 1, min(INT8_CHECK_SERIES, len(series))).astype(int)
+    rows = np.linspace(0, len(series) - 1, min(CHANGE_CHECK_SERIES, len(series))).astype(int)
     values = series.values[rows][..., channels]
-    cpu = torch.device("cpu")
-    exact = forecast(model, values, cpu, False, batch_size, label="fp32 check")[..., close_channel]
-    approx = forecast(quantised, values, cpu, False, batch_size, label="int8 check")[..., close_channel]
+    exact = forecast(model, values, device, False, batch_size, label="fp32 check")[..., close_channel]
+    approx = forecast(cheaper, values, device, bf16, batch_size, label="cheaper backbone check")[..., close_channel]
     scale = values[..., close_channel].std(axis=1, keepdims=True) + 1e-8  # the model's normalised units
     last_close = series.last("close")[rows]
     return {"mean_abs_change": float(np.mean(np.abs(approx - exact) / scale)),
