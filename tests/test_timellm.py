@@ -148,6 +148,15 @@ def test_save_and_load_round_trip(backbone_dirs, tmp_path):
         TimeLLM.from_pretrained(tmp_path / "saved")
 
 
+def test_a_backbone_of_another_depth_is_refused(backbone_dirs, tmp_path):
+    backbone = load_backbone(backbone_dirs["bert"], 2)
+    TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).save_pretrained(tmp_path / "saved")  # trained with llm_layers=2
+    with pytest.raises(ValueError, match=r"keeps 3 of its 3 blocks but this model runs 2 \(llm_layers=2\)"):
+        TimeLLM.from_pretrained(tmp_path / "saved", load_backbone(backbone_dirs["bert"], 3))
+    TimeLLM(tiny_config(backbone_dirs["bert"], llm_layers=5), load_backbone(backbone_dirs["bert"], 5))  # all 3 it has: fine
+    TimeLLM(tiny_config(backbone_dirs["bert"], "no_llm"), load_backbone(backbone_dirs["bert"], 3))  # runs none of them
+
+
 def test_int8_backbone_forecasts_near_fp32_with_the_same_trained_weights(backbone_dirs):
     backbone = load_backbone(backbone_dirs["bert"], 2)
     torch.manual_seed(0)

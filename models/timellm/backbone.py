@@ -34,6 +34,8 @@ class Backbone:
     tokenizer: object
     width: int
     max_positions: int | None  # absolute position limit of the model, if it has one
+    blocks: int  # blocks kept
+    pretrained_blocks: int  # blocks the pretrained model has
 
 
 def bundled_minilm_path() -> Path:
@@ -59,7 +61,8 @@ def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if layers < 1:
         raise ValueError(f"timellm.llm_layers must be at least 1, got {layers}")
-    config.num_hidden_layers = min(layers, config.num_hidden_layers)
+    pretrained_blocks = config.num_hidden_layers
+    config.num_hidden_layers = min(layers, pretrained_blocks)
     options: dict = {"config": config, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
         if device is None or device.type != "cuda":
@@ -81,7 +84,8 @@ def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_
     model.eval().requires_grad_(False)
     log.info("backbone %s: %d layers of width %d, %.1fM frozen parameters", name, config.num_hidden_layers,
              config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6)
-    return Backbone(model, tokenizer, config.hidden_size, getattr(config, "max_position_embeddings", None))
+    return Backbone(model, tokenizer, config.hidden_size, getattr(config, "max_position_embeddings", None),
+                    config.num_hidden_layers, pretrained_blocks)
 
 
 def last_hidden_states(model: nn.Module, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,

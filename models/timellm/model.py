@@ -64,6 +64,11 @@ class TimeLLM(nn.Module):
         super().__init__()
         if backbone is None:
             backbone = load_backbone(config.backbone, config.llm_layers, config.trust_remote_code, config.load_in_4bit)
+        expected_blocks = min(config.llm_layers, backbone.pretrained_blocks)
+        if config.variant == "llm" and backbone.blocks != expected_blocks:
+            raise ValueError(f"the backbone keeps {backbone.blocks} of its {backbone.pretrained_blocks} blocks but this model runs "
+                             f"{expected_blocks} (llm_layers={config.llm_layers}): load it with "
+                             f"load_backbone({config.backbone!r}, {config.llm_layers})")
         if config.d_ff > backbone.width:
             raise ValueError(f"d_ff ({config.d_ff}) is wider than the backbone ({backbone.width}): lower timellm.d_ff")
         self.config = config
