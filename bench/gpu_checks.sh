@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Kronos GPU issue's figures in one device call (each command capped; about 10 minutes at most).
+# On the GPU machine, from the project root, after ../shared/gpu/README.md's install line:
+#   bash .whl/install.sh .whl || exit 1; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; bash bench/gpu_checks.sh
+# Every figure also goes to $OUT/gpu_checks.txt when $OUT is set.
+set -uo pipefail
+log="${OUT:-/tmp}/gpu_checks.txt"
+check() { echo "\$ $*" | tee -a "$log"; timeout 170 "$@" 2>/dev/null | tee -a "$log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
+check python bench/kronos_inference.py --device cuda --bf16 --long-series 8 --short-series 300  # decoding, bf16 weights
+check python bench/kronos_inference.py --device cuda --long-series 8 --short-series 300  # the same in fp32
+check python bench/kronos_signals.py --device cuda --series 92000 --batch-size 2048  # a CSI300 test year, target < 20 s
+check python bench/train_kronos.py --device cuda --predictor small --batch-size 256 --steps 50  # target >= 10,000 windows/s
