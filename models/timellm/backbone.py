@@ -94,7 +94,7 @@ def last_hidden_states(model: nn.Module, embeddings: torch.Tensor, mask: torch.T
 
     mask (N, T) marks real tokens; positions (N, T) are their position ids. A BERT-family encoder
     runs its last block for the kept positions only (the others still serve as its keys and
-    values): nothing reads the rest, and with 44 prompt and 12 patch positions that block is a
+    values): nothing reads the rest, and with 44 prompt and 7 patch positions that block is a
     third of a 3-block model's work. Any other model runs whole.
     """
     if getattr(model.config, "model_type", None) != "bert" or model.config.is_decoder:
