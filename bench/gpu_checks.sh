@@ -2,10 +2,14 @@
 # The Kronos GPU issue's figures in one device call (each command capped; about 10 minutes at most).
 # On the GPU machine, from the project root, after ../shared/gpu/README.md's install line:
 #   bash .whl/install.sh .whl || exit 1; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; bash bench/gpu_checks.sh
-# Every figure also goes to $OUT/gpu_checks.txt when $OUT is set.
+# Every figure also goes to $OUT/gpu_checks.txt when $OUT is set; errors and progress bars to gpu_checks.err.
 set -uo pipefail
 log="${OUT:-/tmp}/gpu_checks.txt"
-check() { echo "\$ $*" | tee -a "$log"; timeout 170 "$@" 2>/dev/null | tee -a "$log"; }
+check() {
+  echo "\$ $*" | tee -a "$log"
+  timeout 170 "$@" 2>>"${log%.txt}.err" | tee -a "$log"
+  echo "exit status ${PIPESTATUS[0]}" | tee -a "$log"
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
 check python bench/kronos_inference.py --device cuda --bf16 --long-series 8 --short-series 300  # decoding, bf16 weights
 check python bench/kronos_inference.py --device cuda --long-series 8 --short-series 300  # the same in fp32
