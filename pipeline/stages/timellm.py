@@ -62,17 +62,17 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         counts = model.parameter_counts()
         steps, report = fit(model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name)
         history += steps
-        forecaster = model
-        if make_cheaper and variant == "llm":  # the only variant that runs the backbone's layers
-            forecaster = model.with_backbone(make_cheaper(backbone))
-            change = forecast_change(model, forecaster, series, channels, close_channel, section.batch_size, device, bf16)
+        cheaper_forecasts = make_cheaper and variant == "llm"  # the only variant that runs the backbone's layers
+        forecaster = model.with_backbone(make_cheaper(backbone)) if cheaper_forecasts else model
+        started = time.perf_counter()
+        predicted = forecast(forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
+        seconds = time.perf_counter() - started
+        if cheaper_forecasts:
+            change = forecast_change(model, predicted[..., close_channel], series, channels, close_channel, section.batch_size, device)
             metrics.update({f"{name}_{cheaper}_{key}": value for key, value in change.items()})
             summary.insert(1, f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series the forecast moves by "
                               f"{change['mean_abs_change']:.4f} (normalised close) from fp32 and its score correlates "
                               f"{change['score_correlation']:.4f} with fp32's")
-        started = time.perf_counter()
-        predicted = forecast(forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
-        seconds = time.perf_counter() - started
         errors = normalised_errors(torch.from_numpy(predicted[known]), test_targets, test_inputs)
         score = expected_return(predicted[..., close_channel], series.last("close"))
         write_signal_table(make_signal_table(series.days, series.instruments, score, None, name), out / signal_path(name))
@@ -116,17 +116,16 @@ def forecast_backbone(choice: str, device, bf16: bool, load_in_4bit: bool) -> st
     return None if choice == "float" else choice
 
 
-def forecast_change(model, cheaper, series, channels: list[int], close_channel: int, batch_size: int, device, bf16: bool) -> dict[str, float]:
-    """How far the cheaper backbone moves the forecasts from fp32 ones on the same test series (spread over the segment).
-
-    int8 runs on the CPU in fp32; a bf16 copy runs under the run's bf16 autocast.
-    """
+def forecast_change(model, forecast_close: np.ndarray, series, channels: list[int], close_channel: int, batch_size: int,
+                    device) -> dict[str, float]:
+    """How far the forecasts the stage made with the cheaper backbone (forecast_close (N, H)) are from
+    the float model's in fp32, on test series spread over the segment."""
     from models.timellm.training import forecast
 
     rows = np.linspace(0, len(series) - 1, min(CHANGE_CHECK_SERIES, len(series))).astype(int)
     values = series.values[rows][..., channels]
     exact = forecast(model, values, device, False, batch_size, label="fp32 check")[..., close_channel]
-    approx = forecast(cheaper, values, device, bf16, batch_size, label="cheaper backbone check")[..., close_channel]
+    approx = forecast_close[rows]
     scale = values[..., close_channel].std(axis=1, keepdims=True) + 1e-8  # the model's normalised units
     last_close = series.last("close")[rows]
     return {"mean_abs_change": float(np.mean(np.abs(approx - exact) / scale)),
