@@ -1,14 +1,16 @@
 """Kronos signals throughput: the signals stage's forecast call at the scale of a CSI300 test year.
 
-    python bench/kronos_signals.py [--device cpu|cuda] [--series 92000] [--batch-size 512] [--fp32]
+    python bench/kronos_signals.py [--device cpu|cuda] [--series 92000] [--batch-size 512] [--fp32] [--compile]
 
 Random-weight Kronos-small and tokenizer-base, random-walk bars, context 90 -> 10 bars, 5 paths
 per series at T 0.6 and top-p 0.9 with one seed per series, as `kronos_signals` forecasts every
 (day, instrument): `KronosPredictor.forecast`, the tokenizer's encode and decode included (bf16
 weights on a CUDA GPU with bf16 unless --fp32). Prints series/s, the time for `--series` series
 and the GPU issue's target (one CSI300 test year, about 92,000 series, under 20 s). One warm-up
-batch runs first, so CUDA start-up and kernel selection are not counted. On a 2-core CPU use
-e.g. --series 512.
+batch runs first, so CUDA start-up and kernel selection are not counted (with --compile, the
+compiled decoding steps of `kronos.inference.compile_decoding`, a last batch of another size
+compiles again inside the timed run, as it would in the stage). On a 2-core CPU use e.g.
+--series 512.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=CSI300_YEAR_SERIES)
     parser.add_argument("--batch-size", type=int, default=512, help="series per forward pass (kronos.inference.batch_size)")
     parser.add_argument("--fp32", action="store_true", help="fp32 weights on a GPU too")
+    parser.add_argument("--compile", action="store_true", help="compiled decoding steps (kronos.inference.compile_decoding)")
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
-    predictor = KronosPredictor(Kronos(**KRONOS_SMALL), KronosTokenizer(**TOKENIZER_BASE), device=device, bf16=False if args.fp32 else None)
+    predictor = KronosPredictor(Kronos(**KRONOS_SMALL), KronosTokenizer(**TOKENIZER_BASE), device=device,
+                                 bf16=False if args.fp32 else None, compile_decoding=args.compile)
     rng = np.random.default_rng(0)
     bars = random_bars(args.series, rng)
     days = pd.bdate_range("2025-01-02", periods=LOOKBACK + HORIZON).values
@@ -69,7 +73,7 @@ def main() -> None:
     seconds = run(args.series)
     rate = args.series / seconds
     print(f"Kronos-small + tokenizer-base, random weights, {device}, {'bf16' if predictor.dtype == torch.bfloat16 else 'fp32'} weights, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+          f"{'compiled' if args.compile else 'eager'} decoding steps, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
     print(f"{args.series:,} series x {PATHS} paths, {LOOKBACK} -> {HORIZON}: {seconds:.2f} s, {rate:,.0f} series/s; "
           f"a CSI300 test year ({CSI300_YEAR_SERIES:,} series) at this rate: {CSI300_YEAR_SERIES / rate:.1f} s (target {TARGET_SECONDS:.0f} s)")
 

@@ -233,6 +233,9 @@ class KronosInferenceConfig(StrictModel):
     max_context: int = 512  # token window; longer contexts are cut from the left
     batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
     nproc: int = 1  # >1: shard the series over this many processes (torchrun) and merge
+    # torch.compile each decoding step (fused kernels, fewer operator calls): 15-25 s per batch
+    # shape on a 2-core CPU and no faster there; unmeasured on a GPU (bench/gpu_checks.sh).
+    compile_decoding: bool = False
 
 
 class KronosPartConfig(StrictModel):

@@ -23,6 +23,14 @@ from models.kronos.predictor import KronosPredictor
 from models.kronos.tokenizer import KronosTokenizer
 
 
+def load_predictor(spec: dict, device: str) -> KronosPredictor:
+    """The predictor a forecast spec (the signals stage's) describes, on `device`."""
+    return KronosPredictor(
+        Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]), device=device,
+        max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"], compile_decoding=spec["compile_decoding"],
+    )
+
+
 def forecast_shard(inputs: Path, out_dir: Path, spec: dict) -> Path:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = spec["device"]
@@ -31,10 +39,7 @@ def forecast_shard(inputs: Path, out_dir: Path, spec: dict) -> Path:
 
         if torch.cuda.is_available():
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    predictor = KronosPredictor(
-        Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
-        device=device, max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"],
-    )
+    predictor = load_predictor(spec, device)
     data = np.load(inputs)
     index = np.arange(len(data["history"]))[rank::world]
     forecast = predictor.forecast(

@@ -41,8 +41,10 @@ class Forecast:
 
 
 class KronosPredictor:
-    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5, bf16: bool | None = None):
-        """bf16: run both models with bf16 weights; None = on CUDA GPUs that support bf16."""
+    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5, bf16: bool | None = None,
+                 compile_decoding: bool = False):
+        """bf16: run both models with bf16 weights; None = on CUDA GPUs that support bf16.
+        compile_decoding: compile each decoding step (generation.DecodeStep), seconds per batch shape."""
         self.device = pick_device("auto" if device is None else str(device))
         if bf16 is None:
             bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -52,7 +54,7 @@ class KronosPredictor:
             bf16_weights(self.model)
             bf16_weights(self.tokenizer)
         self.dtype = self.model.head.proj_s1.weight.dtype
-        self.max_context, self.clip = max_context, clip
+        self.max_context, self.clip, self.compile_decoding = max_context, clip, compile_decoding
         self._samplers: dict[Sampling, CachedSampler] = {}  # their buffers (and CUDA graphs) are reused across batches
 
     def forecast(
@@ -100,7 +102,7 @@ class KronosPredictor:
         scaled = np.clip((x - mean) / (std + 1e-5), -self.clip, self.clip)
         stamps = torch.from_numpy(np.concatenate([np.stack(x_stamps), np.stack(y_stamps)], axis=1)).to(self.device)
         if sampling not in self._samplers:
-            self._samplers[sampling] = CachedSampler(self.model, self.max_context, sampling)
+            self._samplers[sampling] = CachedSampler(self.model, self.max_context, sampling, compile=self.compile_decoding)
         with without_cudnn_attention(self.device):
             s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device, self.dtype), half=True)
             path_seeds = None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]

@@ -75,17 +75,11 @@ def predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult
 
 def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, work: Path) -> np.ndarray:
     """Sample paths (N, samples, horizon, fields) in this process, or sharded over torchrun."""
-    from models.kronos.forecast_cli import merge_shards
+    from models.kronos.forecast_cli import load_predictor, merge_shards
     from models.kronos.generation import Sampling
-    from models.kronos.model import Kronos
-    from models.kronos.predictor import KronosPredictor
-    from models.kronos.tokenizer import KronosTokenizer
 
     if nproc <= 1:
-        predictor = KronosPredictor(
-            Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]),
-            device=spec["device"], max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"],
-        )
+        predictor = load_predictor(spec, spec["device"])
         return predictor.forecast(
             list(history), list(x_stamps), list(y_stamps), spec["pred_len"], Sampling(**spec["sampling"]),
             spec["sample_count"], seeds.tolist(), spec["batch_size"], verbose=True,
@@ -124,6 +118,7 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         "sampling": asdict(Sampling(settings.temperature, settings.top_k, settings.top_p)),
         "sample_count": settings.sample_count,
         "batch_size": settings.batch_size,
+        "compile_decoding": settings.compile_decoding,
     }
     started = time.perf_counter()
     paths = forecast_paths(series.values, time_features(series.input_dates()), time_features(series.future_days()),
