@@ -93,6 +93,20 @@ def test_tokenizer_is_causal():
         assert torch.equal(a[:, :30], b[:, :30])
 
 
+@torch.no_grad()
+def test_decoding_paths_after_a_shared_context_equals_decoding_whole_windows():
+    """decode_paths runs each series' context once for all its paths (the decoder is causal)."""
+    torch.manual_seed(0)
+    tokenizer = KronosTokenizer(**TINY_TOKENIZER).eval()
+    vocab_s1, vocab_s2 = 2**tokenizer.s1_bits, 2**tokenizer.s2_bits
+    for context_len, new_len, paths in ((30, 5, 3), (1, 4, 1), (12, 1, 4)):
+        context = [torch.randint(0, vocab, (2, context_len)) for vocab in (vocab_s1, vocab_s2)]
+        new = [torch.randint(0, vocab, (2 * paths, new_len)) for vocab in (vocab_s1, vocab_s2)]
+        windows = [torch.cat([c.repeat_interleave(paths, 0), n], 1) for c, n in zip(context, new)]
+        expected = tokenizer.decode(windows, half=True)[:, -new_len:]
+        torch.testing.assert_close(tokenizer.decode_paths(context, new, paths), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_predictor_is_causal_for_both_heads():
     model = Kronos(**TINY_PREDICTOR).eval()
     s1, s2 = torch.randint(0, 16, (2, 2, 40))

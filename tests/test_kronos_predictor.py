@@ -86,6 +86,14 @@ def test_nan_input_is_rejected():
         kronos.predict(df, x_time, y_time, pred_len=5, verbose=False)
 
 
+def test_horizon_must_leave_room_for_context_in_the_window():
+    import pytest
+
+    df, x_time, y_time = frame(20)
+    with pytest.raises(ValueError, match="pred_len 5 must be shorter than max_context 5"):
+        predictor(max_context=5).predict(df, x_time, y_time, pred_len=5, verbose=False)
+
+
 def test_out_of_memory_halves_the_batch(monkeypatch):
     from models.kronos.batches import time_features
 

@@ -7,7 +7,8 @@ sampler), and the window's last `pred_len` bars decoded back and de-normalised.
 
 New on top: `forecast` takes many series at once (grouped by length, so no padding is needed),
 returns every sample path in price space (B, samples, pred_len, fields) and quantiles, uses
-per-series seeds, and halves its batch on out-of-memory.
+per-series seeds, and halves its batch on out-of-memory. The tokenizer's decoder is causal, so
+each series' context is decoded once for all its sample paths.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class KronosPredictor:
         batch_size: int = 256,
         verbose: bool = False,
     ) -> Forecast:
+        if pred_len >= self.max_context:
+            raise ValueError(f"pred_len {pred_len} must be shorter than max_context {self.max_context}: "
+                             "every decoded window holds max_context tokens, context included")
         paths = np.empty((len(series), sample_count, pred_len, len(FIELDS)), dtype=np.float32)
         groups: dict[int, list[int]] = {}
         for index, values in enumerate(series):
@@ -107,10 +111,8 @@ class KronosPredictor:
             s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device, self.dtype), half=True)
             path_seeds = None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
             new_s1, new_s2 = self._samplers[sampling](s1, s2, stamps, pred_len, path_seeds, sample_count)
-            all_s1 = torch.cat([s1.repeat_interleave(sample_count, 0), new_s1], dim=1)
-            all_s2 = torch.cat([s2.repeat_interleave(sample_count, 0), new_s2], dim=1)
-            start = max(0, all_s1.shape[1] - self.max_context)
-            decoded = self.tokenizer.decode([all_s1[:, start:], all_s2[:, start:]], half=True)[:, -pred_len:]
+            start = max(0, s1.shape[1] + pred_len - self.max_context)  # the decoded window holds max_context tokens
+            decoded = self.tokenizer.decode_paths([s1[:, start:], s2[:, start:]], [new_s1, new_s2], sample_count)
         decoded = decoded.float().cpu().numpy().reshape(len(series), sample_count, pred_len, -1)
         return decoded * (std[:, None] + 1e-5) + mean[:, None]
 

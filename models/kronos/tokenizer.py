@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from models.kronos.hub import StrictHubMixin
-from models.kronos.layers import TransformerBlock, attention_mask
+from models.kronos.layers import LayerCache, TransformerBlock, attention_mask
 from models.kronos.quantizer import BSQuantizer
 
 
@@ -58,11 +58,14 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
         self.head = nn.Linear(d_model, d_in)
 
     @staticmethod
-    def _run(layers: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(h.shape[1], device=h.device)
-        mask = attention_mask(positions, positions, None)
-        for layer in layers:
-            h = layer(h, positions, mask)
+    def _run(layers: nn.ModuleList, h: torch.Tensor, start: int = 0, caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """h (B, T, D) at positions start .. start + T - 1 through causal `layers`; with `caches`
+        (one LayerCache per layer) earlier positions' keys and values are reused and extended."""
+        positions = torch.arange(start, start + h.shape[1], device=h.device)
+        key_positions = torch.arange(start + h.shape[1], device=h.device) if caches is not None else positions
+        mask = attention_mask(positions, key_positions, None)
+        for index, layer in enumerate(layers):
+            h = layer(h, positions, mask, None if caches is None else caches[index])
         return h
 
     def _latent(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_in) -> (B, T, bits)
@@ -97,6 +100,22 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
     def decode(self, ids, half: bool = False) -> torch.Tensor:
         """Token ids (see encode) -> fine reconstruction (B, T, d_in)."""
         return self.decode_codes(self.ids_to_codes(ids, half))
+
+    def decode_paths(self, context_ids, path_ids, paths: int) -> torch.Tensor:
+        """Fine reconstruction of sampled positions only: (B * paths, T_new, d_in).
+
+        context_ids [s1, s2] (B, T_ctx) precede each of their series' `paths` rows of path_ids
+        [s1, s2] (B * paths, T_new) (rows b * paths .. b * paths + paths - 1). The decoder is
+        causal, so each series' context runs once and its keys and values serve all its paths:
+        the result equals decoding every path's whole window and keeping its last T_new positions.
+        """
+        context_len = context_ids[0].shape[1]
+        caches = [LayerCache(context_len + path_ids[0].shape[1]) for _ in self.decoder]
+        self._run(self.decoder, self.post_quant_embed(self.ids_to_codes(context_ids, half=True)), caches=caches)
+        for cache in caches:
+            cache.repeat_interleave(paths)
+        hidden = self.post_quant_embed(self.ids_to_codes(path_ids, half=True))
+        return self.head(self._run(self.decoder, hidden, start=context_len, caches=caches))
 
 
 def _unpack(ids: torch.Tensor, bits: int) -> torch.Tensor:

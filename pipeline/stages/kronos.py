@@ -170,7 +170,9 @@ STAGES = (
         "kronos_signals", signals, needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
-        version=4,  # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights
+        # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;
+        # 5: the tokenizer decodes each context once for all its paths (rounding-level changes)
+        version=5,
         signal_sources=("kronos",),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
     ),
