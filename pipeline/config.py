@@ -504,6 +504,13 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _kronos_window_holds_the_horizon(self) -> PipelineConfig:
+        if self.kronos.inference.max_context <= self.split.horizon:
+            raise ValueError(f"kronos.inference.max_context is {self.kronos.inference.max_context} but split.horizon is "
+                             f"{self.split.horizon}: the token window must hold the horizon and some context; raise max_context")
+        return self
+
+    @model_validator(mode="after")
     def _timellm_sources_are_trained(self) -> PipelineConfig:
         missing = [name for name in self.signals.sources if name.startswith("timellm")
                    and name not in {timellm_source(variant) for variant in self.timellm.variants}]

@@ -40,6 +40,11 @@ def test_segments_must_be_in_time_order():
         load_config(overrides=["split.valid=[2009-09-01, 2009-10-01]"])
 
 
+def test_kronos_window_must_hold_the_horizon():
+    with pytest.raises(ConfigError, match="kronos.inference.max_context is 5 but split.horizon is 5"):
+        load_config(overrides=["kronos.inference.max_context=5"])
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lookback"])
