@@ -177,3 +177,18 @@ class TransformerBlock(nn.Module):
         h = self.norm1(x)
         x = x + self.self_attn(h, h, positions, positions, mask, cache)
         return x + self.ffn(self.norm2(x))
+
+
+def run_causal(blocks: nn.ModuleList, x: torch.Tensor, start: int = 0, caches: list[LayerCache] | None = None,
+               key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, T, D) at positions start .. start + T - 1 through causal TransformerBlocks.
+
+    With `caches` (one LayerCache per block) earlier positions' keys and values are reused and
+    extended, so T new positions cost T positions of work. key_padding: see attention_mask.
+    """
+    positions = torch.arange(start, start + x.shape[1], device=x.device)
+    key_positions = torch.arange(start + x.shape[1], device=x.device) if caches is not None else positions
+    mask = attention_mask(positions, key_positions, key_padding)
+    for index, block in enumerate(blocks):
+        x = block(x, positions, mask, None if caches is None else caches[index])
+    return x

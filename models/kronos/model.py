@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.kronos.hub import StrictHubMixin
-from models.kronos.layers import LayerCache, MultiHeadAttention, RMSNorm, TransformerBlock, attention_mask
+from models.kronos.layers import LayerCache, MultiHeadAttention, RMSNorm, TransformerBlock, attention_mask, run_causal
 
 TIME_FEATURES = ("minute", "hour", "weekday", "day", "month")
 TIME_FEATURE_SIZES = (60, 24, 7, 32, 13)
@@ -153,13 +153,7 @@ class Kronos(nn.Module, StrictHubMixin):
         x = self.embedding(s1_ids, s2_ids)
         if stamp is not None:
             x = x + self.time_emb(stamp)
-        x = self.token_drop(x)
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        key_positions = torch.arange(start + x.shape[1], device=x.device) if caches is not None else positions
-        mask = attention_mask(positions, key_positions, padding_mask)
-        for index, block in enumerate(self.transformer):
-            x = block(x, positions, mask, caches[index] if caches is not None else None)
-        return self.norm(x)
+        return self.norm(run_causal(self.transformer, self.token_drop(x), start, caches, padding_mask))
 
     def decode_s2(self, context, s1_ids, padding_mask=None):
         """s2 logits given the context (B, T, D) and s1 ids.

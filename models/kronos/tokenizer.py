@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from models.kronos.hub import StrictHubMixin
-from models.kronos.layers import LayerCache, TransformerBlock, attention_mask
+from models.kronos.layers import LayerCache, TransformerBlock, run_causal
 from models.kronos.quantizer import BSQuantizer
 
 
@@ -57,24 +57,13 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
         self.decoder = blocks(n_dec_layers)
         self.head = nn.Linear(d_model, d_in)
 
-    @staticmethod
-    def _run(layers: nn.ModuleList, h: torch.Tensor, start: int = 0, caches: list[LayerCache] | None = None) -> torch.Tensor:
-        """h (B, T, D) at positions start .. start + T - 1 through causal `layers`; with `caches`
-        (one LayerCache per layer) earlier positions' keys and values are reused and extended."""
-        positions = torch.arange(start, start + h.shape[1], device=h.device)
-        key_positions = torch.arange(start + h.shape[1], device=h.device) if caches is not None else positions
-        mask = attention_mask(positions, key_positions, None)
-        for index, layer in enumerate(layers):
-            h = layer(h, positions, mask, None if caches is None else caches[index])
-        return h
-
     def _latent(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_in) -> (B, T, bits)
-        return self.quant_embed(self._run(self.encoder, self.embed(x)))
+        return self.quant_embed(run_causal(self.encoder, self.embed(x)))
 
     def decode_codes(self, codes: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Codes (B, T, s1+s2 bits) -> reconstruction (B, T, d_in), from s1 alone if coarse."""
         hidden = self.post_quant_embed_pre(codes[..., : self.s1_bits]) if coarse else self.post_quant_embed(codes)
-        return self.head(self._run(self.decoder, hidden))
+        return self.head(run_causal(self.decoder, hidden))
 
     def forward(self, x: torch.Tensor):
         """x: (B, T, d_in) -> ((coarse, fine) reconstructions, bsq_loss, codes, ids)."""
@@ -111,11 +100,11 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
         """
         context_len = context_ids[0].shape[1]
         caches = [LayerCache(context_len + path_ids[0].shape[1]) for _ in self.decoder]
-        self._run(self.decoder, self.post_quant_embed(self.ids_to_codes(context_ids, half=True)), caches=caches)
+        run_causal(self.decoder, self.post_quant_embed(self.ids_to_codes(context_ids, half=True)), caches=caches)
         for cache in caches:
             cache.repeat_interleave(paths)
         hidden = self.post_quant_embed(self.ids_to_codes(path_ids, half=True))
-        return self.head(self._run(self.decoder, hidden, start=context_len, caches=caches))
+        return self.head(run_causal(self.decoder, hidden, start=context_len, caches=caches))
 
 
 def _unpack(ids: torch.Tensor, bits: int) -> torch.Tensor:
