@@ -95,10 +95,12 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
     wide = lambda values: pd.DataFrame(values, index=scores.index)  # noqa: E731
     import vectorbt as vbt
 
+    # init_cash as one contiguous value per group: a scalar would reach numba as a strided array,
+    # a second signature of vectorbt's simulation that a fresh install compiles again (2 s).
     portfolio = vbt.Portfolio.from_orders(
         wide(np.tile(close.ffill().to_numpy(), len(grid))), size=wide(size), size_type="targetpercent", fees=wide(fees),
         group_by=np.repeat(np.arange(len(grid)), scores.shape[1]), cash_sharing=True, call_seq="auto",
-        init_cash=settings.account, freq="1D",
+        init_cash=np.full(len(grid), settings.account), freq="1D",
     )
     keys = pd.MultiIndex.from_tuples(grid, names=["topk", "n_drop", "cost"])
     # vectorbt squeezes a single group to a Series or scalars; index by the grid either way

@@ -202,6 +202,20 @@ def test_sweep_runs_every_combination(panel):
     np.testing.assert_allclose(returns[(3, 1, 1.0)], alone["return"] - alone["cost"], atol=1e-12)  # a cell is the rule run alone
 
 
+
+def test_sweep_reuses_the_single_runs_compiled_simulation(panel):
+    """A fresh install compiles vectorbt's simulation per argument signature (seconds each): the
+    sweep must call it with the types the single run used."""
+    from vectorbt.portfolio.nb import simulate_from_orders_nb
+
+    close = panel.field_frame("close").astype(float)
+    scores = random_scores(close, seed=4).loc["2021-03-01":"2021-04-30"]
+    settings = BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings()
+    vbt_topk_dropout(scores, close, settings)
+    compiled = set(simulate_from_orders_nb.signatures)
+    vbt_sweep(scores, close, settings, topks=(2, 3), n_drops=(1,), costs=(0.0, 1.0))
+    assert set(simulate_from_orders_nb.signatures) == compiled
+
 def test_bad_signal_tables(panel, caplog):
     close = panel.field_frame("close")
     table = make_signal_table([close.index[40]] * 3, panel.instruments[:3], [0.1, np.nan, 0.3], None, "x")
