@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -229,6 +230,37 @@ def test_per_series_seeds_do_not_depend_on_the_batch():
     assert torch.equal(together[0][1:2], alone[0]) and torch.equal(together[1][1:2], alone[1])
     other_seed = generate_cached(model, s1[1:2], s2[1:2], stamps[1:2], 10, 512, sampling, seeds=[99])
     assert not torch.equal(other_seed[0], alone[0])
+
+
+def lowbias32(x: int) -> int:
+    """Wellons' lowbias32 in plain Python integers, the reference for the tensor version."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_seeded_uniforms_are_a_per_row_hash_and_uniform():
+    from scipy import stats
+
+    from models.kronos.generation import _hash32, seeded_uniforms
+
+    values = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 123456789]
+    assert _hash32(torch.tensor(values)).tolist() == [lowbias32(v) for v in values]  # no int64 overflow near 2**32
+
+    seeds = torch.tensor([0, 1, 2, -1, 2**40 + 3, 10**13])  # negative and wider than 32 bits
+    uniforms = seeded_uniforms(seeds, 8)
+    assert uniforms.shape == (6, 8) and uniforms.dtype == torch.float32 and 0 <= uniforms.min() and uniforms.max() < 1
+    for row, seed in enumerate(seeds):
+        assert torch.equal(seeded_uniforms(seed[None], 8)[0], uniforms[row])  # a row alone gets the same numbers
+    assert torch.equal(seeded_uniforms(seeds, 3), uniforms[:, :3])  # a longer stream extends a shorter one
+    assert len({tuple(row.tolist()) for row in uniforms}) == 6  # 2**40 + 3 is not confused with 3
+
+    many = seeded_uniforms(torch.arange(20_000), 10)  # consecutive seeds, as the signals stage uses
+    assert stats.kstest(many.flatten().numpy(), "uniform").pvalue > 1e-3
+    assert abs(np.corrcoef(many[:-1, 0], many[1:, 0])[0, 1]) < 0.03  # neighbouring seeds
+    assert abs(np.corrcoef(many[:, 0], many[:, 1])[0, 1]) < 0.03  # neighbouring draws of one seed
 
 
 def test_top_k_then_top_p_filtering():

@@ -59,16 +59,47 @@ def sample_tokens(logits: torch.Tensor, sampling: Sampling, uniforms: torch.Tens
     return ids.clamp_max(probs.shape[-1] - 1)
 
 
+MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 x in [0, 2**32), in 16-bit halves so no product overflows int64."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Wellons' lowbias32 integer hash of int64 x in [0, 2**32): each output bit depends on every input bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def seeded_uniforms(seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """(rows,) int64 seeds -> (rows, count) float32 uniforms in [0, 1), computed where the seeds are.
+
+    Counter-based: element j of row b is a keyed hash of (seeds[b], j) alone, so a row's numbers do
+    not depend on the batch, and a batch needs a few tensor operations instead of a generator per
+    row (seeding 460,000 torch generators for a CSI300 year of 5-path forecasts took 2.3 s of host time).
+    """
+    key = _hash32((seeds & MASK32) ^ _hash32((seeds >> 32) & MASK32))  # every bit of a 64-bit seed
+    second_key = _hash32(key ^ 0x9E3779B9)
+    counters = _hash32(torch.arange(count, device=seeds.device))
+    bits = _hash32(_hash32(key[:, None] ^ counters) ^ second_key[:, None])  # (rows, count)
+    return (bits >> 8).float() * 2.0**-24  # the top 24 bits: exact in float32, below 1
+
+
 def draw_uniforms(seeds: list[int] | None, rows: int, steps: int, device: torch.device) -> torch.Tensor:
     """(rows, steps, 2) uniforms for the s1 and s2 draws of every step.
 
-    With seeds (one per row) row b always gets the same numbers, however rows are batched;
-    without, they come from torch's global generator.
+    With seeds (one per row) row b always gets the same numbers, however rows are batched and on
+    any device (seeded_uniforms); without, they come from torch's global generator.
     """
     if seeds is None:
         return torch.rand(rows, steps, 2).to(device)
-    streams = [torch.rand(steps, 2, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-    return torch.stack(streams).to(device)
+    return seeded_uniforms(torch.tensor(seeds, dtype=torch.int64, device=device), steps * 2).view(rows, steps, 2)
 
 
 def replayable(function, device: torch.device):

@@ -171,8 +171,9 @@ STAGES = (
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
         # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;
-        # 5: the tokenizer decodes each context once for all its paths (rounding-level changes)
-        version=5,
+        # 5: the tokenizer decodes each context once for all its paths (rounding-level changes);
+        # 6: seeded paths draw counter-based uniforms (generation.seeded_uniforms): other paths
+        version=6,
         signal_sources=("kronos",),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
     ),
