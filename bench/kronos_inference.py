@@ -7,7 +7,7 @@ Random weights, the two settings of the Kronos GPU issue, each run by both sampl
   short: `short-series` series x 5 paths, context 90 -> 10, T 0.6, top-p 0.9, per-path seeds (one
          CSI300 day at 300): both samplers invert the same uniforms, so tokens agree except where
          rounding moves a cumulative probability across a uniform, and the path differs from there
-         on (on an AVX-512 CPU 1 of 100 paths in fp32; none with float64 weights).
+         on (seen on an AVX-512 CPU in fp32 for 1 of 100 paths with earlier uniforms; never with float64 weights).
 Also prints the operators one decoded token calls (torch.profiler, CPU dispatch, top level and all).
 `--compile` runs the cached sampler with compiled decoding steps (`kronos.inference.compile_decoding`)
 and prints their operator count beside the eager one and the time of the first call, which compiles.
