@@ -251,7 +251,7 @@ def test_seeded_uniforms_are_a_per_row_hash_and_uniform():
 
     seeds = torch.tensor([0, 1, 2, -1, 2**40 + 3, 10**13])  # negative and wider than 32 bits
     uniforms = seeded_uniforms(seeds, 8)
-    assert uniforms.shape == (6, 8) and uniforms.dtype == torch.float32 and 0 <= uniforms.min() and uniforms.max() < 1
+    assert uniforms.shape == (6, 8) and uniforms.dtype == torch.float32 and 0 < uniforms.min() and uniforms.max() < 1
     for row, seed in enumerate(seeds):
         assert torch.equal(seeded_uniforms(seed[None], 8)[0], uniforms[row])  # a row alone gets the same numbers
     assert torch.equal(seeded_uniforms(seeds, 3), uniforms[:, :3])  # a longer stream extends a shorter one
@@ -261,6 +261,19 @@ def test_seeded_uniforms_are_a_per_row_hash_and_uniform():
     assert stats.kstest(many.flatten().numpy(), "uniform").pvalue > 1e-3
     assert abs(np.corrcoef(many[:-1, 0], many[1:, 0])[0, 1]) < 0.03  # neighbouring seeds
     assert abs(np.corrcoef(many[:, 0], many[:, 1])[0, 1]) < 0.03  # neighbouring draws of one seed
+
+
+def test_inverse_cdf_draws_the_distribution_and_never_a_filtered_id():
+    from models.kronos.model import inverse_cdf
+
+    probs = torch.tensor([0.0, 0.5, 0.3, 0.2, 0.0])  # the first and last ids filtered out
+    torch.manual_seed(0)
+    ids = inverse_cdf(probs.expand(200_000, -1), torch.rand(200_000))
+    frequencies = torch.bincount(ids, minlength=5) / len(ids)
+    assert frequencies[0] == 0 and frequencies[4] == 0
+    assert torch.allclose(frequencies, probs, atol=0.005), frequencies
+    extremes = torch.tensor([0.5 * 2.0**-23, 1 - 0.5 * 2.0**-23])  # the smallest and largest seeded uniforms
+    assert inverse_cdf(probs.expand(2, -1) * 0.7, extremes).tolist() == [1, 3]  # rows need not sum to 1
 
 
 def test_top_k_then_top_p_filtering():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models.kronos.layers import LayerCache, MultiHeadAttention
-from models.kronos.model import Kronos
+from models.kronos.model import Kronos, inverse_cdf
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,12 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def sample_tokens(logits: torch.Tensor, sampling: Sampling, uniforms: torch.Tensor) -> torch.Tensor:
-    """(B, V) logits -> (B,) ids by inverting each row's distribution at its uniform (B,) in [0, 1)."""
+    """(B, V) logits -> (B,) ids by inverting each row's distribution at its uniform (B,) in (0, 1):
+    above 0, so a filtered id (probability 0) is never drawn."""
     if sampling.top_k == 1:
         return logits.argmax(-1)
     probs = F.softmax(filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p), dim=-1)
-    cumulative = probs.cumsum(-1)
-    ids = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1]).unsqueeze(-1)).squeeze(-1)
-    return ids.clamp_max(probs.shape[-1] - 1)
+    return inverse_cdf(probs, uniforms)
 
 
 MASK32 = 0xFFFFFFFF
@@ -78,7 +77,7 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def seeded_uniforms(seeds: torch.Tensor, count: int) -> torch.Tensor:
-    """(rows,) int64 seeds -> (rows, count) float32 uniforms in [0, 1), computed where the seeds are.
+    """(rows,) int64 seeds -> (rows, count) float32 uniforms in (0, 1), computed where the seeds are.
 
     Counter-based: element j of row b is a keyed hash of (seeds[b], j) alone, so a row's numbers do
     not depend on the batch, and a batch needs a few tensor operations instead of a generator per
@@ -88,18 +87,20 @@ def seeded_uniforms(seeds: torch.Tensor, count: int) -> torch.Tensor:
     second_key = _hash32(key ^ 0x9E3779B9)
     counters = _hash32(torch.arange(count, device=seeds.device))
     bits = _hash32(_hash32(key[:, None] ^ counters) ^ second_key[:, None])  # (rows, count)
-    return (bits >> 8).float() * 2.0**-24  # the top 24 bits: exact in float32, below 1
+    return ((bits >> 9).float() + 0.5) * 2.0**-23  # 23 bits, centred: exact in float32, never 0 or 1
 
 
 def draw_uniforms(seeds: list[int] | None, rows: int, steps: int, device: torch.device) -> torch.Tensor:
     """(rows, steps, 2) uniforms for the s1 and s2 draws of every step.
 
     With seeds (one per row) row b always gets the same numbers, however rows are batched and on
-    any device (seeded_uniforms); without, they come from torch's global generator.
+    any device (seeded_uniforms); without, each row's seed comes from torch's global generator.
     """
     if seeds is None:
-        return torch.rand(rows, steps, 2).to(device)
-    return seeded_uniforms(torch.tensor(seeds, dtype=torch.int64, device=device), steps * 2).view(rows, steps, 2)
+        row_seeds = torch.randint(0, 2**62, (rows,)).to(device)
+    else:
+        row_seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
+    return seeded_uniforms(row_seeds, steps * 2).view(rows, steps, 2)
 
 
 def replayable(function, device: torch.device):

@@ -164,6 +164,7 @@ STAGES = (
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
         resumable=True,
+        version=2,  # 2: s2 is conditioned on s1 codes drawn by inverse CDF instead of torch.multinomial (other draws)
         description="fine-tune or train the Kronos predictor on the tokenizer's tokens",
     ),
     StageSpec(
@@ -172,7 +173,7 @@ STAGES = (
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
         # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;
         # 5: the tokenizer decodes each context once for all its paths (rounding-level changes);
-        # 6: seeded paths draw counter-based uniforms (generation.seeded_uniforms): other paths
+        # 6: counter-based uniforms in (0, 1) for every path (generation.seeded_uniforms): other paths
         version=6,
         signal_sources=("kronos",),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
