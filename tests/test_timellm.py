@@ -104,6 +104,39 @@ def test_only_the_reprogramming_parts_train(backbone_dirs):
     assert model.mapping.weight.grad is not None and model.head.linear.weight.grad is not None
 
 
+def einsum_reprogramming(layer, patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Upstream Time-LLM's reprogramming attention: two einsums, nn.Dropout on the (N, h, P, S) weights."""
+    n, p, _ = patches.shape
+    h, e = layer.n_heads, layer.d_keys
+    q = layer.query(patches).view(n, p, h, e)
+    k, v = layer.key(prototypes).view(-1, h, e), layer.value(prototypes).view(-1, h, e)
+    weights = torch.softmax(torch.einsum("nphe,she->nhps", q, k) / e**0.5, dim=-1)
+    weights = torch.nn.functional.dropout(weights, layer.dropout, layer.training)
+    return layer.out(torch.einsum("nhps,she->nphe", weights, v).reshape(n, p, h * e))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_reprogramming_equals_upstreams_einsums_with_the_same_dropout_masks(training):
+    from models.timellm.layers import ReprogrammingAttention
+
+    torch.manual_seed(0)
+    layer = ReprogrammingAttention(d_model=8, n_heads=4, d_keys=16, d_llm=48, dropout=0.3).train(training)
+    patches, prototypes = torch.randn(5, 7, 8, requires_grad=True), torch.randn(50, 48, requires_grad=True)
+    results = []
+    for attention in (einsum_reprogramming, lambda *args: layer(args[1], *layer.keys_values(args[2]))):
+        torch.manual_seed(1)
+        for tensor in (patches, prototypes, *layer.parameters()):
+            tensor.grad = None
+        out = attention(layer, patches, prototypes)
+        out.pow(2).sum().backward()
+        results.append([out.detach(), patches.grad, prototypes.grad, *(p.grad for p in layer.parameters())])
+    for upstream, ours in zip(*results):
+        assert torch.equal(upstream, ours)  # bit for bit: a seed trains the same model as before
+    with torch.no_grad():
+        without_dropout = layer.eval()(patches, *layer.keys_values(prototypes))
+    assert torch.equal(results[1][0], without_dropout) != training  # in training the masks did drop weights
+
+
 def test_ablation_layer_computes_only_the_positions_the_head_reads():
     from models.timellm.layers import SelfAttentionLayer
 

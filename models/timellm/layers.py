@@ -47,22 +47,33 @@ class ReprogrammingAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_keys: int, d_llm: int, dropout: float):
         super().__init__()
-        self.n_heads, self.d_keys = n_heads, d_keys
+        self.n_heads, self.d_keys, self.dropout = n_heads, d_keys, dropout
         self.query = nn.Linear(d_model, d_keys * n_heads)
         self.key = nn.Linear(d_llm, d_keys * n_heads)
         self.value = nn.Linear(d_llm, d_keys * n_heads)
         self.out = nn.Linear(d_keys * n_heads, d_llm)
-        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    def keys_values(self, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """prototypes (S, W) -> keys (h, e, S) and values (h, S, e). They depend on the weights only,
+        so inference computes them once for every batch."""
+        k = self.key(prototypes).view(-1, self.n_heads, self.d_keys).permute(1, 2, 0)
+        v = self.value(prototypes).view(-1, self.n_heads, self.d_keys).transpose(0, 1)
+        return k, v
+
+    def forward(self, patches: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         n, p, _ = patches.shape
-        q = self.query(patches).view(n, p, self.n_heads, self.d_keys)  # (N, P, h, e)
-        k = self.key(prototypes).view(-1, self.n_heads, self.d_keys)  # (S, h, e)
-        v = self.value(prototypes).view(-1, self.n_heads, self.d_keys)  # (S, h, e)
-        scores = torch.einsum("nphe,she->nhps", q, k) / math.sqrt(self.d_keys)  # (N, h, P, S)
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        mixed = torch.einsum("nhps,she->nphe", weights, v).reshape(n, p, -1)  # (N, P, h * e)
-        return self.out(mixed)  # (N, P, d_llm)
+        h, e = self.n_heads, self.d_keys
+        # Heads lead, so both products are one batched matmul over contiguous (h, N * P, .) tensors.
+        q = self.query(patches).view(n * p, h, e).transpose(0, 1)  # (h, N * P, e)
+        weights = torch.softmax(torch.bmm(q, keys) / math.sqrt(e), dim=-1)  # (h, N * P, S)
+        if self.training and self.dropout > 0:
+            # Drawn in (N, h, P, S) order, as nn.Dropout draws it for upstream's einsum layout of the
+            # weights: a seed trains the same model in either layout.
+            keep = 1 - self.dropout
+            noise = torch.empty((n, h, p, weights.shape[-1]), dtype=weights.dtype, device=weights.device).bernoulli_(keep).div_(keep)
+            weights = weights * noise.transpose(0, 1).reshape_as(weights)
+        mixed = torch.bmm(weights, values)  # (h, N * P, e)
+        return self.out(mixed.transpose(0, 1).reshape(n, p, h * e))  # (N, P, d_llm)
 
 
 class FlattenHead(nn.Module):

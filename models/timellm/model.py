@@ -55,6 +55,8 @@ class TimeLLMConfig:
             raise ValueError(f"unknown Time-LLM variant {self.variant!r}: choose from {VARIANTS}")
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"unknown Time-LLM prompt style {self.prompt!r}: choose from {PROMPT_STYLES}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"Time-LLM dropout must be in [0, 1), got {self.dropout}")
         if self.seq_len < self.patch_len:
             raise ValueError(f"seq_len ({self.seq_len}) is shorter than patch_len ({self.patch_len}): lower timellm.patch_len")
 
@@ -98,11 +100,16 @@ class TimeLLM(nn.Module):
         """(num_tokens, W): a learned linear mix of the frozen vocabulary embeddings."""
         return self.mapping(self.word_embeddings.weight.float().T).T
 
-    def forward(self, x: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+    def prototype_memory(self, prototypes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the text prototypes (default: `text_prototypes()`) for the reprogramming attention."""
+        return self.reprogramming.keys_values(self.text_prototypes() if prototypes is None else prototypes)
+
+    def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, L, C) values of any length L -> (B, pred_len, C) forecasts in the same units.
 
-        `prototypes` (from `text_prototypes()`) may be passed in to skip the vocabulary projection:
-        at inference, and when a training batch runs as micro-batches (training.accumulate_gradients).
+        `memory` (from `prototype_memory()`) may be passed in to skip the vocabulary projection and the
+        prototypes' keys and values: at inference they are computed once for every batch, and a
+        training batch run as micro-batches projects the vocabulary once (training.accumulate_gradients).
         """
         x, mean, std = revin(x[:, -self.config.seq_len :])
         b, length, c = x.shape
@@ -110,7 +117,7 @@ class TimeLLM(nn.Module):
         if length < self.config.seq_len:  # too short: repeat the first observation on the left
             series = F.pad(series.unsqueeze(1), (self.config.seq_len - length, 0), mode="replicate").squeeze(1)
         patches = self.patch_embedding(series)  # (N, P, d_model)
-        tokens = self.reprogramming(patches, self.text_prototypes() if prototypes is None else prototypes)  # (N, P, W)
+        tokens = self.reprogramming(patches, *(self.prototype_memory() if memory is None else memory))  # (N, P, W)
         hidden = self.mix(series, tokens)[..., : self.config.d_ff]  # (N, P, d_ff)
         forecast = self.head(hidden.float()).view(b, c, -1).permute(0, 2, 1)  # (B, H, C)
         return forecast * std + mean

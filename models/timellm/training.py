@@ -54,17 +54,25 @@ def normalised_errors(forecast: torch.Tensor, target: torch.Tensor, inputs: torc
     return (forecast - target) / std
 
 
+def prototype_memory(model: TimeLLM, device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prototypes' keys and values for inference, computed once: the vocabulary projection in
+    fp32, as training runs it, and the keys and values in the forward pass's precision."""
+    prototypes = model.text_prototypes()
+    with autocast(device, bf16):
+        return model.prototype_memory(prototypes)
+
+
 @torch.no_grad()
 def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: list[int], device: torch.device,
              bf16: bool, batch_size: int = 256) -> dict[str, float]:
     """Normalised MSE/MAE over `items`, for the model and for the last-value (persistence) forecast."""
     model.eval()
-    prototypes = model.text_prototypes()
+    memory = prototype_memory(model, device, bf16)
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # summed on the device, read once
     for start in range(0, len(items), batch_size):
         x, y = windows_tensor(windows, items[start : start + batch_size], channels, device)
         with autocast(device, bf16):
-            forecast = model(x, prototypes).float()
+            forecast = model(x, memory).float()
         errors = normalised_errors(forecast, y, x)
         naive = normalised_errors(x[:, -1:].expand_as(y), y, x)
         sums += torch.stack([errors.pow(2).sum(), errors.abs().sum(), naive.pow(2).sum(), naive.abs().sum()]).double()
@@ -87,7 +95,7 @@ def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro
     for start in range(0, len(x), micro_batch):
         inputs, targets = x[start : start + micro_batch], y[start : start + micro_batch]
         with autocast(device, bf16):
-            forecast = model(inputs, shared).float()
+            forecast = model(inputs, model.prototype_memory(shared)).float()
         loss = normalised_errors(forecast, targets, inputs).pow(2).sum() / y.numel()  # this part of the batch mean
         loss.backward()
         total += loss.detach()
@@ -151,10 +159,10 @@ def forecast(model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: boo
              label: str = "forecast") -> np.ndarray:
     """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units."""
     model.eval()
-    prototypes = model.text_prototypes()  # fixed weights: project the vocabulary once
+    memory = prototype_memory(model, device, bf16)
     outputs = []  # kept on the device and copied back once, so the batches do not wait for each other
     for start in tqdm(range(0, len(inputs), batch_size), desc=label, leave=False):
         x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(device)
         with autocast(device, bf16):
-            outputs.append(model(x, prototypes).float())
+            outputs.append(model(x, memory).float())
     return torch.cat(outputs).cpu().numpy()
