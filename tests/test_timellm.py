@@ -122,16 +122,17 @@ def test_reprogramming_equals_upstreams_einsums_with_the_same_dropout_masks(trai
     torch.manual_seed(0)
     layer = ReprogrammingAttention(d_model=8, n_heads=4, d_keys=16, d_llm=48, dropout=0.3).train(training)
     patches, prototypes = torch.randn(5, 7, 8, requires_grad=True), torch.randn(50, 48, requires_grad=True)
+    ours = lambda layer, patches, prototypes: layer(patches, *layer.keys_values(prototypes))  # noqa: E731
     results = []
-    for attention in (einsum_reprogramming, lambda *args: layer(args[1], *layer.keys_values(args[2]))):
+    for attention in (einsum_reprogramming, ours):
         torch.manual_seed(1)
         for tensor in (patches, prototypes, *layer.parameters()):
             tensor.grad = None
         out = attention(layer, patches, prototypes)
         out.pow(2).sum().backward()
         results.append([out.detach(), patches.grad, prototypes.grad, *(p.grad for p in layer.parameters())])
-    for upstream, ours in zip(*results):
-        assert torch.equal(upstream, ours)  # bit for bit: a seed trains the same model as before
+    for upstream, heads_first in zip(*results):
+        assert torch.equal(upstream, heads_first)  # bit for bit: a seed trains the same model either way
     with torch.no_grad():
         without_dropout = layer.eval()(patches, *layer.keys_values(prototypes))
     assert torch.equal(results[1][0], without_dropout) != training  # in training the masks did drop weights

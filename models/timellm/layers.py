@@ -55,7 +55,7 @@ class ReprogrammingAttention(nn.Module):
 
     def keys_values(self, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """prototypes (S, W) -> keys (h, e, S) and values (h, S, e). They depend on the weights only,
-        so inference computes them once for every batch."""
+        so inference computes them once and reuses them for every batch."""
         k = self.key(prototypes).view(-1, self.n_heads, self.d_keys).permute(1, 2, 0)
         v = self.value(prototypes).view(-1, self.n_heads, self.d_keys).transpose(0, 1)
         return k, v

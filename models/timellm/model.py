@@ -108,7 +108,7 @@ class TimeLLM(nn.Module):
         """x: (B, L, C) values of any length L -> (B, pred_len, C) forecasts in the same units.
 
         `memory` (from `prototype_memory()`) may be passed in to skip the vocabulary projection and the
-        prototypes' keys and values: at inference they are computed once for every batch, and a
+        prototypes' keys and values: inference computes them once for all its batches, and a
         training batch run as micro-batches projects the vocabulary once (training.accumulate_gradients).
         """
         x, mean, std = revin(x[:, -self.config.seq_len :])

@@ -54,7 +54,7 @@ def normalised_errors(forecast: torch.Tensor, target: torch.Tensor, inputs: torc
     return (forecast - target) / std
 
 
-def prototype_memory(model: TimeLLM, device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def inference_memory(model: TimeLLM, device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The prototypes' keys and values for inference, computed once: the vocabulary projection in
     fp32, as training runs it, and the keys and values in the forward pass's precision."""
     prototypes = model.text_prototypes()
@@ -67,7 +67,7 @@ def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: li
              bf16: bool, batch_size: int = 256) -> dict[str, float]:
     """Normalised MSE/MAE over `items`, for the model and for the last-value (persistence) forecast."""
     model.eval()
-    memory = prototype_memory(model, device, bf16)
+    memory = inference_memory(model, device, bf16)
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # summed on the device, read once
     for start in range(0, len(items), batch_size):
         x, y = windows_tensor(windows, items[start : start + batch_size], channels, device)
@@ -159,7 +159,7 @@ def forecast(model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: boo
              label: str = "forecast") -> np.ndarray:
     """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units."""
     model.eval()
-    memory = prototype_memory(model, device, bf16)
+    memory = inference_memory(model, device, bf16)
     outputs = []  # kept on the device and copied back once, so the batches do not wait for each other
     for start in tqdm(range(0, len(inputs), batch_size), desc=label, leave=False):
         x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(device)
