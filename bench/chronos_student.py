@@ -44,15 +44,19 @@ def main() -> None:
         teacher = load_pipeline(source, torch.device("cpu"))
     student_model = build_student(teacher.model, ChronosStudentConfig().architecture, seed=0).eval()
     student = pipeline_for(student_model)
-    print(f"torch threads {torch.get_num_threads()}; teacher {parameter_count(teacher.model) / 1e6:.1f}M parameters, "
-          f"student {parameter_count(student_model) / 1e6:.1f}M; {args.series} series, horizon {args.horizon}, batch {args.batch_size}")
+    print(
+        f"torch threads {torch.get_num_threads()}; teacher {parameter_count(teacher.model) / 1e6:.1f}M parameters, "
+        f"student {parameter_count(student_model) / 1e6:.1f}M; {args.series} series, horizon {args.horizon}, batch {args.batch_size}"
+    )
     rng = np.random.default_rng(0)
     for context in args.contexts:
         values = (100 + rng.normal(size=(args.series, context, 1)).cumsum(axis=1)).astype(np.float32)
         teacher_time = seconds_per_1000(teacher, values, args.horizon, args.batch_size)
         student_time = seconds_per_1000(student, values, args.horizon, args.batch_size)
-        print(f"context {context:>5}: teacher {teacher_time:7.2f} s per 1,000 series, student {student_time:6.2f} s, "
-              f"speed-up {teacher_time / student_time:.1f}x")
+        print(
+            f"context {context:>5}: teacher {teacher_time:7.2f} s per 1,000 series, student {student_time:6.2f} s, "
+            f"speed-up {teacher_time / student_time:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,21 @@ ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"
 
 def run_cli(workdir: Path, overrides: list[str], isa: str | None) -> float:
     """Run the backtest stage in `workdir` (its own cache and store); returns the wall-clock seconds."""
-    command = [sys.executable, "-m", "pipeline.run", "--stage", "backtest", "--set",
-               f"cache_dir={workdir / 'cache'}", f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--stage",
+        "backtest",
+        "--set",
+        f"cache_dir={workdir / 'cache'}",
+        f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+        *overrides,
+    ]
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO_ROOT, check=True, env={**os.environ, **ISA_CAPS.get(isa, {}), "PYTHONPATH": str(REPO_ROOT)})
+    subprocess.run(
+        command, cwd=REPO_ROOT, check=True, env={**os.environ, **ISA_CAPS.get(isa, {}), "PYTHONPATH": str(REPO_ROOT)}
+    )
     return time.perf_counter() - started
 
 
@@ -52,7 +63,9 @@ def stage_seconds(cache: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--keep", type=Path, help="keep the cache and MLflow store in this folder (default: a temporary one)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the cache and MLflow store in this folder (default: a temporary one)"
+    )
     parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap the CPU instruction sets the libraries use")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="default-run-") as scratch:
@@ -61,8 +74,10 @@ def main() -> None:
         cold = run_cli(workdir, args.overrides, args.isa)
         cached = run_cli(workdir, args.overrides, args.isa)
         stages = stage_seconds(workdir / "cache")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"instruction sets: {args.isa or 'all'}; overrides: {args.overrides or 'none'}")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"instruction sets: {args.isa or 'all'}; overrides: {args.overrides or 'none'}"
+    )
     for stage, seconds in stages.items():
         print(f"  {stage:<18}{seconds:8.1f} s")
     print(f"  {'stages':<18}{sum(stages.values()):8.1f} s")

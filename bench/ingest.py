@@ -29,15 +29,17 @@ def generate_csv(path: Path, n_symbols: int, years: int, seed: int = 0) -> int:
     open_ = close * np.exp(rng.normal(0, 0.005, close.shape))
     high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, close.shape))
     low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, close.shape))
-    frame = pd.DataFrame({
-        "date": np.tile(dates.strftime("%Y-%m-%d"), n_symbols),
-        "symbol": np.repeat([f"SYM{i:04d}" for i in range(n_symbols)], n_days),
-        "open": open_.ravel().round(4),
-        "high": high.ravel().round(4),
-        "low": low.ravel().round(4),
-        "close": close.ravel().round(4),
-        "volume": rng.integers(1_000, 1_000_000, n_symbols * n_days),
-    })
+    frame = pd.DataFrame(
+        {
+            "date": np.tile(dates.strftime("%Y-%m-%d"), n_symbols),
+            "symbol": np.repeat([f"SYM{i:04d}" for i in range(n_symbols)], n_days),
+            "open": open_.ravel().round(4),
+            "high": high.ravel().round(4),
+            "low": low.ravel().round(4),
+            "close": close.ravel().round(4),
+            "volume": rng.integers(1_000, 1_000_000, n_symbols * n_days),
+        }
+    )
     frame.to_csv(path, index=False)
     return len(frame)
 
@@ -66,7 +68,9 @@ def main() -> None:
         generated = scratch / "generated.csv"
         started = time.perf_counter()
         rows = generate_csv(generated, args.symbols, args.years)
-        print(f"(generated {rows:,} rows, {generated.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.1f} s)")
+        print(
+            f"(generated {rows:,} rows, {generated.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.1f} s)"
+        )
         measure(f"generated {args.symbols} x {args.years}y CSV", generated, scratch / "generated")
 
 

@@ -34,7 +34,9 @@ def inputs(series: int, context: int, horizon: int, vocab: int, device: torch.de
     generator = torch.Generator().manual_seed(series + context)
     s1, s2 = torch.randint(0, vocab, (2, series, context), generator=generator)
     steps = torch.arange(context + horizon)
-    stamps = torch.stack([torch.zeros_like(steps), torch.zeros_like(steps), steps % 5, steps % 28 + 1, steps % 12 + 1], -1)
+    stamps = torch.stack(
+        [torch.zeros_like(steps), torch.zeros_like(steps), steps % 5, steps % 28 + 1, steps % 12 + 1], -1
+    )
     return s1.to(device), s2.to(device), stamps.expand(series, -1, -1).to(device)
 
 
@@ -57,8 +59,11 @@ def operators_per_token(model: Kronos, device: torch.device, compile: bool) -> d
         per_horizon = []
         for horizon in (4, 12):
             s1, s2, stamps = inputs(2, 32, horizon, vocab, device)
-            run = (lambda: generate_reference(model, s1, s2, stamps, horizon, 512, Sampling(top_k=1))) if name == "reference" else (
-                lambda: sampler(s1, s2, stamps, horizon))
+            run = (
+                (lambda: generate_reference(model, s1, s2, stamps, horizon, 512, Sampling(top_k=1)))
+                if name == "reference"
+                else (lambda: sampler(s1, s2, stamps, horizon))
+            )
             run()  # builds the DecodeStep (and its graphs) outside the count
             with profile(activities=[ProfilerActivity.CPU]) as profiled:
                 run()
@@ -69,18 +74,32 @@ def operators_per_token(model: Kronos, device: torch.device, compile: bool) -> d
     return counts
 
 
-def compare(label: str, model: Kronos, device, series: int, context: int, horizon: int, sampling: Sampling, samples: int, compile: bool) -> None:
+def compare(
+    label: str,
+    model: Kronos,
+    device,
+    series: int,
+    context: int,
+    horizon: int,
+    sampling: Sampling,
+    samples: int,
+    compile: bool,
+) -> None:
     s1, s2, stamps = inputs(series, context, horizon, 2**model.s1_bits, device)
     seeds = list(range(series * samples)) if samples > 1 else None
     sampler = CachedSampler(model, 512, sampling, compile=compile)
-    _, first_s = timed(lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device)  # warm-up: buffers, CUDA graphs, kernels, compiles
+    _, first_s = timed(
+        lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device
+    )  # warm-up: buffers, CUDA graphs, kernels, compiles
     cached, cached_s = timed(lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device)
     rows = (s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0), stamps.repeat_interleave(samples, 0))
     reference, reference_s = timed(lambda: generate_reference(model, *rows, horizon, 512, sampling, seeds), device)
     same = torch.stack([a == b for a, b in zip(cached, reference)]).all(0).all(1)  # (paths,)
-    print(f"{label:<6} {series} series x {samples} paths, {context} -> {horizon}, {sampling}: cached {cached_s:8.3f} s  "
-          f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical paths: {int(same.sum())}/{len(same)}  "
-          f"(cached first call {first_s:.1f} s)")
+    print(
+        f"{label:<6} {series} series x {samples} paths, {context} -> {horizon}, {sampling}: cached {cached_s:8.3f} s  "
+        f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical paths: {int(same.sum())}/{len(same)}  "
+        f"(cached first call {first_s:.1f} s)"
+    )
 
 
 def main() -> None:
@@ -90,20 +109,26 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 weights (what the signals stage uses on a CUDA GPU)")
     parser.add_argument("--long-series", type=int, default=8)
     parser.add_argument("--short-series", type=int, default=300)
-    parser.add_argument("--compile", action="store_true", help="compiled decoding steps (kronos.inference.compile_decoding)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compiled decoding steps (kronos.inference.compile_decoding)"
+    )
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
     model = Kronos(**MODELS[args.model]).to(device).eval()
     if args.bf16:
         bf16_weights(model)
-    print(f"Kronos-{args.model}, random weights, {device}, {'bf16' if args.bf16 else 'fp32'} weights, "
-          f"{'compiled' if args.compile else 'eager'} decoding steps, torch threads {torch.get_num_threads()}")
+    print(
+        f"Kronos-{args.model}, random weights, {device}, {'bf16' if args.bf16 else 'fp32'} weights, "
+        f"{'compiled' if args.compile else 'eager'} decoding steps, torch threads {torch.get_num_threads()}"
+    )
     with without_cudnn_attention(device):
         for name, (top, total) in operators_per_token(model, device, args.compile).items():
             print(f"operators per decoded token, {name:<9}: {top:6.1f} top-level, {total:7.1f} with nested calls")
         compare("long", model, device, args.long_series, 400, 120, Sampling(top_k=1), 1, args.compile)
-        compare("short", model, device, args.short_series, 90, 10, Sampling(temperature=0.6, top_p=0.9), 5, args.compile)
+        compare(
+            "short", model, device, args.short_series, 90, 10, Sampling(temperature=0.6, top_p=0.9), 5, args.compile
+        )
 
 
 if __name__ == "__main__":

@@ -47,14 +47,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--series", type=int, default=CSI300_YEAR_SERIES)
-    parser.add_argument("--batch-size", type=int, default=512, help="series per forward pass (kronos.inference.batch_size)")
+    parser.add_argument(
+        "--batch-size", type=int, default=512, help="series per forward pass (kronos.inference.batch_size)"
+    )
     parser.add_argument("--fp32", action="store_true", help="fp32 weights on a GPU too")
-    parser.add_argument("--compile", action="store_true", help="compiled decoding steps (kronos.inference.compile_decoding)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compiled decoding steps (kronos.inference.compile_decoding)"
+    )
     args = parser.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
-    predictor = KronosPredictor(Kronos(**KRONOS_SMALL), KronosTokenizer(**TOKENIZER_BASE), device=device,
-                                 bf16=False if args.fp32 else None, compile_decoding=args.compile)
+    predictor = KronosPredictor(
+        Kronos(**KRONOS_SMALL),
+        KronosTokenizer(**TOKENIZER_BASE),
+        device=device,
+        bf16=False if args.fp32 else None,
+        compile_decoding=args.compile,
+    )
     rng = np.random.default_rng(0)
     bars = random_bars(args.series, rng)
     days = pd.bdate_range("2025-01-02", periods=LOOKBACK + HORIZON).values
@@ -63,8 +72,17 @@ def main() -> None:
 
     def run(count: int) -> float:
         started = time.perf_counter()
-        predictor.forecast(list(bars[:count]), [x_stamps] * count, [y_stamps] * count, HORIZON, sampling, PATHS,
-                           list(range(count)), args.batch_size, verbose=True)
+        predictor.forecast(
+            list(bars[:count]),
+            [x_stamps] * count,
+            [y_stamps] * count,
+            HORIZON,
+            sampling,
+            PATHS,
+            list(range(count)),
+            args.batch_size,
+            verbose=True,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started
@@ -72,10 +90,14 @@ def main() -> None:
     run(min(args.batch_size, args.series))  # warm-up
     seconds = run(args.series)
     rate = args.series / seconds
-    print(f"Kronos-small + tokenizer-base, random weights, {device}, {'bf16' if predictor.dtype == torch.bfloat16 else 'fp32'} weights, "
-          f"{'compiled' if args.compile else 'eager'} decoding steps, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
-    print(f"{args.series:,} series x {PATHS} paths, {LOOKBACK} -> {HORIZON}: {seconds:.2f} s, {rate:,.0f} series/s; "
-          f"a CSI300 test year ({CSI300_YEAR_SERIES:,} series) at this rate: {CSI300_YEAR_SERIES / rate:.1f} s (target {TARGET_SECONDS:.0f} s)")
+    print(
+        f"Kronos-small + tokenizer-base, random weights, {device}, {'bf16' if predictor.dtype == torch.bfloat16 else 'fp32'} weights, "
+        f"{'compiled' if args.compile else 'eager'} decoding steps, batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{args.series:,} series x {PATHS} paths, {LOOKBACK} -> {HORIZON}: {seconds:.2f} s, {rate:,.0f} series/s; "
+        f"a CSI300 test year ({CSI300_YEAR_SERIES:,} series) at this rate: {CSI300_YEAR_SERIES / rate:.1f} s (target {TARGET_SECONDS:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,15 +52,21 @@ def timed_forecast(model: TimeLLM, values: np.ndarray, batch: int) -> tuple[np.n
 
 def top_overlap(days: np.ndarray, a: np.ndarray, b: np.ndarray, k: int = 20) -> float:
     frame = pd.DataFrame({"day": days, "a": a, "b": b})
-    shares = [len(set(group.nlargest(k, "a").index) & set(group.nlargest(k, "b").index)) / min(k, len(group))
-              for _, group in frame.groupby("day")]
+    shares = [
+        len(set(group.nlargest(k, "a").index) & set(group.nlargest(k, "b").index)) / min(k, len(group))
+        for _, group in frame.groupby("day")
+    ]
     return float(np.mean(shares))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="trained Time-LLM folder (save_pretrained); default: seeded, untrained")
-    parser.add_argument("--days", type=int, default=5, help="forecast every instrument on the first DAYS test days (default 5 of 46)")
+    parser.add_argument(
+        "--model", type=Path, help="trained Time-LLM folder (save_pretrained); default: seeded, untrained"
+    )
+    parser.add_argument(
+        "--days", type=int, default=5, help="forecast every instrument on the first DAYS test days (default 5 of 46)"
+    )
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -78,8 +84,10 @@ def main() -> None:
         backbone = load_backbone(config.backbone, config.llm_layers)
         torch.manual_seed(0)
         model = TimeLLM(config, backbone).eval()
-    print(f"torch threads {torch.get_num_threads()}, {len(values)} series ({args.days} days), batch {args.batch}, prompt {model.config.prompt!r}, "
-          f"at most {model.prompt.max_length} prompt tokens + {model.n_patches} patches")
+    print(
+        f"torch threads {torch.get_num_threads()}, {len(values)} series ({args.days} days), batch {args.batch}, prompt {model.config.prompt!r}, "
+        f"at most {model.prompt.max_length} prompt tokens + {model.n_patches} patches"
+    )
     fp32, fp32_s = timed_forecast(model, values, args.batch)
     int8, int8_s = timed_forecast(model.with_backbone(int8_backbone(backbone)), values, args.batch)
     print(f"fp32 backbone: {len(values) / fp32_s:7.1f} series/s")
@@ -89,11 +97,20 @@ def main() -> None:
     move = np.abs(fp32 - values[:, -1:]) / scale  # how far the fp32 forecast moves from the last close
     score_fp32 = expected_return(fp32[..., 0], last_close)
     score_int8 = expected_return(int8[..., 0], last_close)
-    rank = pd.DataFrame({"day": days, "a": score_fp32, "b": score_int8}).groupby("day")[["a", "b"]].corr("spearman").xs("a", level=1)["b"]
-    print(f"int8 - fp32 forecast, normalised units: mean |change| {change.mean():.4f}, max {change.max():.4f} "
-          f"(the fp32 forecast moves {move.mean():.4f} from the last close)")
-    print(f"scores: Pearson {np.corrcoef(score_fp32, score_int8)[0, 1]:.4f}, daily Spearman mean {rank.mean():.4f} "
-          f"(min {rank.min():.4f}), top-20 overlap per day {top_overlap(days, score_fp32, score_int8):.1%}")
+    rank = (
+        pd.DataFrame({"day": days, "a": score_fp32, "b": score_int8})
+        .groupby("day")[["a", "b"]]
+        .corr("spearman")
+        .xs("a", level=1)["b"]
+    )
+    print(
+        f"int8 - fp32 forecast, normalised units: mean |change| {change.mean():.4f}, max {change.max():.4f} "
+        f"(the fp32 forecast moves {move.mean():.4f} from the last close)"
+    )
+    print(
+        f"scores: Pearson {np.corrcoef(score_fp32, score_int8)[0, 1]:.4f}, daily Spearman mean {rank.mean():.4f} "
+        f"(min {rank.min():.4f}), top-20 overlap per day {top_overlap(days, score_fp32, score_int8):.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,15 @@ from models.timellm.prompt import LoopPromptBuilder
 def gpt2_width_backbone(folder: str, layers: int) -> str:
     tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=768, n_head=12, n_layer=layers, n_positions=1024,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_embd=768,
+        n_head=12,
+        n_layer=layers,
+        n_positions=1024,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     GPT2Model(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -64,25 +71,42 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both versions")
-    parser.add_argument("--backbone", default="", help="a local language-model folder instead of the random GPT-2-width one")
+    parser.add_argument(
+        "--backbone", default="", help="a local language-model folder instead of the random GPT-2-width one"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         source = args.backbone or gpt2_width_backbone(folder, args.layers)
         backbone = load_backbone(source, args.layers)
-        config = TimeLLMConfig(seq_len=args.seq, pred_len=args.horizon, backbone=source, llm_layers=args.layers,
-                               d_model=32, d_ff=128, n_heads=8, dropout=0.0)
+        config = TimeLLMConfig(
+            seq_len=args.seq,
+            pred_len=args.horizon,
+            backbone=source,
+            llm_layers=args.layers,
+            d_model=32,
+            d_ff=128,
+            n_heads=8,
+            dropout=0.0,
+        )
         torch.manual_seed(0)
         model = TimeLLM(config, backbone)
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(args.batch, args.seq, args.channels, generator=generator).cumsum(1),
-                torch.randn(args.batch, args.horizon, args.channels, generator=generator)) for _ in range(args.steps + 1)]
+    batches = [
+        (
+            torch.randn(args.batch, args.seq, args.channels, generator=generator).cumsum(1),
+            torch.randn(args.batch, args.horizon, args.channels, generator=generator),
+        )
+        for _ in range(args.steps + 1)
+    ]
     vectorised = model.prompt
     loop = LoopPromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len)
     counts = model.parameter_counts()
-    print(f"torch threads {torch.get_num_threads()}; batch {args.batch} x {args.channels} channels = {args.batch * args.channels} series, "
-          f"seq {args.seq}, horizon {args.horizon}; backbone width {backbone.width}, {args.layers} layers; "
-          f"{counts['trainable'] / 1e6:.1f}M trainable / {counts['frozen'] / 1e6:.1f}M frozen parameters; {'bf16' if args.bf16 else 'fp32'}")
+    print(
+        f"torch threads {torch.get_num_threads()}; batch {args.batch} x {args.channels} channels = {args.batch * args.channels} series, "
+        f"seq {args.seq}, horizon {args.horizon}; backbone width {backbone.width}, {args.layers} layers; "
+        f"{counts['trainable'] / 1e6:.1f}M trainable / {counts['frozen'] / 1e6:.1f}M frozen parameters; {'bf16' if args.bf16 else 'fp32'}"
+    )
 
     initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     timings = {}
@@ -99,9 +123,13 @@ def main() -> None:
     same = all(torch.equal(a, b) for a, b in zip(vectorised(series), loop(series)))
     fast, slow = timings["batched prompts"], timings["per-sample loop"]
     print(f"training step: batched prompts {fast:.3f} s, per-sample loop {slow:.3f} s, speed-up {slow / fast:.2f}x")
-    print(f"prompt construction alone ({len(series)} series): batched {prompt_batched * 1e3:.2f} ms, loop {prompt_loop * 1e3:.2f} ms, "
-          f"speed-up {prompt_loop / prompt_batched:.1f}x; identical token ids: {same}")
-    print(f"share of the step spent building prompts: batched {prompt_batched / fast:.1%}, loop {prompt_loop / slow:.1%}")
+    print(
+        f"prompt construction alone ({len(series)} series): batched {prompt_batched * 1e3:.2f} ms, loop {prompt_loop * 1e3:.2f} ms, "
+        f"speed-up {prompt_loop / prompt_batched:.1f}x; identical token ids: {same}"
+    )
+    print(
+        f"share of the step spent building prompts: batched {prompt_batched / fast:.1%}, loop {prompt_loop / slow:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ from pipeline.config import DataConfig, KronosTrainConfig
 def sample_split(folder: Path, lookback: int, horizon: int) -> Split:
     write_qlib_folder(read_bars(sample_bars_path(), DataConfig().bars_format())[0], folder / "qlib", "sp500")
     panel = load_panel(folder / "qlib", "sp500", ("open", "high", "low", "close", "volume", "amount"))
-    segments = {"train": (dt.date(2009, 8, 21), dt.date(2010, 4, 30)), "valid": (dt.date(2010, 5, 1), dt.date(2010, 8, 20))}
+    segments = {
+        "train": (dt.date(2009, 8, 21), dt.date(2010, 4, 30)),
+        "valid": (dt.date(2010, 5, 1), dt.date(2010, 8, 20)),
+    }
     windows, _ = build_windows(panel, lookback, horizon, segments)
     return Split(panel, windows, lookback, horizon)
 
@@ -46,21 +49,40 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=10)
     args = parser.parse_args()
     world = init_world(args.device)
-    settings = KronosTrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size, val_windows=args.batch_size,
-                                 random_context_share=0.0).settings(clip=5.0, seed=42, device=args.device, bf16=True)
+    settings = KronosTrainConfig(
+        epochs=1,
+        steps_per_epoch=args.steps,
+        batch_size=args.batch_size,
+        val_windows=args.batch_size,
+        random_context_share=0.0,
+    ).settings(clip=5.0, seed=42, device=args.device, bf16=True)
     torch.manual_seed(0)
-    print(f"device {world.device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"window {args.lookback}+{args.horizon}, {args.steps} steps")
+    print(
+        f"device {world.device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"window {args.lookback}+{args.horizon}, {args.steps} steps"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         split = sample_split(scratch, args.lookback, args.horizon)
         train, valid = split.segment("train"), split.segment("valid")
         tokenizer = KronosTokenizer(**TOKENIZER_BASE)
         report = fit(TokenizerTask(), tokenizer, train, valid, settings, scratch / "tokenizer", world)
-        print(f"tokenizer-base ({sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s")
+        print(
+            f"tokenizer-base ({sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s"
+        )
         predictor = Kronos(**{"mini": KRONOS_MINI, "small": KRONOS_SMALL}[args.predictor])
-        report = fit(PredictorTask(tokenizer, teacher_forcing=False), predictor, train, valid, settings, scratch / "predictor", world)
-        print(f"Kronos-{args.predictor:<7}({sum(p.numel() for p in predictor.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s")
+        report = fit(
+            PredictorTask(tokenizer, teacher_forcing=False),
+            predictor,
+            train,
+            valid,
+            settings,
+            scratch / "predictor",
+            world,
+        )
+        print(
+            f"Kronos-{args.predictor:<7}({sum(p.numel() for p in predictor.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s"
+        )
 
 
 if __name__ == "__main__":

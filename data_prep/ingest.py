@@ -138,9 +138,16 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     feature_dirs = {p.name.lower(): p for p in features_dir.iterdir() if p.is_dir()}
     missing = sorted(set(members["symbol"].str.lower()) - set(feature_dirs))
     if len(missing) == members["symbol"].nunique():
-        raise DataError(f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: the universe is empty")
+        raise DataError(
+            f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: the universe is empty"
+        )
     if missing:
-        log.warning("%d instruments of universe '%s' have no features and are skipped, e.g. %s", len(missing), universe, missing[:5])
+        log.warning(
+            "%d instruments of universe '%s' have no features and are skipped, e.g. %s",
+            len(missing),
+            universe,
+            missing[:5],
+        )
 
     (view_dir / "calendars").mkdir(parents=True)
     os.symlink(source / "calendars" / "day.txt", view_dir / "calendars" / "day.txt")
@@ -168,8 +175,12 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     if derived:
         log.info("derived fields missing from %s: %s (instruments per field)", source, derived)
     if jumps:
-        log.warning("data.max_daily_move %.0f%%: %d day(s) blanked as price jumps, e.g. %s", 100 * max_daily_move, len(jumps),
-                    "; ".join(jumps[:MAX_REPORTED]))
+        log.warning(
+            "data.max_daily_move %.0f%%: %d day(s) blanked as price jumps, e.g. %s",
+            100 * max_daily_move,
+            len(jumps),
+            "; ".join(jumps[:MAX_REPORTED]),
+        )
     return IngestSummary(
         instruments=len(feature_dirs),
         days=len(calendar),
@@ -183,8 +194,9 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     )
 
 
-def _complete_fields(folder: Path, target: Path, files: dict[str, Path], calendar: pd.DatetimeIndex,
-                     max_daily_move: float | None) -> tuple[list[str], list[str]]:
+def _complete_fields(
+    folder: Path, target: Path, files: dict[str, Path], calendar: pd.DatetimeIndex, max_daily_move: float | None
+) -> tuple[list[str], list[str]]:
     """Write the fields this instrument lacks into the view, and blank jump days in every field.
 
     Returns the derived fields and the rejected days ("file date (close=...)").
@@ -208,7 +220,10 @@ def _complete_fields(folder: Path, target: Path, files: dict[str, Path], calenda
     rejected: list[str] = []
     if max_daily_move is not None:
         jumps = jump_mask(data["close"], np.zeros(len(data["close"]), dtype=np.int64), max_daily_move)
-        rejected = [f"{files['close.day.bin']} {calendar[start + day].date()} (close={data['close'][day]:g})" for day in np.flatnonzero(jumps)]
+        rejected = [
+            f"{files['close.day.bin']} {calendar[start + day].date()} (close={data['close'][day]:g})"
+            for day in np.flatnonzero(jumps)
+        ]
         if rejected:
             derived = {name: np.where(jumps, np.nan, values) for name, values in fields.items()}  # every field, blanked
     for name, values in derived.items():

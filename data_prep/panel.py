@@ -76,7 +76,10 @@ class Panel:
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> Panel:
         meta = json.loads((folder / "panel.json").read_text())
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None) for name in ("values", "offsets", "starts", "member")}
+        arrays = {
+            name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None)
+            for name in ("values", "offsets", "starts", "member")
+        }
         return cls(
             instruments=meta["instruments"],
             fields=tuple(meta["fields"]),
@@ -98,7 +101,9 @@ def load_panel(qlib_dir: Path, universe: str, fields: tuple[str, ...]) -> Panel:
         paths = {field: qlib_format.feature_path(qlib_dir, symbol, field) for field in fields}
         absent = [str(p) for p in paths.values() if not p.exists()]
         if absent:
-            raise DataError(f"instrument {symbol}: missing {absent}; re-run the ingest stage or drop the field from data.fields")
+            raise DataError(
+                f"instrument {symbol}: missing {absent}; re-run the ingest stage or drop the field from data.fields"
+            )
         start, data = qlib_format.read_aligned(paths, len(calendar))
         blocks.append(np.stack([data[field] for field in fields], axis=1).astype(np.float32))
         starts.append(start)

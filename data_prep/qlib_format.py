@@ -1,11 +1,11 @@
 """Qlib's on-disk daily layout, read and written with numpy.
 
-    calendars/day.txt            one trading day per line (YYYY-MM-DD)
-    calendars/day_future.txt     the same plus future business days, for backtests to the end
-    instruments/<universe>.txt   SYMBOL<TAB>start<TAB>end, one membership span per line
-    features/<symbol>/<field>.day.bin
-                                 little-endian float32: [calendar index of the first value,
-                                 one value per calendar day from there on, NaN where missing]
+calendars/day.txt            one trading day per line (YYYY-MM-DD)
+calendars/day_future.txt     the same plus future business days, for backtests to the end
+instruments/<universe>.txt   SYMBOL<TAB>start<TAB>end, one membership span per line
+features/<symbol>/<field>.day.bin
+                             little-endian float32: [calendar index of the first value,
+                             one value per calendar day from there on, NaN where missing]
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def feature_path(qlib_dir: Path, code: str, field: str) -> Path:
     features = Path(qlib_dir) / "features"
     path = features / code.lower() / f"{field}.{FREQ}.bin"
     if code in ("", ".", "..") or "/" in code or "\\" in code or path.parent.parent != features:
-        raise DataError(f"instrument code {code!r} is not a plain folder name: it would place {path} outside {features}; "
-                        "Qlib folders written by this pipeline encode such symbols (see data_prep.qlib_format.instrument_code)")
+        raise DataError(
+            f"instrument code {code!r} is not a plain folder name: it would place {path} outside {features}; "
+            "Qlib folders written by this pipeline encode such symbols (see data_prep.qlib_format.instrument_code)"
+        )
     return path
 
 
@@ -77,7 +79,9 @@ def write_instruments(qlib_dir: Path, universe: str, spans: pd.DataFrame) -> Non
     """spans: columns symbol, start, end (one row per membership span)."""
     folder = qlib_dir / "instruments"
     folder.mkdir(parents=True, exist_ok=True)
-    lines = spans["symbol"] + "\t" + spans["start"].dt.strftime("%Y-%m-%d") + "\t" + spans["end"].dt.strftime("%Y-%m-%d")
+    lines = (
+        spans["symbol"] + "\t" + spans["start"].dt.strftime("%Y-%m-%d") + "\t" + spans["end"].dt.strftime("%Y-%m-%d")
+    )
     (folder / f"{universe}.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -94,7 +98,9 @@ def read_instruments(qlib_dir: Path, universe: str) -> pd.DataFrame:
         spans["start"] = pd.to_datetime(spans["start"])
         spans["end"] = pd.to_datetime(spans["end"])
     except (ValueError, TypeError) as exc:
-        raise DataError(f"universe file {path}: unparsable start/end date ({exc}); expected SYMBOL<TAB>YYYY-MM-DD<TAB>YYYY-MM-DD") from exc
+        raise DataError(
+            f"universe file {path}: unparsable start/end date ({exc}); expected SYMBOL<TAB>YYYY-MM-DD<TAB>YYYY-MM-DD"
+        ) from exc
     spans["symbol"] = spans["symbol"].str.strip().str.upper()
     return spans
 
@@ -117,16 +123,22 @@ def read_feature(path: Path, calendar_days: int) -> FeatureSeries:
     """One feature file, checked against a calendar of `calendar_days` days."""
     size = Path(path).stat().st_size
     if size == 0 or size % 4:
-        raise DataError(f"feature file {path} holds {size} bytes, not a whole number of float32 values (truncated or not "
-                        "a Qlib .bin file): re-export it, or remove the instrument from the folder")
+        raise DataError(
+            f"feature file {path} holds {size} bytes, not a whole number of float32 values (truncated or not "
+            "a Qlib .bin file): re-export it, or remove the instrument from the folder"
+        )
     raw = np.fromfile(path, dtype="<f4")
     start = raw[0]
     if not (np.isfinite(start) and start == int(start) and 0 <= start < calendar_days):
-        raise DataError(f"feature file {path} starts at calendar index {start}, outside the calendar's {calendar_days} days "
-                        "(a corrupt header): re-export it, or remove the instrument from the folder")
+        raise DataError(
+            f"feature file {path} starts at calendar index {start}, outside the calendar's {calendar_days} days "
+            "(a corrupt header): re-export it, or remove the instrument from the folder"
+        )
     if int(start) + raw.size - 1 > calendar_days:
-        raise DataError(f"feature file {path} holds {raw.size - 1} days from calendar index {int(start)}, past the "
-                        f"calendar's {calendar_days} days (corrupt or written for another calendar): re-export it")
+        raise DataError(
+            f"feature file {path} holds {raw.size - 1} days from calendar index {int(start)}, past the "
+            f"calendar's {calendar_days} days (corrupt or written for another calendar): re-export it"
+        )
     return FeatureSeries(start_index=int(start), values=raw[1:])
 
 

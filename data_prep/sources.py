@@ -80,7 +80,9 @@ def read_bars(path: Path, bars_format: BarsFormat) -> tuple[pd.DataFrame, Reject
     else:
         bars = _read_one(path, bars_format, symbol_from_name=False)
     if bars.empty:
-        raise DataError(f"{path} holds a header but no rows: the universe is empty; point data.path at a file with bars")
+        raise DataError(
+            f"{path} holds a header but no rows: the universe is empty; point data.path at a file with bars"
+        )
     bars = validate_bars(bars, bars_format.date_format)
     return filter_jumps(bars, bars_format.max_daily_move)
 
@@ -88,11 +90,18 @@ def read_bars(path: Path, bars_format: BarsFormat) -> tuple[pd.DataFrame, Reject
 def _read_csv(path: Path, bars_format: BarsFormat) -> pd.DataFrame:
     header = pd.read_csv(path, sep=bars_format.delimiter, nrows=0, engine="python").columns
     if len(header) == 1 and bars_format.delimiter == "," and ";" in str(header[0]):
-        raise DataError(f"{path}: the header {str(header[0])!r} is separated by ';', not ','. Set data.delimiter=';' "
-                        "(and data.decimal=',' if numbers are written like 12,5)")
+        raise DataError(
+            f"{path}: the header {str(header[0])!r} is separated by ';', not ','. Set data.delimiter=';' "
+            "(and data.decimal=',' if numbers are written like 12,5)"
+        )
     # Symbols and dates stay text: codes such as 000001 keep their zeros, dates are parsed below.
-    names = {"symbol", "date", *ALIASES["symbol"], *ALIASES["date"],
-             *(bars_format.columns[key].strip().lower() for key in ("symbol", "date") if key in bars_format.columns)}
+    names = {
+        "symbol",
+        "date",
+        *ALIASES["symbol"],
+        *ALIASES["date"],
+        *(bars_format.columns[key].strip().lower() for key in ("symbol", "date") if key in bars_format.columns),
+    }
     text = {column: str for column in header if str(column).strip().lower() in names}
     if bars_format.delimiter == "," and bars_format.decimal == ".":
         return pd.read_csv(path, engine="pyarrow", dtype=text)
@@ -122,21 +131,27 @@ def _read_one(path: Path, bars_format: BarsFormat, symbol_from_name: bool) -> pd
     return bars
 
 
-def _canonical_columns(raw: pd.DataFrame, path: Path, column_map: dict[str, str], allow_missing_symbol: bool) -> pd.DataFrame:
+def _canonical_columns(
+    raw: pd.DataFrame, path: Path, column_map: dict[str, str], allow_missing_symbol: bool
+) -> pd.DataFrame:
     by_lower = {str(col).strip().lower(): col for col in raw.columns}
     chosen: dict[str, object] = {}
     for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         if name in column_map:
             wanted = column_map[name].strip().lower()
             if wanted not in by_lower:
-                raise DataError(f"{path}: data.columns maps '{name}' to '{column_map[name]}', which is not a column; columns are {list(raw.columns)}")
+                raise DataError(
+                    f"{path}: data.columns maps '{name}' to '{column_map[name]}', which is not a column; columns are {list(raw.columns)}"
+                )
             chosen[name] = by_lower[wanted]
             continue
         for candidate in (name,) + ALIASES.get(name, ()):
             if candidate in by_lower:
                 chosen[name] = by_lower[candidate]
                 break
-    missing = [name for name in REQUIRED_COLUMNS if name not in chosen and not (name == "symbol" and allow_missing_symbol)]
+    missing = [
+        name for name in REQUIRED_COLUMNS if name not in chosen and not (name == "symbol" and allow_missing_symbol)
+    ]
     if missing:
         raise DataError(
             f"{path}: missing required column(s) {missing}; columns are {list(raw.columns)}. "
@@ -157,7 +172,9 @@ def validate_bars(bars: pd.DataFrame, date_format: str | None) -> pd.DataFrame:
     _reject(bars, bars["symbol"].isna(), "has an empty symbol")
     symbols = _as_text(bars["symbol"]).str.strip().str.upper()
     _reject(bars, symbols == "", "has an empty symbol")
-    _reject(bars, symbols.str.contains(r"[\x00-\x1f\x7f]", regex=True), "has a symbol with control characters", ("symbol",))
+    _reject(
+        bars, symbols.str.contains(r"[\x00-\x1f\x7f]", regex=True), "has a symbol with control characters", ("symbol",)
+    )
     bars["symbol"] = symbols
     for name in NUMERIC_COLUMNS:
         if name in bars:
@@ -173,20 +190,31 @@ def validate_bars(bars: pd.DataFrame, date_format: str | None) -> pd.DataFrame:
     _reject(bars, (prices <= 0).any(axis=1), "has a non-positive price (open/high/low/close must be > 0)")
     _reject(bars, bars["high"] < bars["low"], "has high < low", ("high", "low"))
     _reject(bars, _outside_range(bars, "close", RANGE_ROUNDING), "has a close outside [low, high]", PRICE_COLUMNS)
-    _reject(bars, _outside_range(bars, "open", OPEN_TOLERANCE), f"has an open more than {OPEN_TOLERANCE:.0%} outside [low, high]",
-            PRICE_COLUMNS)
+    _reject(
+        bars,
+        _outside_range(bars, "open", OPEN_TOLERANCE),
+        f"has an open more than {OPEN_TOLERANCE:.0%} outside [low, high]",
+        PRICE_COLUMNS,
+    )
     auction = _outside_range(bars, "open", RANGE_ROUNDING)
     if auction.any():
-        log.warning("%d row(s) have an open slightly outside [low, high] (an auction print; kept), e.g. %s", auction.sum(),
-                    _places(bars, np.flatnonzero(auction.to_numpy()), PRICE_COLUMNS))
+        log.warning(
+            "%d row(s) have an open slightly outside [low, high] (an auction print; kept), e.g. %s",
+            auction.sum(),
+            _places(bars, np.flatnonzero(auction.to_numpy()), PRICE_COLUMNS),
+        )
     _reject(bars, bars["volume"] < 0, "has a negative volume", ("volume",))
     _refuse_intraday(bars)
     duplicated = bars.duplicated(["date", "symbol"], keep=False)
     _reject(bars, duplicated, "repeats a (date, symbol) pair; keep one bar per symbol per day", ("date", "symbol"))
     incomplete = bars[[*PRICE_COLUMNS, "volume"]].isna().any(axis=1)
     if incomplete.any():
-        log.warning("%d of %d rows have a missing price or volume (kept as missing days; windows over them are dropped), e.g. %s",
-                    incomplete.sum(), len(bars), _places(bars, np.flatnonzero(incomplete.to_numpy()), ("symbol", "date")))
+        log.warning(
+            "%d of %d rows have a missing price or volume (kept as missing days; windows over them are dropped), e.g. %s",
+            incomplete.sum(),
+            len(bars),
+            _places(bars, np.flatnonzero(incomplete.to_numpy()), ("symbol", "date")),
+        )
     return bars.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
 
 
@@ -205,7 +233,12 @@ def filter_jumps(bars: pd.DataFrame, max_daily_move: float | None) -> tuple[pd.D
     if not len(rows):
         return bars, Rejects(0, [])
     places = [_places(bars, [row], ("symbol", "date", "close")) for row in rows[:MAX_REPORTED]]
-    log.warning("data.max_daily_move %.0f%%: %d row(s) rejected as price jumps, e.g. %s", 100 * max_daily_move, len(rows), "; ".join(places))
+    log.warning(
+        "data.max_daily_move %.0f%%: %d row(s) rejected as price jumps, e.g. %s",
+        100 * max_daily_move,
+        len(rows),
+        "; ".join(places),
+    )
     return bars.drop(index=bars.index[rows]).reset_index(drop=True), Rejects(len(rows), places)
 
 
@@ -230,9 +263,13 @@ def _refuse_intraday(bars: pd.DataFrame) -> None:
     """Daily bars may carry a time of day; several times of one day for one symbol are intraday bars, refused."""
     day = bars["date"].dt.normalize()
     same_day = bars.assign(date=day).duplicated(["symbol", "date"], keep=False)
-    _reject(bars, same_day & ~bars.duplicated(["symbol", "date"], keep=False),
-            "are intraday bars (one symbol at several times of a day): this pipeline takes daily bars; resample to one "
-            "bar per symbol and day (first open, highest high, lowest low, last close, summed volume)", ("symbol", "date"))
+    _reject(
+        bars,
+        same_day & ~bars.duplicated(["symbol", "date"], keep=False),
+        "are intraday bars (one symbol at several times of a day): this pipeline takes daily bars; resample to one "
+        "bar per symbol and day (first open, highest high, lowest low, last close, summed volume)",
+        ("symbol", "date"),
+    )
     bars["date"] = day
 
 
@@ -268,14 +305,20 @@ def _parse_numeric_dates(bars: pd.DataFrame, text: pd.Series) -> pd.Series | Non
     if first is None or not text.str.fullmatch(NUMERIC_DATE.pattern).all():
         return None
     separator, year = first.group(1), "%Y" if len(first.group(2)) == 4 else "%y"
-    readings = {fmt: pd.to_datetime(text, format=fmt, errors="coerce")
-                for fmt in (f"%d{separator}%m{separator}{year}", f"%m{separator}%d{separator}{year}")}
+    readings = {
+        fmt: pd.to_datetime(text, format=fmt, errors="coerce")
+        for fmt in (f"%d{separator}%m{separator}{year}", f"%m{separator}%d{separator}{year}")
+    }
     fitting = {fmt: parsed for fmt, parsed in readings.items() if parsed.notna().all()}
-    if len(fitting) == 2 and not fitting[f"%d{separator}%m{separator}{year}"].equals(fitting[f"%m{separator}%d{separator}{year}"]):
+    if len(fitting) == 2 and not fitting[f"%d{separator}%m{separator}{year}"].equals(
+        fitting[f"%m{separator}%d{separator}{year}"]
+    ):
         where = str(bars["_where"].iloc[0]).rsplit(" ", 1)[0]
-        raise DataError(f"{where}: the date column ({text.iloc[0]!r}, ...) reads both day-first and month-first; "
-                        f"set data.date_format, e.g. --set 'data.date_format=%d{separator}%m{separator}{year}' (day first) "
-                        f"or '%m{separator}%d{separator}{year}' (month first)")
+        raise DataError(
+            f"{where}: the date column ({text.iloc[0]!r}, ...) reads both day-first and month-first; "
+            f"set data.date_format, e.g. --set 'data.date_format=%d{separator}%m{separator}{year}' (day first) "
+            f"or '%m{separator}%d{separator}{year}' (month first)"
+        )
     return next(iter(fitting.values()), None)
 
 

@@ -107,7 +107,12 @@ def build_windows(
             )
         log.info(
             "%s: %d windows over %d days; dropped %d short history, %d without full target, %d with missing values",
-            name, len(selected), hi - lo + 1, short, no_target, missing,
+            name,
+            len(selected),
+            hi - lo + 1,
+            short,
+            no_target,
+            missing,
         )
     return windows, reports
 
@@ -189,7 +194,9 @@ class Split:
         Unlike the split's segments this keeps the last `horizon` days, which a live signal needs;
         the returned set serves inputs only (its horizon is 0).
         """
-        index, _ = build_windows(self.panel, self.lookback, self.horizon, {"forecast": (start, end)}, require_target=False)
+        index, _ = build_windows(
+            self.panel, self.lookback, self.horizon, {"forecast": (start, end)}, require_target=False
+        )
         return WindowSet(self.panel, index["forecast"], self.lookback, 0)
 
     def forecast_inputs(self, start: dt.date, end: dt.date) -> ForecastInputs:
@@ -202,7 +209,12 @@ class Split:
         self.panel.save(folder / "panel")
         for name, index in self.windows.items():
             np.save(folder / f"windows_{name}.npy", index)
-        meta = {"lookback": self.lookback, "horizon": self.horizon, "segments": list(self.windows), **(extra_meta or {})}
+        meta = {
+            "lookback": self.lookback,
+            "horizon": self.horizon,
+            "segments": list(self.windows),
+            **(extra_meta or {}),
+        }
         (folder / "split.json").write_text(json.dumps(meta, indent=2, default=str))
 
     @classmethod
@@ -252,5 +264,7 @@ class ForecastInputs:
         wanted = self.split.windows[segment]
         positions = np.searchsorted(keys, wanted[:, 0] * width + wanted[:, 1])
         if not np.array_equal(index[np.minimum(positions, len(keys) - 1)], wanted):
-            raise RuntimeError(f"some {segment} windows are missing from the forecast windows; the split is inconsistent")
+            raise RuntimeError(
+                f"some {segment} windows are missing from the forecast windows; the split is inconsistent"
+            )
         return positions

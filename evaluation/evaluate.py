@@ -52,13 +52,23 @@ def clean_signals(table: pd.DataFrame, name: str, calendar: pd.DatetimeIndex, in
             log.warning("signal %s: dropping %d rows with %s", name, int(bad.sum()), problem)
         keep &= ~bad
     if not keep.any():
-        raise DataError(f"signal {name}: no usable rows in the backtest period {calendar[0].date()} .. {calendar[-1].date()}")
+        raise DataError(
+            f"signal {name}: no usable rows in the backtest period {calendar[0].date()} .. {calendar[-1].date()}"
+        )
     return table[keep]
 
 
-def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, settings: TopkSettings, benchmark, end: pd.Timestamp) -> Evaluation:
+def evaluate(
+    table: pd.DataFrame,
+    name: str,
+    close: pd.DataFrame,
+    horizon: int,
+    settings: TopkSettings,
+    benchmark,
+    end: pd.Timestamp,
+) -> Evaluation:
     """close: (datetime x instrument) over the data calendar; the table's days define the period."""
-    table = clean_signals(table, name, close.loc[: end].index, list(close.columns))
+    table = clean_signals(table, name, close.loc[:end].index, list(close.columns))
     scores = score_matrix(table)
     signal = signal_metrics(scores, close, horizon)
     qlib_daily = qlib_topk_dropout(scores, settings, benchmark, end)
@@ -69,7 +79,9 @@ def evaluate(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, 
         rows[engine] = {
             **signal,
             **portfolio_metrics(daily["return"], daily["bench"], daily["turnover"]),
-            **portfolio_metrics(daily["return"] - daily["cost"], daily["bench"], daily["turnover"], suffix="_with_cost"),
+            **portfolio_metrics(
+                daily["return"] - daily["cost"], daily["bench"], daily["turnover"], suffix="_with_cost"
+            ),
         }
     return Evaluation(
         name=name,
@@ -92,8 +104,13 @@ def default_workers(jobs: int) -> int:
     return max(1, min(os.cpu_count() or 1, jobs // STRATEGIES_PER_PROCESS))
 
 
-def run_in_processes(jobs: list[tuple[Any, ...]], evaluate_one: Callable[..., Any], initializer: Callable[..., None], initargs: tuple,
-                     workers: int | None = None) -> list[Any]:
+def run_in_processes(
+    jobs: list[tuple[Any, ...]],
+    evaluate_one: Callable[..., Any],
+    initializer: Callable[..., None],
+    initargs: tuple,
+    workers: int | None = None,
+) -> list[Any]:
     """`evaluate_one(*job)` for every job, in job order, over `workers` processes (default:
     default_workers); each process runs `initializer(*initargs)` once (e.g. qlib.init).
 

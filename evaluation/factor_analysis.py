@@ -34,8 +34,13 @@ def factor_data(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> pd.D
     factor = scores.rank(axis=1, method="first").stack().rename_axis(["date", "asset"]).rename("factor")
     logging.getLogger("alphalens").setLevel(logging.WARNING)
     return alphalens.utils.get_clean_factor_and_forward_returns(
-        factor, close.loc[scores.index[0]:], quantiles=QUANTILES, periods=tuple(range(1, horizon + 1)), max_loss=1.0,
-        filter_zscore=None)
+        factor,
+        close.loc[scores.index[0] :],
+        quantiles=QUANTILES,
+        periods=tuple(range(1, horizon + 1)),
+        max_loss=1.0,
+        filter_zscore=None,
+    )
 
 
 def analyse(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> FactorAnalysis:
@@ -52,5 +57,7 @@ def analyse(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> FactorAn
     return FactorAnalysis(
         ic_by_period=pd.Series(ic.mean().to_numpy(), index=pd.Index(range(1, horizon + 1), name="period"), name="ic"),
         quantile_returns=by_quantile.rename(lambda q: f"q{int(q)}"),
-        turnover=pd.Series({f"q{q}": performance.quantile_turnover(quantile, q, 1).mean() for q in (QUANTILES, 1)}, name="turnover"),
+        turnover=pd.Series(
+            {f"q{q}": performance.quantile_turnover(quantile, q, 1).mean() for q in (QUANTILES, 1)}, name="turnover"
+        ),
     )

@@ -60,14 +60,18 @@ def signal_metrics(scores: pd.DataFrame, close: pd.DataFrame, horizon: int) -> d
     }
 
 
-def portfolio_metrics(returns: pd.Series, benchmark: pd.Series, turnover: pd.Series, suffix: str = "") -> dict[str, float]:
+def portfolio_metrics(
+    returns: pd.Series, benchmark: pd.Series, turnover: pd.Series, suffix: str = ""
+) -> dict[str, float]:
     """Daily portfolio returns (already net of cost or not) against the benchmark."""
     excess = (returns - benchmark).dropna()
     cumulative = excess.cumsum()
     return {
         f"ann_return{suffix}": float(returns.mean() * TRADING_DAYS),
         f"ann_excess_return{suffix}": float(excess.mean() * TRADING_DAYS),
-        f"information_ratio{suffix}": float(excess.mean() / excess.std() * np.sqrt(TRADING_DAYS)) if excess.std() > 0 else np.nan,
+        f"information_ratio{suffix}": float(excess.mean() / excess.std() * np.sqrt(TRADING_DAYS))
+        if excess.std() > 0
+        else np.nan,
         f"max_drawdown{suffix}": float((cumulative - cumulative.cummax()).min()),
         f"turnover{suffix}": float(turnover.mean()),
     }

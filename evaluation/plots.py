@@ -18,9 +18,12 @@ def _save(figure: Figure, path: Path) -> Path:
 
 def comparison_plots(evaluations: list[Evaluation], folder: Path) -> list[Path]:
     """Cumulative excess return and drawdown (Qlib engine, after cost), IC over time, quintiles."""
-    excess = pd.DataFrame({
-        e.name: (e.daily["qlib"]["return"] - e.daily["qlib"]["cost"] - e.daily["qlib"]["bench"]).cumsum() for e in evaluations
-    })
+    excess = pd.DataFrame(
+        {
+            e.name: (e.daily["qlib"]["return"] - e.daily["qlib"]["cost"] - e.daily["qlib"]["bench"]).cumsum()
+            for e in evaluations
+        }
+    )
     paths = []
     figure = Figure(figsize=(9, 4))
     axis = figure.subplots()
@@ -34,24 +37,31 @@ def comparison_plots(evaluations: list[Evaluation], folder: Path) -> list[Path]:
 
     figure = Figure(figsize=(9, 4))
     axis = figure.subplots()
-    pd.DataFrame({e.name: e.ic for e in evaluations}).rolling(5, min_periods=1).mean().plot(ax=axis, title="daily IC (5-day mean)")
+    pd.DataFrame({e.name: e.ic for e in evaluations}).rolling(5, min_periods=1).mean().plot(
+        ax=axis, title="daily IC (5-day mean)"
+    )
     paths.append(_save(figure, folder / "ic_over_time.png"))
 
     figure = Figure(figsize=(9, 4))
     axis = figure.subplots()
-    pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).plot.bar(ax=axis, title="mean forward return by score quintile")
+    pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).plot.bar(
+        ax=axis, title="mean forward return by score quintile"
+    )
     paths.append(_save(figure, folder / "quintile_returns.png"))
     return paths
 
 
-def uncertainty_plots(comparison: pd.DataFrame, periods: pd.DataFrame, evaluations: list[Evaluation], folder: Path) -> list[Path]:
+def uncertainty_plots(
+    comparison: pd.DataFrame, periods: pd.DataFrame, evaluations: list[Evaluation], folder: Path
+) -> list[Path]:
     """Rank IC by fold and year; cumulative excess return after cost with the band of its bootstrap interval (Qlib engine)."""
     paths = []
     figure = Figure(figsize=(10, 4))
     axis = figure.subplots()
     qlib = periods[periods["engine"] == "qlib"]
     qlib.pivot(index="period", columns="strategy", values="rank_ic").reindex(qlib["period"].unique()).plot.bar(
-        ax=axis, title="mean daily Rank IC by fold and by year (out of sample)")
+        ax=axis, title="mean daily Rank IC by fold and by year (out of sample)"
+    )
     axis.axhline(0, color="black", linewidth=0.8)
     paths.append(_save(figure, folder / "rank_ic_by_period.png"))
 

@@ -34,15 +34,24 @@ def portfolio_statistics(evaluations: list[Evaluation]) -> tuple[pd.DataFrame, p
             returns = (daily["return"] - daily["cost"]).rename(evaluation.name)
             benchmark = daily["bench"]
             drawdowns = stats.drawdown_details(stats.to_drawdown_series(returns))
-            rows.append({
-                "strategy": evaluation.name, "engine": engine,
-                "cagr": stats.cagr(returns), "sharpe": stats.sharpe(returns), "sortino": stats.sortino(returns),
-                "calmar": stats.calmar(returns), "max_drawdown": stats.max_drawdown(returns),
-                "max_drawdown_days": float(drawdowns["days"].max()) if len(drawdowns) else 0.0,
-                "benchmark_cagr": stats.cagr(benchmark), "benchmark_sharpe": stats.sharpe(benchmark),
-            })
+            rows.append(
+                {
+                    "strategy": evaluation.name,
+                    "engine": engine,
+                    "cagr": stats.cagr(returns),
+                    "sharpe": stats.sharpe(returns),
+                    "sortino": stats.sortino(returns),
+                    "calmar": stats.calmar(returns),
+                    "max_drawdown": stats.max_drawdown(returns),
+                    "max_drawdown_days": float(drawdowns["days"].max()) if len(drawdowns) else 0.0,
+                    "benchmark_cagr": stats.cagr(benchmark),
+                    "benchmark_sharpe": stats.sharpe(benchmark),
+                }
+            )
             table = stats.monthly_returns(returns).drop(columns="EOY").stack().rename("return").reset_index()
-            monthly.append(table.set_axis(["year", "month", "return"], axis=1).assign(strategy=evaluation.name, engine=engine))
+            monthly.append(
+                table.set_axis(["year", "month", "return"], axis=1).assign(strategy=evaluation.name, engine=engine)
+            )
             if engine == "qlib":
                 rolling[evaluation.name] = stats.rolling_sharpe(returns, rolling_period=ROLLING_DAYS)
     return pd.DataFrame(rows), pd.concat(monthly, ignore_index=True), pd.DataFrame(rolling)

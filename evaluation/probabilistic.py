@@ -50,8 +50,15 @@ def interval_scores(table: pd.DataFrame, close: pd.DataFrame, horizon: int) -> d
     trailing-volatility baseline on the same (day, instrument) pairs with a known outcome."""
     keys = ["datetime", "instrument"]
     outcome = forward_returns(close, horizon).stack().rename("outcome").rename_axis(keys)
-    baseline = pd.DataFrame({column: frame.stack() for column, frame in trailing_volatility_quantiles(close, horizon).items()}).rename_axis(keys)
-    joined = table.set_index(["datetime", "instrument"]).join(outcome, how="inner").join(baseline, rsuffix="_baseline", how="inner").dropna()
+    baseline = pd.DataFrame(
+        {column: frame.stack() for column, frame in trailing_volatility_quantiles(close, horizon).items()}
+    ).rename_axis(keys)
+    joined = (
+        table.set_index(["datetime", "instrument"])
+        .join(outcome, how="inner")
+        .join(baseline, rsuffix="_baseline", how="inner")
+        .dropna()
+    )
     scores: dict[str, float] = {"forecasts_scored": float(len(joined))}
     for prefix, suffix in (("", ""), ("baseline_", "_baseline")):
         quantiles = joined[[f"{column}{suffix}" for column in COLUMNS]].to_numpy()
@@ -59,5 +66,7 @@ def interval_scores(table: pd.DataFrame, close: pd.DataFrame, horizon: int) -> d
         scores[f"{prefix}coverage_80"] = float(np.mean((y[:, 0] >= quantiles[:, 1]) & (y[:, 0] <= quantiles[:, 3])))
         scores[f"{prefix}coverage_90"] = float(np.mean((y[:, 0] >= quantiles[:, 0]) & (y[:, 0] <= quantiles[:, 4])))
         levels = np.array(LEVELS)[None, :]
-        scores[f"{prefix}pinball"] = float(np.mean(np.maximum(levels * (y - quantiles), (levels - 1) * (y - quantiles))))
+        scores[f"{prefix}pinball"] = float(
+            np.mean(np.maximum(levels * (y - quantiles), (levels - 1) * (y - quantiles)))
+        )
     return scores

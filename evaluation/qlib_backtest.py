@@ -39,9 +39,16 @@ def market(start: pd.Timestamp, end: pd.Timestamp, settings: TopkSettings, bench
     from qlib.backtest import get_exchange
     from qlib.utils.resam import get_higher_eq_freq_feature
 
-    exchange = get_exchange(freq="day", start_time=start, end_time=end, limit_threshold=settings.limit_threshold,
-                            deal_price=settings.deal_price, open_cost=settings.open_cost, close_cost=settings.close_cost,
-                            min_cost=settings.min_cost)
+    exchange = get_exchange(
+        freq="day",
+        start_time=start,
+        end_time=end,
+        limit_threshold=settings.limit_threshold,
+        deal_price=settings.deal_price,
+        open_cost=settings.open_cost,
+        close_cost=settings.close_cost,
+        min_cost=settings.min_cost,
+    )
     codes = list(benchmark) if isinstance(benchmark, tuple) else [benchmark]
     changes, _ = get_higher_eq_freq_feature(codes, ["$close/Ref($close,1)-1"], start, end, freq="day")
     if changes.empty:
@@ -50,7 +57,9 @@ def market(start: pd.Timestamp, end: pd.Timestamp, settings: TopkSettings, bench
     return exchange, bench
 
 
-def qlib_topk_dropout(scores: pd.DataFrame, settings: TopkSettings, benchmark: str | list[str], end: pd.Timestamp) -> pd.DataFrame:
+def qlib_topk_dropout(
+    scores: pd.DataFrame, settings: TopkSettings, benchmark: str | list[str], end: pd.Timestamp
+) -> pd.DataFrame:
     """scores: (datetime x instrument). Returns daily return, cost, bench, turnover from Qlib.
 
     `benchmark` is an index instrument or a list of instruments (equal-weight benchmark); Qlib
@@ -62,17 +71,26 @@ def qlib_topk_dropout(scores: pd.DataFrame, settings: TopkSettings, benchmark: s
 
     signal = scores.stack().rename("score").to_frame()
     signal.index.names = ["datetime", "instrument"]
-    strategy = TopkDropoutStrategy(signal=signal, topk=settings.topk, n_drop=settings.n_drop, hold_thresh=settings.hold_thresh)
+    strategy = TopkDropoutStrategy(
+        signal=signal, topk=settings.topk, n_drop=settings.n_drop, hold_thresh=settings.hold_thresh
+    )
     executor = {
         "class": "SimulatorExecutor",
         "module_path": "qlib.backtest.executor",
         "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True, "verbose": False},
     }
     start = pd.Timestamp(scores.index[0])
-    exchange, bench = market(start, pd.Timestamp(end), settings, benchmark if isinstance(benchmark, str) else tuple(benchmark))
+    exchange, bench = market(
+        start, pd.Timestamp(end), settings, benchmark if isinstance(benchmark, str) else tuple(benchmark)
+    )
     portfolio, _ = backtest(
-        start_time=start, end_time=end, strategy=strategy, executor=executor,
-        benchmark=bench, account=settings.account, exchange_kwargs={"exchange": exchange},
+        start_time=start,
+        end_time=end,
+        strategy=strategy,
+        executor=executor,
+        benchmark=bench,
+        account=settings.account,
+        exchange_kwargs={"exchange": exchange},
     )
     report = portfolio["1day"][0]
     return report[["return", "cost", "bench", "turnover"]].astype(float)

@@ -26,4 +26,6 @@ def rule_baseline(name: str, panel: Panel, start: dt.date, end: dt.date) -> pd.D
         raise ValueError(f"unknown rule baseline {name!r}; choose one of {RULE_BASELINES}")
     score = score.where(panel.member_frame()).loc[pd.Timestamp(start) : pd.Timestamp(end)]
     stacked = score.stack().dropna()
-    return make_signal_table(stacked.index.get_level_values(0), stacked.index.get_level_values(1), stacked.to_numpy(), None, name)
+    return make_signal_table(
+        stacked.index.get_level_values(0), stacked.index.get_level_values(1), stacked.to_numpy(), None, name
+    )

@@ -26,13 +26,15 @@ def expected_return(forecast_close: np.ndarray, last_close: np.ndarray) -> np.nd
 
 
 def make_signal_table(dates, instruments, score, score_std, model: str) -> pd.DataFrame:
-    table = pd.DataFrame({
-        "datetime": pd.to_datetime(np.asarray(dates)),
-        "instrument": np.asarray(instruments, dtype=object).astype(str),
-        "score": np.asarray(score, dtype=np.float64),
-        "score_std": np.asarray(score_std, dtype=np.float64) if score_std is not None else np.nan,
-        "model": model,
-    })
+    table = pd.DataFrame(
+        {
+            "datetime": pd.to_datetime(np.asarray(dates)),
+            "instrument": np.asarray(instruments, dtype=object).astype(str),
+            "score": np.asarray(score, dtype=np.float64),
+            "score_std": np.asarray(score_std, dtype=np.float64) if score_std is not None else np.nan,
+            "model": model,
+        }
+    )
     return table.sort_values(["datetime", "instrument"], kind="stable").reset_index(drop=True)
 
 
@@ -60,4 +62,6 @@ def check_signal_table(table: pd.DataFrame, where: str) -> None:
     duplicated = table.duplicated(["datetime", "instrument"])
     if duplicated.any():
         first = table.loc[duplicated, ["datetime", "instrument"]].iloc[0].tolist()
-        raise DataError(f"signal table {where}: {int(duplicated.sum())} duplicate (datetime, instrument) rows, first {first}")
+        raise DataError(
+            f"signal table {where}: {int(duplicated.sum())} duplicate (datetime, instrument) rows, first {first}"
+        )

@@ -39,8 +39,12 @@ def signal_statistics(ic: pd.Series, rank_ic: pd.Series, horizon: int) -> dict[s
     ic_mean, ic_t = hac_mean(ic, lags)
     rank_mean, rank_t = hac_mean(rank_ic, lags)
     return {
-        "ic": ic_mean, "ic_t": ic_t, "icir": float(ic.mean() / ic.std()) if ic.std() > 0 else np.nan,
-        "rank_ic": rank_mean, "rank_ic_t": rank_t, "rank_icir": float(rank_ic.mean() / rank_ic.std()) if rank_ic.std() > 0 else np.nan,
+        "ic": ic_mean,
+        "ic_t": ic_t,
+        "icir": float(ic.mean() / ic.std()) if ic.std() > 0 else np.nan,
+        "rank_ic": rank_mean,
+        "rank_ic_t": rank_t,
+        "rank_icir": float(rank_ic.mean() / rank_ic.std()) if rank_ic.std() > 0 else np.nan,
         "hit_rate": float((rank_ic > 0).mean()) if len(rank_ic) else np.nan,
         "days": float(len(rank_ic)),
     }
@@ -65,7 +69,9 @@ def bootstrap_intervals(excess: pd.Series, seed: int, reps: int, size: float = 0
     intervals = {}
     for name, statistic in (("ann_excess", annualised_excess), ("ir", information_ratio)):
         bootstrap = StationaryBootstrap(block, values, seed=rng)
-        low, high = bootstrap.conf_int(lambda x: np.array([statistic(x)]), reps=reps, method="percentile", size=size)[:, 0]
+        low, high = bootstrap.conf_int(lambda x: np.array([statistic(x)]), reps=reps, method="percentile", size=size)[
+            :, 0
+        ]
         intervals[f"{name}_low"], intervals[f"{name}_high"] = float(low), float(high)
     intervals["block_length"] = block
     return intervals
@@ -97,15 +103,23 @@ def deflated_sharpe_ratio(returns: pd.DataFrame) -> dict[str, float]:
     return {
         "best_sharpe": float(sharpe[best] * np.sqrt(TRADING_DAYS)),
         "expected_max_sharpe": float(expected_max * np.sqrt(TRADING_DAYS)),
-        "dsr": probabilistic_sharpe(float(sharpe[best]), expected_max, days,
-                                    float(stats.skew(returns[best])), float(stats.kurtosis(returns[best], fisher=False))),
+        "dsr": probabilistic_sharpe(
+            float(sharpe[best]),
+            expected_max,
+            days,
+            float(stats.skew(returns[best])),
+            float(stats.kurtosis(returns[best], fisher=False)),
+        ),
         "trials": float(trials),
     }
 
 
 def expected_max_sharpe(variance: float, trials: int) -> float:
     """The largest of `trials` Sharpe ratios expected from luck alone, given their variance (per period)."""
-    return float(np.sqrt(variance) * ((1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / trials) + EULER_GAMMA * stats.norm.ppf(1 - 1 / (trials * np.e))))
+    return float(
+        np.sqrt(variance)
+        * ((1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / trials) + EULER_GAMMA * stats.norm.ppf(1 - 1 / (trials * np.e)))
+    )
 
 
 def probabilistic_sharpe(sharpe: float, benchmark: float, days: int, skew: float, kurtosis: float) -> float:

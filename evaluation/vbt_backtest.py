@@ -49,24 +49,37 @@ def _portfolio(close: pd.DataFrame, orders: pd.DataFrame, settings: TopkSettings
     import vectorbt as vbt
 
     targets = orders.shift(1)  # decided at t's close, traded at t+1's close
-    fees = pd.DataFrame(np.where(targets > 0, settings.open_cost, settings.close_cost), index=targets.index, columns=targets.columns)
+    fees = pd.DataFrame(
+        np.where(targets > 0, settings.open_cost, settings.close_cost), index=targets.index, columns=targets.columns
+    )
     return vbt.Portfolio.from_orders(
-        close.ffill(), size=targets, size_type="targetpercent", fees=fees, group_by=group_by,
-        cash_sharing=True, call_seq="auto", init_cash=settings.account, freq="1D",
+        close.ffill(),
+        size=targets,
+        size_type="targetpercent",
+        fees=fees,
+        group_by=group_by,
+        cash_sharing=True,
+        call_seq="auto",
+        init_cash=settings.account,
+        freq="1D",
     )
 
 
 def _daily(portfolio) -> pd.DataFrame:
     value = portfolio.value()
     traded = portfolio.orders.records_readable
-    traded_value = (traded["Size"] * traded["Price"]).groupby(traded["Timestamp"]).sum() if len(traded) else pd.Series(dtype=float)
+    traded_value = (
+        (traded["Size"] * traded["Price"]).groupby(traded["Timestamp"]).sum() if len(traded) else pd.Series(dtype=float)
+    )
     fees = traded["Fees"].groupby(traded["Timestamp"]).sum() if len(traded) else pd.Series(dtype=float)
     previous = value.shift(1).fillna(value.iloc[0])
-    return pd.DataFrame({
-        "return_with_cost": portfolio.returns(),
-        "cost": fees.reindex(value.index, fill_value=0.0) / previous,
-        "turnover": traded_value.reindex(value.index, fill_value=0.0) / previous,
-    })
+    return pd.DataFrame(
+        {
+            "return_with_cost": portfolio.returns(),
+            "cost": fees.reindex(value.index, fill_value=0.0) / previous,
+            "turnover": traded_value.reindex(value.index, fill_value=0.0) / previous,
+        }
+    )
 
 
 def vbt_topk_dropout(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings) -> pd.DataFrame:
@@ -77,7 +90,9 @@ def vbt_topk_dropout(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSe
     return daily[["return", "cost", "turnover"]]
 
 
-def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings, topks, n_drops, costs) -> tuple[pd.DataFrame, pd.DataFrame]:
+def vbt_sweep(
+    scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings, topks, n_drops, costs
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (topk, n_drop, cost) combination in one vectorbt run; cost scales open and close cost.
 
     Returns one row per combination with annualised return (after cost) and the final value, and
@@ -86,7 +101,10 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
     """
     close = close.reindex(index=scores.index, columns=scores.columns)
     grid = list(product(topks, n_drops, costs))
-    targets = {(topk, n_drop): topk_dropout_orders(scores, topk, n_drop).shift(1).to_numpy() for topk, n_drop in product(topks, n_drops)}
+    targets = {
+        (topk, n_drop): topk_dropout_orders(scores, topk, n_drop).shift(1).to_numpy()
+        for topk, n_drop in product(topks, n_drops)
+    }
     # One wide frame of (combination x instrument) columns, grouped by combination number: plain
     # integer labels spare vectorbt the factorising of a 4-level column index.
     size = np.concatenate([targets[(topk, n_drop)] for topk, n_drop, _ in grid], axis=1)
@@ -98,15 +116,26 @@ def vbt_sweep(scores: pd.DataFrame, close: pd.DataFrame, settings: TopkSettings,
     # init_cash as one contiguous value per group: a scalar would reach numba as a strided array,
     # a second signature of vectorbt's simulation that a fresh install compiles again (2 s).
     portfolio = vbt.Portfolio.from_orders(
-        wide(np.tile(close.ffill().to_numpy(), len(grid))), size=wide(size), size_type="targetpercent", fees=wide(fees),
-        group_by=np.repeat(np.arange(len(grid)), scores.shape[1]), cash_sharing=True, call_seq="auto",
-        init_cash=np.full(len(grid), settings.account), freq="1D",
+        wide(np.tile(close.ffill().to_numpy(), len(grid))),
+        size=wide(size),
+        size_type="targetpercent",
+        fees=wide(fees),
+        group_by=np.repeat(np.arange(len(grid)), scores.shape[1]),
+        cash_sharing=True,
+        call_seq="auto",
+        init_cash=np.full(len(grid), settings.account),
+        freq="1D",
     )
     keys = pd.MultiIndex.from_tuples(grid, names=["topk", "n_drop", "cost"])
     # vectorbt squeezes a single group to a Series or scalars; index by the grid either way
-    returns = pd.DataFrame(np.asarray(portfolio.returns()).reshape(len(close), len(grid)), index=close.index, columns=keys)
-    summary = pd.DataFrame({
-        "ann_return_with_cost": returns.mean().to_numpy() * 252,
-        "final_value": np.atleast_1d(portfolio.final_value()),
-    }, index=keys)
+    returns = pd.DataFrame(
+        np.asarray(portfolio.returns()).reshape(len(close), len(grid)), index=close.index, columns=keys
+    )
+    summary = pd.DataFrame(
+        {
+            "ann_return_with_cost": returns.mean().to_numpy() * 252,
+            "final_value": np.atleast_1d(portfolio.final_value()),
+        },
+        index=keys,
+    )
     return summary, returns

@@ -42,8 +42,10 @@ class StageCache:
             probe.touch()
             probe.unlink()
         except OSError as exc:
-            raise ConfigError(f"cache_dir {self.root} is not writable ({exc.strerror}): point cache_dir at a folder you can "
-                              "write, e.g. --set cache_dir=/tmp/kronos-cache") from exc
+            raise ConfigError(
+                f"cache_dir {self.root} is not writable ({exc.strerror}): point cache_dir at a folder you can "
+                "write, e.g. --set cache_dir=/tmp/kronos-cache"
+            ) from exc
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -57,8 +59,13 @@ class StageCache:
         recorded = json.loads(manifest.read_text())
         damaged = [name for name, entry in recorded.get("files", {}).items() if file_entry(folder / name) != entry]
         if damaged:
-            log.warning("stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): running the stage again",
-                        stage, folder, len(damaged), damaged[:3])
+            log.warning(
+                "stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): running the stage again",
+                stage,
+                folder,
+                len(damaged),
+                damaged[:3],
+            )
             return None
         return recorded
 
@@ -108,8 +115,11 @@ class StageCache:
         try:
             yield temporary, manifest
             manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            manifest["files"] = {str(path.relative_to(temporary)): file_entry(path) for path in sorted(temporary.rglob("*"))
-                                 if path.is_file() and path.name != MANIFEST}
+            manifest["files"] = {
+                str(path.relative_to(temporary)): file_entry(path)
+                for path in sorted(temporary.rglob("*"))
+                if path.is_file() and path.name != MANIFEST
+            }
             _write_json_atomic(temporary / MANIFEST, manifest)
             if final.exists():  # --force: replace the old output only once the new one is whole
                 retired = final.parent / f".old-{key}-{os.getpid()}"

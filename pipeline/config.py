@@ -80,7 +80,9 @@ class DataConfig(StrictModel):
     @model_validator(mode="after")
     def _source_needs_location(self) -> DataConfig:
         if self.source == "csv" and self.path is None:
-            raise ValueError("data.source is 'csv' but data.path is not set: point it at a CSV/Parquet file or a folder of per-symbol files")
+            raise ValueError(
+                "data.source is 'csv' but data.path is not set: point it at a CSV/Parquet file or a folder of per-symbol files"
+            )
         if self.source == "qlib" and self.provider_uri is None:
             raise ValueError("data.source is 'qlib' but data.provider_uri is not set: point it at a Qlib data folder")
         return self
@@ -121,7 +123,9 @@ def check_segments(train: DateRange, valid: DateRange, test: DateRange) -> None:
         if start > end:
             raise ValueError(f"{name} starts after it ends ({start} > {end})")
     if not train[1] < valid[0] <= valid[1] < test[0]:
-        raise ValueError("segments must be in time order without overlap: train ends before valid starts, valid ends before test starts")
+        raise ValueError(
+            "segments must be in time order without overlap: train ends before valid starts, valid ends before test starts"
+        )
 
 
 class FoldDates(StrictModel):
@@ -168,9 +172,18 @@ class WalkForwardConfig(StrictModel):
         for k in range(self.folds):
             test_start = shift(self.first_test, k * (self.step_months or self.test_months))
             valid_start = shift(test_start, -self.valid_months)
-            train_start = self.train_start if self.window == "expanding" else max(self.train_start, shift(valid_start, -self.train_months))
-            folds.append(FoldDates(train=(train_start, valid_start - one_day), valid=(valid_start, test_start - one_day),
-                                   test=(test_start, shift(test_start, self.test_months) - one_day)))
+            train_start = (
+                self.train_start
+                if self.window == "expanding"
+                else max(self.train_start, shift(valid_start, -self.train_months))
+            )
+            folds.append(
+                FoldDates(
+                    train=(train_start, valid_start - one_day),
+                    valid=(valid_start, test_start - one_day),
+                    test=(test_start, shift(test_start, self.test_months) - one_day),
+                )
+            )
         return folds
 
 
@@ -191,7 +204,9 @@ class EvaluationConfig(StrictModel):
         folds = self.walk_forward.fold_dates() if self.walk_forward else list(self.folds)
         for earlier, later in zip(folds, folds[1:]):
             if not earlier.test[1] < later.test[0]:
-                raise ValueError(f"fold test segments must be in time order without overlap: {earlier.test} then {later.test}")
+                raise ValueError(
+                    f"fold test segments must be in time order without overlap: {earlier.test} then {later.test}"
+                )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"evaluation.seeds repeats a seed: {list(self.seeds)}")
         return self
@@ -276,11 +291,25 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
     "paper": {  # fine-tune the published models on a GPU with the upstream hyper-parameters
         "tokenizer": {
             "pretrained": "NeoQuasar/Kronos-Tokenizer-base",
-            "training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 2e-4, "patience": 3, "val_windows": 20000},
+            "training": {
+                "epochs": 30,
+                "steps_per_epoch": 2000,
+                "batch_size": 50,
+                "lr": 2e-4,
+                "patience": 3,
+                "val_windows": 20000,
+            },
         },
         "predictor": {
             "pretrained": "NeoQuasar/Kronos-small",
-            "training": {"epochs": 30, "steps_per_epoch": 2000, "batch_size": 50, "lr": 4e-5, "patience": 3, "val_windows": 20000},
+            "training": {
+                "epochs": 30,
+                "steps_per_epoch": 2000,
+                "batch_size": 50,
+                "lr": 4e-5,
+                "patience": 3,
+                "val_windows": 20000,
+            },
         },
         "inference": {"temperature": 0.6, "top_p": 0.9, "sample_count": 5},
     },
@@ -343,8 +372,10 @@ class TimeLLMSection(StrictModel):
         allowed = sorted(set(TimeLLMConfig.__dataclass_fields__) - {"seq_len", "pred_len", "variant"})
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown Time-LLM model key(s) {unknown}: choose from {allowed} "
-                             "(seq_len/pred_len follow split.lookback/split.horizon, variants are set in timellm.variants)")
+            raise ValueError(
+                f"unknown Time-LLM model key(s) {unknown}: choose from {allowed} "
+                "(seq_len/pred_len follow split.lookback/split.horizon, variants are set in timellm.variants)"
+            )
         return overrides
 
 
@@ -398,8 +429,17 @@ class ChronosSection(StrictModel):
 
 # Signal sources the backtest knows; pipeline/graph.py maps each to the stage that writes it
 # (momentum and reversal are rules the backtest computes itself).
-SIGNAL_SOURCES = ("kronos", "momentum", "reversal", "lgbm_alpha158", "timellm", "timellm_no_llm", "timellm_llm_to_attn",
-                  "chronos2", "chronos2_student")
+SIGNAL_SOURCES = (
+    "kronos",
+    "momentum",
+    "reversal",
+    "lgbm_alpha158",
+    "timellm",
+    "timellm_no_llm",
+    "timellm_llm_to_attn",
+    "chronos2",
+    "chronos2_student",
+)
 
 
 def timellm_source(variant: str) -> str:
@@ -412,14 +452,31 @@ class LGBMConfig(StrictModel):
 
     # Qlib's CSI300 Alpha158 benchmark settings for LGBModel (threads sized for this machine).
     params: dict[str, Any] = {
-        "loss": "mse", "colsample_bytree": 0.8879, "learning_rate": 0.2, "subsample": 0.8789, "lambda_l1": 205.6999,
-        "lambda_l2": 580.9768, "max_depth": 8, "num_leaves": 210, "num_threads": 2, "early_stopping_rounds": 50,
-        "num_boost_round": 1000, "verbosity": -1,
+        "loss": "mse",
+        "colsample_bytree": 0.8879,
+        "learning_rate": 0.2,
+        "subsample": 0.8789,
+        "lambda_l1": 205.6999,
+        "lambda_l2": 580.9768,
+        "max_depth": 8,
+        "num_leaves": 210,
+        "num_threads": 2,
+        "early_stopping_rounds": 50,
+        "num_boost_round": 1000,
+        "verbosity": -1,
     }
 
 
 class SignalsConfig(StrictModel):
-    sources: tuple[str, ...] = ("kronos", "timellm", "timellm_no_llm", "timellm_llm_to_attn", "lgbm_alpha158", "momentum", "reversal")
+    sources: tuple[str, ...] = (
+        "kronos",
+        "timellm",
+        "timellm_no_llm",
+        "timellm_llm_to_attn",
+        "lgbm_alpha158",
+        "momentum",
+        "reversal",
+    )
 
     @field_validator("sources")
     @classmethod
@@ -478,7 +535,9 @@ class PipelineConfig(StrictModel):
         """The walk-forward folds; without any, one fold made of the split's segments."""
         if self.evaluation.walk_forward is not None:
             return self.evaluation.walk_forward.fold_dates()
-        return list(self.evaluation.folds) or [FoldDates(train=self.split.train, valid=self.split.valid, test=self.split.test)]
+        return list(self.evaluation.folds) or [
+            FoldDates(train=self.split.train, valid=self.split.valid, test=self.split.test)
+        ]
 
     def seeds(self) -> tuple[int, ...]:
         return self.evaluation.seeds or (self.seed,)
@@ -500,29 +559,40 @@ class PipelineConfig(StrictModel):
     def _tokenizer_reads_the_fields(self) -> PipelineConfig:
         d_in = self.kronos.tokenizer.architecture.get("d_in")
         if not self.kronos.tokenizer.pretrained and d_in is not None and d_in != len(self.data.fields):
-            raise ValueError(f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree")
+            raise ValueError(
+                f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree"
+            )
         return self
 
     @model_validator(mode="after")
     def _kronos_window_holds_the_horizon(self) -> PipelineConfig:
         if self.kronos.inference.max_context <= self.split.horizon:
-            raise ValueError(f"kronos.inference.max_context is {self.kronos.inference.max_context} but split.horizon is "
-                             f"{self.split.horizon}: the token window must hold the horizon and some context; raise max_context")
+            raise ValueError(
+                f"kronos.inference.max_context is {self.kronos.inference.max_context} but split.horizon is "
+                f"{self.split.horizon}: the token window must hold the horizon and some context; raise max_context"
+            )
         return self
 
     @model_validator(mode="after")
     def _timellm_sources_are_trained(self) -> PipelineConfig:
-        missing = [name for name in self.signals.sources if name.startswith("timellm")
-                   and name not in {timellm_source(variant) for variant in self.timellm.variants}]
+        missing = [
+            name
+            for name in self.signals.sources
+            if name.startswith("timellm") and name not in {timellm_source(variant) for variant in self.timellm.variants}
+        ]
         if missing:
-            raise ValueError(f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} does not train them: add the variant or drop the source")
+            raise ValueError(
+                f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} does not train them: add the variant or drop the source"
+            )
         return self
 
     @model_validator(mode="after")
     def _chronos_is_installed(self) -> PipelineConfig:
         wanted = [name for name in self.signals.sources if name.startswith("chronos2")]
         if wanted and importlib.util.find_spec("chronos") is None:
-            raise ValueError(f'signals.sources lists {wanted} but chronos-forecasting is not installed: pip install -e ".[chronos]"')
+            raise ValueError(
+                f'signals.sources lists {wanted} but chronos-forecasting is not installed: pip install -e ".[chronos]"'
+            )
         return self
 
     def section(self, dotted_key: str) -> Any:

@@ -141,7 +141,10 @@ class StageInputs:
         """Per seed, the horizon-return quantiles of every fold as one table (see `signal_history`)."""
         import pandas as pd
 
-        return self._history(source, lambda instance: pd.read_parquet(self.folder(self._producers[source], instance) / quantile_path(source)))
+        return self._history(
+            source,
+            lambda instance: pd.read_parquet(self.folder(self._producers[source], instance) / quantile_path(source)),
+        )
 
     def _history(self, source: str, read) -> dict[int, pd.DataFrame]:
         import pandas as pd
@@ -150,7 +153,9 @@ class StageInputs:
         for instance in self.instances:
             table = read(instance)
             start, end = (pd.Timestamp(day) for day in instance.dates.test)
-            by_seed.setdefault(instance.seed, []).append(table[(table["datetime"] >= start) & (table["datetime"] <= end)])
+            by_seed.setdefault(instance.seed, []).append(
+                table[(table["datetime"] >= start) & (table["datetime"] <= end)]
+            )
         return {seed: pd.concat(tables, ignore_index=True) for seed, tables in by_seed.items()}
 
 

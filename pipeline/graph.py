@@ -29,14 +29,20 @@ STAGES: dict[str, StageSpec] = {
 # Signal source -> the stage that writes its table; rule baselines are computed by the backtest.
 SIGNAL_PRODUCERS: dict[str, str] = {source: spec.name for spec in STAGES.values() for source in spec.signal_sources}
 if set(SIGNAL_PRODUCERS) | set(RULE_BASELINES) != set(SIGNAL_SOURCES):
-    raise RuntimeError(f"signal sources in pipeline/config.py {sorted(SIGNAL_SOURCES)} and those the stages produce "
-                       f"{sorted(SIGNAL_PRODUCERS)} + rules {list(RULE_BASELINES)} differ: declare each source on its stage")
+    raise RuntimeError(
+        f"signal sources in pipeline/config.py {sorted(SIGNAL_SOURCES)} and those the stages produce "
+        f"{sorted(SIGNAL_PRODUCERS)} + rules {list(RULE_BASELINES)} differ: declare each source on its stage"
+    )
 
 
 def data_location(config: PipelineConfig) -> Path:
     """The file or folder the run's data comes from."""
     data = config.data
-    return sample_bars_path() if data.source == "sample" else Path(data.path if data.source == "csv" else data.provider_uri)
+    return (
+        sample_bars_path()
+        if data.source == "sample"
+        else Path(data.path if data.source == "csv" else data.provider_uri)
+    )
 
 
 def data_fingerprint(config: PipelineConfig) -> str:
@@ -59,12 +65,19 @@ def teacher_fingerprint(config: PipelineConfig) -> str:
 
 
 # Stages that read inputs from outside the graph, and the identity of those inputs.
-EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str]] = {"ingest": data_fingerprint, "chronos2": teacher_fingerprint}
+EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str]] = {
+    "ingest": data_fingerprint,
+    "chronos2": teacher_fingerprint,
+}
 
 # Stage names before the stage contract; still accepted on the command line.
 STAGE_ALIASES = {
-    "tokenizer": "kronos_tokenizer", "predictor": "kronos_predictor", "signals": "kronos_signals",
-    "baselines": "lgbm_alpha158", "chronos": "chronos2", "chronos_student": "chronos2_student",
+    "tokenizer": "kronos_tokenizer",
+    "predictor": "kronos_predictor",
+    "signals": "kronos_signals",
+    "baselines": "lgbm_alpha158",
+    "chronos": "chronos2",
+    "chronos_student": "chronos2_student",
 }
 
 
@@ -117,7 +130,11 @@ class Instance:
 
 def instances(config: PipelineConfig) -> list[Instance]:
     """Every (fold, seed) of the run, folds first; a config without folds or seeds has one."""
-    return [Instance(index, seed, fold, config.for_fold(fold, seed)) for index, fold in enumerate(config.folds()) for seed in config.seeds()]
+    return [
+        Instance(index, seed, fold, config.for_fold(fold, seed))
+        for index, fold in enumerate(config.folds())
+        for seed in config.seeds()
+    ]
 
 
 def upstream_keys(stage: StageSpec, runs: list[Instance], keys: list[dict[str, str]]) -> dict[str, str]:
@@ -127,8 +144,11 @@ def upstream_keys(stage: StageSpec, runs: list[Instance], keys: list[dict[str, s
     if not stage.consumes_signals:
         (instance,), (instance_keys,) = runs, keys
         return {name: instance_keys[name] for name in needs(stage, instance.config)}
-    return {f"{name} [{instance.label}]": instance_keys[name] for instance, instance_keys in zip(runs, keys)
-            for name in needs(stage, instance.config)}
+    return {
+        f"{name} [{instance.label}]": instance_keys[name]
+        for instance, instance_keys in zip(runs, keys)
+        for name in needs(stage, instance.config)
+    }
 
 
 def cache_key(stage: StageSpec, config: PipelineConfig, upstream: dict[str, str]) -> str:

@@ -22,23 +22,46 @@ log = logging.getLogger("pipeline")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default="backtest", help="stage to run, with everything it needs (default: backtest)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="YAML run configuration (default: configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'")
+    parser.add_argument(
+        "--stage", default="backtest", help="stage to run, with everything it needs (default: backtest)"
+    )
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help="YAML run configuration (default: configs/default.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'",
+    )
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
-    parser.add_argument("--list", action="store_true", help="show the stage graph (needs, config keys read, outputs) for this config and exit")
-    parser.add_argument("--status", action="store_true", help="show which stages are cached for this config, by which run, and where")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="show the stage graph (needs, config keys read, outputs) for this config and exit",
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="show which stages are cached for this config, by which run, and where"
+    )
     return parser.parse_args(argv)
 
 
 def print_graph(console: Console, config) -> None:
     from pipeline.graph import STAGES, needs
 
-    console.print("[bold]stage graph[/] for this config, in run order (the backtest needs the stages of signals.sources):")
+    console.print(
+        "[bold]stage graph[/] for this config, in run order (the backtest needs the stages of signals.sources):"
+    )
     for stage in STAGES.values():
         console.print(f"\n[bold]{stage.name}[/]: {stage.description}", highlight=False)
-        for label, items in (("needs", needs(stage, config)), ("reads", stage.reads), ("writes", stage.outputs_for(config))):
+        for label, items in (
+            ("needs", needs(stage, config)),
+            ("reads", stage.reads),
+            ("writes", stage.outputs_for(config)),
+        ):
             console.print(f"  {label:<7}{', '.join(items) or '-'}", highlight=False, soft_wrap=True)
 
 
@@ -69,7 +92,9 @@ def print_outcomes(console: Console, outcomes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     console = Console()
     try:
         config = load_config(args.config, args.overrides)

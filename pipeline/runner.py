@@ -16,7 +16,17 @@ from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
 from pipeline.contract import InstanceOutputs, StageInputs, StageSpec
-from pipeline.graph import SIGNAL_PRODUCERS, STAGES, Instance, cache_key, data_fingerprint, data_location, instances, plan, upstream_keys
+from pipeline.graph import (
+    SIGNAL_PRODUCERS,
+    STAGES,
+    Instance,
+    cache_key,
+    data_fingerprint,
+    data_location,
+    instances,
+    plan,
+    upstream_keys,
+)
 
 if TYPE_CHECKING:
     from mlflow.data.dataset import Dataset
@@ -51,24 +61,50 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
     runs = instances(config)
     dataset = tracking.data_set(config, data_location(config), data_fingerprint(config))
     if len(runs) > 1:
-        log.info("%d folds x %d seeds: learned stages run per (fold, seed), each cached on its own", len(config.folds()), len(config.seeds()))
+        log.info(
+            "%d folds x %d seeds: learned stages run per (fold, seed), each cached on its own",
+            len(config.folds()),
+            len(config.seeds()),
+        )
     done: dict[tuple[str, str], StageOutcome] = {}  # (stage, key) -> outcome, in run order
     per_instance: list[dict[str, StageOutcome]] = [{} for _ in runs]
     with tracking.parent_run(config, target, config_file, dataset) as parent:
         log.info("MLflow parent run %s", parent.info.run_id)
         for stage in stages:
             # A consumer of every instance's signals runs once on the run's config; any other stage once per instance.
-            groups = [(runs, per_instance)] if stage.consumes_signals else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance)]
+            groups = (
+                [(runs, per_instance)]
+                if stage.consumes_signals
+                else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance)]
+            )
             for group, group_outcomes in groups:
                 stage_config = config if stage.consumes_signals else group[0].config
-                upstream = upstream_keys(stage, group, [{name: o.key for name, o in outcomes.items()} for outcomes in group_outcomes])
+                upstream = upstream_keys(
+                    stage, group, [{name: o.key for name, o in outcomes.items()} for outcomes in group_outcomes]
+                )
                 key = cache_key(stage, stage_config, upstream)
                 if (stage.name, key) not in done:
                     tags = instance_tags(stage, group[0]) if len(runs) > 1 and not stage.consumes_signals else {}
-                    inputs = StageInputs(stage.name, [InstanceOutputs(run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()})
-                                                      for run, outcomes in zip(group, group_outcomes)], SIGNAL_PRODUCERS, uri)
-                    done[(stage.name, key)] = _run_or_reuse(stage, key, stage_config, cache, inputs, RunContext(parent.info.run_id, dataset, tags),
-                                                            force and stage.name == target)
+                    inputs = StageInputs(
+                        stage.name,
+                        [
+                            InstanceOutputs(
+                                run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()}
+                            )
+                            for run, outcomes in zip(group, group_outcomes)
+                        ],
+                        SIGNAL_PRODUCERS,
+                        uri,
+                    )
+                    done[(stage.name, key)] = _run_or_reuse(
+                        stage,
+                        key,
+                        stage_config,
+                        cache,
+                        inputs,
+                        RunContext(parent.info.run_id, dataset, tags),
+                        force and stage.name == target,
+                    )
                 for outcomes in group_outcomes:
                     outcomes[stage.name] = done[(stage.name, key)]
         mlflow.log_metric("stages_run", sum(not o.reused for o in done.values()))
@@ -94,8 +130,15 @@ class RunContext:
     tags: dict[str, str]
 
 
-def _run_or_reuse(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext,
-                  force: bool) -> StageOutcome:
+def _run_or_reuse(
+    stage: StageSpec,
+    key: str,
+    config: PipelineConfig,
+    cache: StageCache,
+    inputs: StageInputs,
+    context: RunContext,
+    force: bool,
+) -> StageOutcome:
     with cache.lock(stage.name, key):
         manifest = cache.lookup(stage.name, key)
         if manifest is None or force:
@@ -122,16 +165,31 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
             key = keys[0][stage.name]
         manifest = cache.lookup(stage.name, key)
         if manifest is None:
-            rows.append({"stage": stage.name, "state": "not cached: will run", "created": "-", "run": "-", "output": "-", "artifacts": "-"})
+            rows.append(
+                {
+                    "stage": stage.name,
+                    "state": "not cached: will run",
+                    "created": "-",
+                    "run": "-",
+                    "output": "-",
+                    "artifacts": "-",
+                }
+            )
             continue
         try:
             artifacts = client.get_run(manifest["run_id"]).info.artifact_uri
         except mlflow.exceptions.MlflowException:
             artifacts = "run not in this tracking store"
-        rows.append({
-            "stage": stage.name, "state": "cached", "created": manifest.get("created_at", "-"), "run": manifest["run_id"],
-            "output": str(cache.path(stage.name, key)), "artifacts": artifacts,
-        })
+        rows.append(
+            {
+                "stage": stage.name,
+                "state": "cached",
+                "created": manifest.get("created_at", "-"),
+                "run": manifest["run_id"],
+                "output": str(cache.path(stage.name, key)),
+                "artifacts": artifacts,
+            }
+        )
     return rows
 
 
@@ -143,8 +201,13 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, context: Ru
     UI and the notebook find them.
     """
     produced_in_store = tracking.run_exists(manifest["run_id"])
-    log.info("stage %s: inputs unchanged, reusing %s (produced by run %s%s)", stage.name, output, manifest["run_id"],
-             "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again")
+    log.info(
+        "stage %s: inputs unchanged, reusing %s (produced by run %s%s)",
+        stage.name,
+        output,
+        manifest["run_id"],
+        "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again",
+    )
     tags = {"cache_key": key, "reused": "true", **context.tags}
     tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
     with tracking.stage_run(stage.name, manifest["params"], tags, context.dataset) as run:
@@ -157,20 +220,26 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, context: Ru
     return StageOutcome(stage.name, key, output, True, run.info.run_id, producer, 0.0, manifest["summary"])
 
 
-def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext) -> StageOutcome:
+def _execute(
+    stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext
+) -> StageOutcome:
     log.info("stage %s: running (cache key %s)", stage.name, key)
     params = {name: config.section(name) for name in stage.reads}
     seed_everything(config.seed)
     models = stage.models_for(config)
     heavy = bool(models or stage.signal_sources)  # training and forecasting stages: sample CPU, memory and GPU use
-    with tracking.stage_run(stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy) as run:
+    with tracking.stage_run(
+        stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy
+    ) as run:
         with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
             started = time.perf_counter()
             result = stage.run(stage.view(config), inputs, folder)
             seconds = time.perf_counter() - started
             check_outputs(stage, config, folder)
             metrics = {**result.metrics, "seconds": seconds}
-            linked = tracking.log_models(run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics)
+            linked = tracking.log_models(
+                run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics
+            )
             tracking.log_metrics({name: value for name, value in metrics.items() if name not in linked})
             tracking.log_history(result.history)
             tracking.log_artifacts(result.artifacts)
@@ -178,7 +247,11 @@ def _execute(stage: StageSpec, key: str, config: PipelineConfig, cache: StageCac
             tracking.log_children(children)
             tracking.log_to_run(context.parent_run_id, result.parent_artifacts)
             manifest.update(
-                run_id=run.info.run_id, params=params, metrics=metrics, summary=result.summary, children=children,
+                run_id=run.info.run_id,
+                params=params,
+                metrics=metrics,
+                summary=result.summary,
+                children=children,
                 parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],
                 artifacts=[str(path.relative_to(folder)) for path in result.artifacts],
             )

@@ -46,8 +46,10 @@ def setup(config: PipelineConfig) -> str:
     """
     uri = tracking_uri(config)
     if "://" not in uri:
-        raise ConfigError(f"tracking.uri {uri!r} is a plain path, which MLflow 3 does not take as a store: use "
-                          f"sqlite:///{Path(uri).resolve() / 'mlflow.db'} (a database in that folder) or a server, http://host:5000")
+        raise ConfigError(
+            f"tracking.uri {uri!r} is a plain path, which MLflow 3 does not take as a store: use "
+            f"sqlite:///{Path(uri).resolve() / 'mlflow.db'} (a database in that folder) or a server, http://host:5000"
+        )
     with _store_lock(uri):
         mlflow.set_tracking_uri(uri)
         name = config.tracking.experiment
@@ -73,8 +75,10 @@ def _store_lock(uri: str) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / ".mlflow-store.lock", "a")
     except OSError as exc:
-        raise ConfigError(f"tracking.uri {uri!r}: cannot write to {folder} ({exc.strerror}); point tracking.uri at a "
-                          "writable place, e.g. --set tracking.uri=sqlite:////tmp/mlruns/mlflow.db") from exc
+        raise ConfigError(
+            f"tracking.uri {uri!r}: cannot write to {folder} ({exc.strerror}); point tracking.uri at a "
+            "writable place, e.g. --set tracking.uri=sqlite:////tmp/mlruns/mlflow.db"
+        ) from exc
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -94,8 +98,16 @@ def run_exists(run_id: str) -> bool:
 
 def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
@@ -121,8 +133,14 @@ def parent_run(config: PipelineConfig, target: str, config_file: str, dataset: D
         "profile": config.profile,
         "data": config.data.source if config.data.source != "qlib" else str(config.data.provider_uri),
         "universe": config.data.instruments,
-        "split": " | ".join(f"{name} {start}..{end}" for name, (start, end) in
-                            (("train", config.split.train), ("valid", config.split.valid), ("test", config.split.test))),
+        "split": " | ".join(
+            f"{name} {start}..{end}"
+            for name, (start, end) in (
+                ("train", config.split.train),
+                ("valid", config.split.valid),
+                ("test", config.split.test),
+            )
+        ),
     }
     with mlflow.start_run(run_name=f"{target} [{config.profile}]", tags=tags) as run:
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
@@ -155,14 +173,19 @@ def _inherited_tags() -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any], tags: dict[str, str], dataset: Dataset,
-              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+def stage_run(
+    stage: str, params: dict[str, Any], tags: dict[str, str], dataset: Dataset, system_metrics: bool = False
+) -> Iterator[mlflow.ActiveRun]:
     """A run nested in the active (parent) run, which also carries the parent's commit, config hash and data set.
 
     With `system_metrics`, MLflow samples CPU, memory and (where present) GPU use while the stage runs.
     """
-    with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, **_inherited_tags(), **tags},
-                          log_system_metrics=system_metrics) as run:
+    with mlflow.start_run(
+        run_name=stage,
+        nested=True,
+        tags={"stage": stage, **_inherited_tags(), **tags},
+        log_system_metrics=system_metrics,
+    ) as run:
         mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
         mlflow.log_input(dataset, context="data")
         yield run
@@ -177,12 +200,21 @@ def log_models(run_id: str, models: dict[str, Path], params: dict[str, Any], met
     logged: set[str] = set()
     now = int(time.time() * 1000)
     for name, folder in models.items():
-        model = mlflow.initialize_logged_model(name=name, source_run_id=run_id, params=flat_params, model_type="save_pretrained",
-                                               tags={"stage_run_id": run_id, **_inherited_tags()})
+        model = mlflow.initialize_logged_model(
+            name=name,
+            source_run_id=run_id,
+            params=flat_params,
+            model_type="save_pretrained",
+            tags={"stage_run_id": run_id, **_inherited_tags()},
+        )
         client.log_model_artifacts(model.model_id, str(folder))
         owned = {key.removeprefix(f"{name}_"): value for key, value in metrics.items() if key.startswith(f"{name}_")}
         owned = owned or (metrics if len(models) == 1 else {})
-        linked = [Metric(key, float(value), now, 0, model_id=model.model_id, run_id=run_id) for key, value in owned.items() if value == value]
+        linked = [
+            Metric(key, float(value), now, 0, model_id=model.model_id, run_id=run_id)
+            for key, value in owned.items()
+            if value == value
+        ]
         for start in range(0, len(linked), 1000):
             client.log_batch(run_id, metrics=linked[start : start + 1000])
         mlflow.finalize_logged_model(model.model_id, "READY")
@@ -203,9 +235,13 @@ def log_children(children: list[dict[str, Any]]) -> None:
     """One run per child ({name, params, metrics, tags}), nested in the active run."""
     inherited = _inherited_tags()
     for child in children:
-        with mlflow.start_run(run_name=child["name"], nested=True, tags={"child": child["name"], **inherited, **child["tags"]}):
+        with mlflow.start_run(
+            run_name=child["name"], nested=True, tags={"child": child["name"], **inherited, **child["tags"]}
+        ):
             mlflow.log_params({key: _param_text(value) for key, value in flatten(child["params"]).items()})
-            log_metrics({key: value for key, value in child["metrics"].items() if value == value})  # NaN is not loggable
+            log_metrics(
+                {key: value for key, value in child["metrics"].items() if value == value}
+            )  # NaN is not loggable
 
 
 def log_to_run(run_id: str, paths: list[Path]) -> None:
@@ -218,7 +254,12 @@ def log_history(rows: list[dict[str, float]]) -> None:
     """Per-step metrics (rows of {"step": n, name: value}) in batches, one request per 1000."""
     run_id = mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), now, int(row["step"])) for row in rows for name, value in row.items() if name != "step"]
+    metrics = [
+        Metric(name, float(value), now, int(row["step"]))
+        for row in rows
+        for name, value in row.items()
+        if name != "step"
+    ]
     client = mlflow.MlflowClient()
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])

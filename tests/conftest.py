@@ -25,12 +25,19 @@ def make_bars(n_symbols: int = 6, n_days: int = 80, seed: int = 0, start: str = 
         open_ = close * np.exp(rng.normal(0, 0.005, n_days))
         high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n_days))
         low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n_days))
-        frames.append(pd.DataFrame({
-            "date": dates.strftime("%Y-%m-%d"),
-            "symbol": f"S{i:03d}",
-            "open": open_, "high": high, "low": low, "close": close,
-            "volume": rng.integers(1_000, 100_000, n_days).astype(float),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": dates.strftime("%Y-%m-%d"),
+                    "symbol": f"S{i:03d}",
+                    "open": open_,
+                    "high": high,
+                    "low": low,
+                    "close": close,
+                    "volume": rng.integers(1_000, 100_000, n_days).astype(float),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -48,7 +55,8 @@ def write_config(tmp_path, mlflow_uri):
             "cache_dir": str(tmp_path / "cache"),
             "data": {"source": "csv", "path": str(csv_path), "instruments": "test"},
             "split": {
-                "lookback": 10, "horizon": 3,
+                "lookback": 10,
+                "horizon": 3,
                 "train": ["2021-01-01", "2021-02-28"],
                 "valid": ["2021-03-01", "2021-03-31"],
                 "test": ["2021-04-01", "2021-04-30"],
@@ -92,7 +100,9 @@ def tiny_split_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_split")
     bars = make_bars(n_symbols=8, n_days=120)
-    write_qlib_folder(validate_bars(bars.assign(_where="synthetic", _line=range(len(bars))), None), root / "qlib", "test")
+    write_qlib_folder(
+        validate_bars(bars.assign(_where="synthetic", _line=range(len(bars))), None), root / "qlib", "test"
+    )
     panel = load_panel(root / "qlib", "test", ("open", "high", "low", "close", "volume", "amount"))
     segments = {
         "train": (dt.date(2021, 1, 1), dt.date(2021, 4, 30)),
@@ -114,18 +124,39 @@ def backbone_dirs(tmp_path_factory) -> dict[str, str]:
     from models.timellm.backbone import bundled_minilm_path
 
     root = tmp_path_factory.mktemp("backbones")
-    texts = ["Dataset description: daily prices. Task description: forecast the next steps; min value -1.25, max value 2.50."] * 20
+    texts = [
+        "Dataset description: daily prices. Task description: forecast the next steps; min value -1.25, max value 2.50."
+    ] * 20
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=400, special_tokens=["<|endoftext|>"])
-    gpt2_tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                       unk_token="<|endoftext|>")
+    gpt2_tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
     end = gpt2_tokenizer.eos_token_id
-    GPT2Model(GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=48, n_layer=3, n_head=2, n_positions=256, bos_token_id=end, eos_token_id=end)).save_pretrained(root / "gpt2")
+    GPT2Model(
+        GPT2Config(
+            vocab_size=len(gpt2_tokenizer),
+            n_embd=48,
+            n_layer=3,
+            n_head=2,
+            n_positions=256,
+            bos_token_id=end,
+            eos_token_id=end,
+        )
+    ).save_pretrained(root / "gpt2")
     gpt2_tokenizer.save_pretrained(root / "gpt2")
     bert_tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())  # a real WordPiece vocabulary
-    BertModel(BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=48, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(root / "bert")
+    BertModel(
+        BertConfig(
+            vocab_size=bert_tokenizer.vocab_size,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
+    ).save_pretrained(root / "bert")
     bert_tokenizer.save_pretrained(root / "bert")
     return {"gpt2": str(root / "gpt2"), "bert": str(root / "bert")}
 

@@ -35,7 +35,9 @@ def test_ic_matches_an_independent_pandas_and_scipy_computation(panel):
     scores = random_scores(close) + 3 * forward_returns(close, 4).fillna(0)  # some real signal
     returns = forward_returns(close, 4)
     pearson = scores.corrwith(returns, axis=1).dropna()
-    spearman = pd.Series({day: stats.spearmanr(scores.loc[day], returns.loc[day], nan_policy="omit")[0] for day in pearson.index})
+    spearman = pd.Series(
+        {day: stats.spearmanr(scores.loc[day], returns.loc[day], nan_policy="omit")[0] for day in pearson.index}
+    )
     np.testing.assert_allclose(daily_ic(scores, returns).loc[pearson.index], pearson, atol=1e-6)
     np.testing.assert_allclose(daily_ic(scores, returns, rank=True).loc[pearson.index], spearman, atol=1e-6)
     metrics = signal_metrics(scores, close, 4)
@@ -70,7 +72,9 @@ def test_rule_baselines_are_causal(panel):
     instrument = 0
     last_rows = slice(panel.offsets[instrument + 1] - 10, panel.offsets[instrument + 1])
     future[last_rows] *= 2  # change the last 10 days of one instrument
-    changed = type(panel)(panel.instruments, panel.fields, panel.calendar, future, panel.offsets, panel.starts, panel.member)
+    changed = type(panel)(
+        panel.instruments, panel.fields, panel.calendar, future, panel.offsets, panel.starts, panel.member
+    )
     after = rule_baseline("momentum", changed, start, end)
     cutoff = panel.calendar[panel.starts[instrument] + panel.offsets[instrument + 1] - panel.offsets[instrument] - 10]
     early = before["datetime"] < cutoff
@@ -79,7 +83,9 @@ def test_rule_baselines_are_causal(panel):
     close = panel.field_frame("close")
     day, name = reversal.iloc[30][["datetime", "instrument"]]
     position = close.index.get_loc(day)
-    assert reversal.iloc[30]["score"] == pytest.approx(-(close[name].iloc[position] / close[name].iloc[position - 5] - 1), rel=1e-5)
+    assert reversal.iloc[30]["score"] == pytest.approx(
+        -(close[name].iloc[position] / close[name].iloc[position - 5] - 1), rel=1e-5
+    )
 
 
 def test_topk_dropout_rule_limits_holdings_and_sells(panel):
@@ -114,9 +120,13 @@ def pandas_topk_dropout_orders(scores: pd.DataFrame, topk: int, n_drop: int) -> 
 @pytest.mark.parametrize(("topk", "n_drop"), [(3, 1), (5, 2), (4, 0), (20, 5)])
 def test_topk_dropout_orders_equal_the_pandas_rule_with_ties_and_gaps(topk, n_drop):
     rng = np.random.default_rng(topk + n_drop)
-    scores = pd.DataFrame(rng.integers(0, 4, (60, 40)).astype(float), columns=[f"S{i:02d}" for i in range(40)])  # many ties
+    scores = pd.DataFrame(
+        rng.integers(0, 4, (60, 40)).astype(float), columns=[f"S{i:02d}" for i in range(40)]
+    )  # many ties
     scores = scores.mask(rng.random(scores.shape) < 0.2)  # names without a score on some days, held ones among them
-    pd.testing.assert_frame_equal(topk_dropout_orders(scores, topk, n_drop), pandas_topk_dropout_orders(scores, topk, n_drop))
+    pd.testing.assert_frame_equal(
+        topk_dropout_orders(scores, topk, n_drop), pandas_topk_dropout_orders(scores, topk, n_drop)
+    )
 
 
 def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path):
@@ -127,8 +137,10 @@ def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path)
     qlib_daily = qlib_topk_dropout(scores, settings, list(panel.instruments), scores.index[-1])
     vbt_daily = vbt_topk_dropout(scores, close, settings).reindex(qlib_daily.index)
     difference = (qlib_daily["return"] - vbt_daily["return"]).abs()
-    print(f"daily return difference: mean {difference.mean():.2e}, max {difference.max():.2e}, "
-          f"correlation {qlib_daily['return'].corr(vbt_daily['return']):.4f}")
+    print(
+        f"daily return difference: mean {difference.mean():.2e}, max {difference.max():.2e}, "
+        f"correlation {qlib_daily['return'].corr(vbt_daily['return']):.4f}"
+    )
     assert qlib_daily["return"].corr(vbt_daily["return"]) > 0.95
     assert difference.mean() < 2e-3
     assert abs(qlib_daily["cost"].sum() - vbt_daily["cost"].sum()) < 0.5 * qlib_daily["cost"].sum()
@@ -140,13 +152,28 @@ def qlib_backtest_unshared(scores: pd.DataFrame, settings, benchmark: list[str],
     from qlib.contrib.strategy import TopkDropoutStrategy
 
     signal = scores.stack().rename("score").to_frame().rename_axis(["datetime", "instrument"])
-    exchange = {"freq": "day", "limit_threshold": settings.limit_threshold, "deal_price": settings.deal_price,
-                "open_cost": settings.open_cost, "close_cost": settings.close_cost, "min_cost": settings.min_cost}
+    exchange = {
+        "freq": "day",
+        "limit_threshold": settings.limit_threshold,
+        "deal_price": settings.deal_price,
+        "open_cost": settings.open_cost,
+        "close_cost": settings.close_cost,
+        "min_cost": settings.min_cost,
+    }
     portfolio, _ = backtest(
-        start_time=scores.index[0], end_time=end, benchmark=benchmark, account=settings.account, exchange_kwargs=exchange,
-        strategy=TopkDropoutStrategy(signal=signal, topk=settings.topk, n_drop=settings.n_drop, hold_thresh=settings.hold_thresh),
-        executor={"class": "SimulatorExecutor", "module_path": "qlib.backtest.executor",
-                  "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True, "verbose": False}},
+        start_time=scores.index[0],
+        end_time=end,
+        benchmark=benchmark,
+        account=settings.account,
+        exchange_kwargs=exchange,
+        strategy=TopkDropoutStrategy(
+            signal=signal, topk=settings.topk, n_drop=settings.n_drop, hold_thresh=settings.hold_thresh
+        ),
+        executor={
+            "class": "SimulatorExecutor",
+            "module_path": "qlib.backtest.executor",
+            "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True, "verbose": False},
+        },
     )
     return portfolio["1day"][0][["return", "cost", "bench", "turnover"]].astype(float)
 
@@ -162,7 +189,9 @@ def test_strategies_sharing_a_market_get_qlibs_own_results(tiny_split_dir, panel
     for seed in (7, 8):  # the second strategy reuses the first one's exchange and benchmark
         scores = random_scores(close, seed=seed).loc["2021-03-01":"2021-05-31"]
         shared = qlib_topk_dropout(scores, settings, benchmark, scores.index[-1])
-        pd.testing.assert_frame_equal(shared, qlib_backtest_unshared(scores, settings, benchmark, scores.index[-1]), rtol=1e-12)
+        pd.testing.assert_frame_equal(
+            shared, qlib_backtest_unshared(scores, settings, benchmark, scores.index[-1]), rtol=1e-12
+        )
     assert market.cache_info().hits == 1 and market.cache_info().misses == 1
 
 
@@ -173,13 +202,35 @@ def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, pa
     settings = BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings()
     jobs = []
     for seed in (4, 5, 6):
-        scores = random_scores(close, seed=seed).loc["2021-03-01":"2021-05-31"].stack().rename_axis(["datetime", "instrument"]).rename("score").reset_index()
+        scores = (
+            random_scores(close, seed=seed)
+            .loc["2021-03-01":"2021-05-31"]
+            .stack()
+            .rename_axis(["datetime", "instrument"])
+            .rename("score")
+            .reset_index()
+        )
         table = make_signal_table(scores["datetime"], scores["instrument"], scores["score"], None, f"random {seed}")
-        jobs.append((table, f"random {seed}", close, 4, settings, list(panel.instruments), pd.Timestamp("2021-05-31"), ((2, 3), (1,), (1.0,))))
+        jobs.append(
+            (
+                table,
+                f"random {seed}",
+                close,
+                4,
+                settings,
+                list(panel.instruments),
+                pd.Timestamp("2021-05-31"),
+                ((2, 3), (1,), (1.0,)),
+            )
+        )
     qlib_init = (tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
     alone = run_in_processes(jobs, evaluate_strategy, init_qlib, qlib_init, workers=1)
     side_by_side = run_in_processes(jobs, evaluate_strategy, init_qlib, qlib_init, workers=2)
-    assert [evaluation.name for evaluation, _, _ in side_by_side] == ["random 4", "random 5", "random 6"]  # job order kept
+    assert [evaluation.name for evaluation, _, _ in side_by_side] == [
+        "random 4",
+        "random 5",
+        "random 6",
+    ]  # job order kept
     for (one, sweep_one, returns_one), (other, sweep_other, returns_other) in zip(alone, side_by_side):
         assert one.rows == other.rows
         for engine in ("qlib", "vectorbt"):
@@ -191,16 +242,21 @@ def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, pa
 def test_sweep_runs_every_combination(panel):
     close = panel.field_frame("close").astype(float)
     scores = random_scores(close, seed=3).loc["2021-03-01":"2021-05-31"]
-    sweep, returns = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0))
+    sweep, returns = vbt_sweep(
+        scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(2, 3), n_drops=(1, 2), costs=(0.0, 1.0)
+    )
     assert len(sweep) == 8 and returns.shape == (len(scores), 8)
     np.testing.assert_allclose(sweep["ann_return_with_cost"], returns.mean() * 252)
     free, costly = sweep.xs(0.0, level="cost"), sweep.xs(1.0, level="cost")
     assert (free["final_value"].to_numpy() > costly["final_value"].to_numpy()).all()  # costs only subtract
-    single, _ = vbt_sweep(scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,))
+    single, _ = vbt_sweep(
+        scores, close, BacktestConfig(account=1e7).topk_settings(), topks=(3,), n_drops=(1,), costs=(1.0,)
+    )
     assert single.loc[(3, 1, 1.0), "final_value"] == pytest.approx(sweep.loc[(3, 1, 1.0), "final_value"])
     alone = vbt_topk_dropout(scores, close, BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings())
-    np.testing.assert_allclose(returns[(3, 1, 1.0)], alone["return"] - alone["cost"], atol=1e-12)  # a cell is the rule run alone
-
+    np.testing.assert_allclose(
+        returns[(3, 1, 1.0)], alone["return"] - alone["cost"], atol=1e-12
+    )  # a cell is the rule run alone
 
 
 def test_sweep_reuses_the_single_runs_compiled_simulation(panel):
@@ -216,6 +272,7 @@ def test_sweep_reuses_the_single_runs_compiled_simulation(panel):
     vbt_sweep(scores, close, settings, topks=(2, 3), n_drops=(1,), costs=(0.0, 1.0))
     assert set(simulate_from_orders_nb.signatures) == compiled
 
+
 def test_bad_signal_tables(panel, caplog):
     close = panel.field_frame("close")
     table = make_signal_table([close.index[40]] * 3, panel.instruments[:3], [0.1, np.nan, 0.3], None, "x")
@@ -223,7 +280,12 @@ def test_bad_signal_tables(panel, caplog):
         check_signal_table(table.drop(columns="score"), "bad.parquet")
     with pytest.raises(DataError, match="duplicate"):
         check_signal_table(pd.concat([table, table.iloc[:1]]), "bad.parquet")
-    odd = pd.concat([table, make_signal_table([pd.Timestamp("2035-01-02"), close.index[40]], ["S000", "NOPE"], [0.2, 0.2], None, "x")])
+    odd = pd.concat(
+        [
+            table,
+            make_signal_table([pd.Timestamp("2035-01-02"), close.index[40]], ["S000", "NOPE"], [0.2, 0.2], None, "x"),
+        ]
+    )
     with caplog.at_level(logging.WARNING):
         kept = clean_signals(odd, "x", close.index, list(close.columns))
     assert len(kept) == 2
@@ -236,6 +298,8 @@ def test_bad_signal_tables(panel, caplog):
 
 def test_score_matrix_round_trip(panel):
     close = panel.field_frame("close")
-    table = make_signal_table([close.index[5], close.index[5], close.index[6]], ["S000", "S001", "S000"], [1.0, 2.0, 3.0], None, "x")
+    table = make_signal_table(
+        [close.index[5], close.index[5], close.index[6]], ["S000", "S001", "S000"], [1.0, 2.0, 3.0], None, "x"
+    )
     matrix = score_matrix(table)
     assert matrix.loc[close.index[5], "S001"] == 2.0 and np.isnan(matrix.loc[close.index[6], "S001"])

@@ -14,7 +14,9 @@ def run_split(config_path, *overrides):
 def cache_entries(config_path):
     """Every folder under the cache's stage folders, complete or temporary (the lock files are not outputs)."""
     cache = config_path.parent / "cache"
-    return sorted(p.relative_to(cache) for p in cache.glob("*/*") if p.parent.name != ".locks") if cache.exists() else []
+    return (
+        sorted(p.relative_to(cache) for p in cache.glob("*/*") if p.parent.name != ".locks") if cache.exists() else []
+    )
 
 
 def corrupt(tmp_path, change):
@@ -29,9 +31,15 @@ def corrupt(tmp_path, change):
     ("change", "expected"),
     [
         (lambda b: b.drop(columns="volume", inplace=True), "missing required column(s) ['volume']"),
-        (lambda b: b.loc.__setitem__((7, "date"), "2021-13-45"), "unparsable date (use YYYY-MM-DD, or set data.date_format): {file} line 9"),
+        (
+            lambda b: b.loc.__setitem__((7, "date"), "2021-13-45"),
+            "unparsable date (use YYYY-MM-DD, or set data.date_format): {file} line 9",
+        ),
         (lambda b: b.loc.__setitem__((5, "date"), b.loc[4, "date"]), "repeats a (date, symbol) pair"),
-        (lambda b: b.loc.__setitem__((11, "close"), 0.0), "non-positive price (open/high/low/close must be > 0): {file} line 13"),
+        (
+            lambda b: b.loc.__setitem__((11, "close"), 0.0),
+            "non-positive price (open/high/low/close must be > 0): {file} line 13",
+        ),
         (lambda b: b.loc.__setitem__((3, "high"), b.loc[3, "low"] / 2), "high < low: {file} line 5"),
         (lambda b: b.drop(index=b.index, inplace=True), "no rows"),
     ],

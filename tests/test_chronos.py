@@ -30,7 +30,9 @@ def test_tiny_model_loads_through_the_package_entry_points(teacher_dir):
     # the pipeline's forecast equals one forward pass of the model (horizon within one pass)
     direct = model_quantiles(pipeline.model, torch.from_numpy(values), 0, [], 7).detach().numpy()
     np.testing.assert_allclose(quantiles, direct, rtol=1e-4, atol=1e-4)
-    with_covariates = pipeline_quantiles(pipeline, values, 0, [1, 2], ["close", "open", "volume"], horizon=7, batch_size=2)
+    with_covariates = pipeline_quantiles(
+        pipeline, values, 0, [1, 2], ["close", "open", "volume"], horizon=7, batch_size=2
+    )
     direct = model_quantiles(pipeline.model, torch.from_numpy(values), 0, [1, 2], 7).detach().numpy()
     np.testing.assert_allclose(with_covariates, direct, rtol=1e-4, atol=1e-4)
     assert not np.allclose(with_covariates, quantiles)  # the covariates reach the forecast
@@ -81,16 +83,22 @@ def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teache
     split = Split.load(tiny_split_dir)
     teacher = load_pipeline(str(teacher_dir), DEVICE).model
     # losses are read every 4 steps and at each validation (every 10)
-    settings = ChronosStudentConfig(steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10,
-                                    log_every=4).settings(seed=5)
+    settings = ChronosStudentConfig(
+        steps=30, batch_size=16, lr=3e-3, train_windows=256, val_windows=64, eval_every=10, log_every=4
+    ).settings(seed=5)
     reports = []
     for _ in range(2):
         student = build_student(teacher, STUDENT, seed=0)
-        history, report = distil(student, teacher, split.segment("train"), split.segment("valid"), 3, [0, 1], settings, DEVICE)
+        history, report = distil(
+            student, teacher, split.segment("train"), split.segment("valid"), 3, [0, 1], settings, DEVICE
+        )
         reports.append(report["best_val_loss"])
     assert report["best_val_match"] < 0.9 * report["initial_val_match"]  # closer to the teacher than at the start
     assert reports[0] == reports[1]  # same seed, same labels and batches, same result
-    assert history[0] == {"step": 0, **{f"val_{key}": report[f"initial_val_{key}"] for key in ("match", "pinball", "loss")}}
+    assert history[0] == {
+        "step": 0,
+        **{f"val_{key}": report[f"initial_val_{key}"] for key in ("match", "pinball", "loss")},
+    }
     assert [row["step"] for row in history if "distill_loss" in row] == list(range(1, report["steps"] + 1))
 
 
@@ -100,11 +108,19 @@ def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    overrides = [f"chronos.teacher={teacher_dir}", "chronos.covariates=true", "chronos.batch_size=16",
-                 "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, steps: 10, batch_size: 8, "
-                 "train_windows: 64, val_windows: 16, eval_every: 5}",
-                 "signals.sources=[chronos2, chronos2_student, momentum]", "backtest.topk=2", "backtest.n_drop=1",
-                 "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"]
+    overrides = [
+        f"chronos.teacher={teacher_dir}",
+        "chronos.covariates=true",
+        "chronos.batch_size=16",
+        "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, steps: 10, batch_size: 8, "
+        "train_windows: 64, val_windows: 16, eval_every: 5}",
+        "signals.sources=[chronos2, chronos2_student, momentum]",
+        "backtest.topk=2",
+        "backtest.n_drop=1",
+        "backtest.sweep_topk=[2]",
+        "backtest.sweep_n_drop=[1]",
+        "backtest.sweep_cost=[1.0]",
+    ]
     config = load_config(write_config(bars_csv, experiment="chronos"), overrides)
     outcomes = run_pipeline(config, "backtest")
     assert [o.stage for o in outcomes] == ["ingest", "split", "chronos2", "chronos2_student", "backtest"]
@@ -118,4 +134,6 @@ def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config
     assert {"chronos2", "chronos2_student", "momentum"} == set(comparison["strategy"])
     metrics = mlflow.MlflowClient(config.tracking.uri).get_run(student_stage.run_id).data.metrics
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
-    assert {"speedup", "score_correlation", "median_mae_scaled", "distill_best_val_loss", "distill_loss"} <= set(metrics)
+    assert {"speedup", "score_correlation", "median_mae_scaled", "distill_best_val_loss", "distill_loss"} <= set(
+        metrics
+    )

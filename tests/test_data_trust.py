@@ -31,6 +31,7 @@ def write_csv(tmp_path, bars: pd.DataFrame, name: str = "bars.csv", **options) -
 
 # --- symbols --------------------------------------------------------------------------------
 
+
 def test_symbols_with_separators_stay_inside_the_folder_and_round_trip_through_qlib(tmp_path):
     bars = make_bars(n_symbols=4, n_days=30)
     bars["symbol"] = bars["symbol"].map({"S000": "../../x", "S001": "/tmp/x", "S002": "BF/B", "S003": ".."})
@@ -43,7 +44,12 @@ def test_symbols_with_separators_stay_inside_the_folder_and_round_trip_through_q
     codes = sorted(path.name for path in (out / "qlib" / "features").iterdir())
     assert codes == ["%2e%2e", "%2ftmp%2fx", "..%2f..%2fx", "bf%2fb"]
     mapping = pd.read_csv(out / "qlib" / "instruments" / qlib_format.SYMBOL_MAP, sep="\t")
-    assert dict(zip(mapping["code"], mapping["symbol"])) == {"%2E%2E": "..", "%2FTMP%2FX": "/TMP/X", "..%2F..%2FX": "../../X", "BF%2FB": "BF/B"}
+    assert dict(zip(mapping["code"], mapping["symbol"])) == {
+        "%2E%2E": "..",
+        "%2FTMP%2FX": "/TMP/X",
+        "..%2F..%2FX": "../../X",
+        "BF%2FB": "BF/B",
+    }
 
     from qlib.data import D
 
@@ -66,6 +72,7 @@ def test_codes_keep_their_leading_zeros(tmp_path):
 
 # --- dates ----------------------------------------------------------------------------------
 
+
 def day_first(bars: pd.DataFrame) -> pd.DataFrame:
     return bars.assign(date=pd.to_datetime(bars["date"]).dt.strftime("%d/%m/%Y"))
 
@@ -84,7 +91,10 @@ def test_ambiguous_day_month_dates_are_refused_until_the_format_is_given(tmp_pat
     config = write_config(path)
     assert run_split(config) == 2
     output = message(capsys)
-    assert f"{path}: the date column ('04/01/2021', ...) reads both day-first and month-first; set data.date_format" in output
+    assert (
+        f"{path}: the date column ('04/01/2021', ...) reads both day-first and month-first; set data.date_format"
+        in output
+    )
     assert cache_entries(config) == []
     loaded, _ = read_bars(path, DataConfig(date_format="%d/%m/%Y").bars_format())
     assert loaded["date"].min() == pd.Timestamp("2021-01-04") and (loaded["date"].dt.dayofweek < 5).all()
@@ -93,7 +103,9 @@ def test_ambiguous_day_month_dates_are_refused_until_the_format_is_given(tmp_pat
 def test_impossible_dates_in_overrides_and_files_are_config_errors(bars_csv, write_config, tmp_path, capsys):
     config = write_config(bars_csv)
     assert run_split(config, "split.test=[2010-13-01, 2010-12-31]") == 2
-    assert "--set 'split.test=[2010-13-01, 2010-12-31]': the value cannot be read (month must be in 1..12)" in message(capsys)
+    assert "--set 'split.test=[2010-13-01, 2010-12-31]': the value cannot be read (month must be in 1..12)" in message(
+        capsys
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("'2021-04-30'", "2021-13-30"))  # unquoted: a YAML date
     assert main(["--stage", "split", "--config", str(bad)]) == 2
@@ -106,7 +118,10 @@ def test_intraday_bars_are_refused_as_such(tmp_path, write_config, capsys):
     later = bars.assign(date=bars["date"] + pd.Timedelta(hours=1))
     config = write_config(write_csv(tmp_path, pd.concat([bars, later]).sort_values(["symbol", "date"])))
     assert run_split(config) == 2
-    assert "are intraday bars (one symbol at several times of a day): this pipeline takes daily bars; resample" in message(capsys)
+    assert (
+        "are intraday bars (one symbol at several times of a day): this pipeline takes daily bars; resample"
+        in message(capsys)
+    )
 
 
 def test_daily_bars_with_a_time_of_day_are_daily(tmp_path):
@@ -117,6 +132,7 @@ def test_daily_bars_with_a_time_of_day_are_daily(tmp_path):
 
 
 # --- file formats ---------------------------------------------------------------------------
+
 
 def test_header_only_file_is_named(tmp_path, write_config, capsys):
     path = write_csv(tmp_path, make_bars().iloc[:0])
@@ -132,17 +148,23 @@ def test_semicolon_files_get_the_delimiter_hint_and_then_read(tmp_path, write_co
     assert run_split(write_config(path), "data.delimiter=;") == 2
     assert "non-numeric open (numbers written like 12,5: set data.decimal=',')" in message(capsys)
     loaded, _ = read_bars(path, DataConfig(delimiter=";", decimal=",").bars_format())
-    np.testing.assert_allclose(loaded.sort_values(["symbol", "date"])["close"], bars.sort_values(["symbol", "date"])["close"], rtol=1e-12)
+    np.testing.assert_allclose(
+        loaded.sort_values(["symbol", "date"])["close"], bars.sort_values(["symbol", "date"])["close"], rtol=1e-12
+    )
 
 
 # --- prices ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
         (lambda b: b.loc.__setitem__((6, "close"), np.inf), "1 row(s) has an infinite value: {file} line 8"),
         (lambda b: b.loc.__setitem__((9, "close"), 1e12), "1 row(s) has a close outside [low, high]: {file} line 11"),
-        (lambda b: b.loc.__setitem__((4, "open"), b.loc[4, "high"] * 2), "1 row(s) has an open more than 5% outside [low, high]: {file} line 6"),
+        (
+            lambda b: b.loc.__setitem__((4, "open"), b.loc[4, "high"] * 2),
+            "1 row(s) has an open more than 5% outside [low, high]: {file} line 6",
+        ),
     ],
     ids=["inf", "close-above-high", "open-far-outside"],
 )
@@ -180,9 +202,12 @@ def test_missing_values_are_counted_at_ingest(tmp_path, write_config):
 
 # --- existing Qlib folders ------------------------------------------------------------------
 
+
 @pytest.fixture
 def qlib_source(tmp_path):
-    write_qlib_folder(read_bars(write_csv(tmp_path, make_bars(n_symbols=3, n_days=40)), PLAIN_CSV)[0], tmp_path / "source", "test")
+    write_qlib_folder(
+        read_bars(write_csv(tmp_path, make_bars(n_symbols=3, n_days=40)), PLAIN_CSV)[0], tmp_path / "source", "test"
+    )
     return tmp_path / "source"
 
 
@@ -198,7 +223,9 @@ def test_corrupt_start_index_is_named(qlib_source, tmp_path):
     values = np.fromfile(close, dtype="<f4")
     values[0] = 2_000_000
     values.tofile(close)
-    with pytest.raises(DataError, match=f"feature file {close} starts at calendar index 2000000.0, outside the calendar's 40 days"):
+    with pytest.raises(
+        DataError, match=f"feature file {close} starts at calendar index 2000000.0, outside the calendar's 40 days"
+    ):
         link_qlib_folder(qlib_source, tmp_path / "view", "test", None)
 
 
@@ -216,6 +243,7 @@ def test_jump_filter_blanks_jump_days_in_a_linked_folder(qlib_source, tmp_path):
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+
 
 class RunsCode:
     """A pickle that would create a file when unpickled."""
@@ -240,11 +268,20 @@ def test_a_handed_over_checkpoint_is_never_unpickled(tiny_split_dir, tmp_path):
     torch.save({"model": RunsCode(marker)}, out / "last.pt")
     split = Split.load(tiny_split_dir)
     with pytest.raises(DataError, match="last.pt holds objects other than tensors and plain values"):
-        fit(TokenizerTask(), KronosTokenizer(**TINY_TOKENIZER), split.segment("train"), split.segment("valid"), SETTINGS, out, World())
+        fit(
+            TokenizerTask(),
+            KronosTokenizer(**TINY_TOKENIZER),
+            split.segment("train"),
+            split.segment("valid"),
+            SETTINGS,
+            out,
+            World(),
+        )
     assert not marker.exists()
 
 
 # --- the cache and the tracking store -------------------------------------------------------
+
 
 def test_a_cached_output_that_lost_a_file_is_produced_again(bars_csv, write_config):
     from pipeline.config import load_config
@@ -264,7 +301,9 @@ def test_two_first_runs_on_one_cache_and_a_new_store_share_the_work(bars_csv, wr
     import subprocess
     import sys
 
-    config = write_config(bars_csv, experiment="concurrent", tracking={"uri": f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"})
+    config = write_config(
+        bars_csv, experiment="concurrent", tracking={"uri": f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"}
+    )
     command = [sys.executable, "-m", "pipeline.run", "--stage", "split", "--config", str(config)]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     logs = [run.communicate(timeout=300)[0] for run in runs]
@@ -296,8 +335,14 @@ def test_a_cache_reused_against_another_store_logs_its_artifacts_there(bars_csv,
     ("override", "expected"),
     [
         ("cache_dir={blocker}/cache", "cache_dir {blocker}/cache is not writable (Not a directory)"),
-        ("tracking.uri={tmp}/plain-store", "tracking.uri '{tmp}/plain-store' is a plain path, which MLflow 3 does not take"),
-        ("tracking.uri=sqlite:///{blocker}/store/mlflow.db", "tracking.uri 'sqlite:///{blocker}/store/mlflow.db': cannot write to {blocker}/store"),
+        (
+            "tracking.uri={tmp}/plain-store",
+            "tracking.uri '{tmp}/plain-store' is a plain path, which MLflow 3 does not take",
+        ),
+        (
+            "tracking.uri=sqlite:///{blocker}/store/mlflow.db",
+            "tracking.uri 'sqlite:///{blocker}/store/mlflow.db': cannot write to {blocker}/store",
+        ),
     ],
     ids=["cache-not-writable", "plain-path-store", "store-not-writable"],
 )

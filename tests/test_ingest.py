@@ -72,7 +72,9 @@ def test_folder_of_per_symbol_parquet_files_with_mapped_columns(tmp_path):
     folder = tmp_path / "bars"
     folder.mkdir()
     for symbol, rows in bars.groupby("symbol"):
-        renamed = rows.drop(columns="symbol").rename(columns={"date": "Timestamp", "close": "Adj Close", "volume": "VOL"})
+        renamed = rows.drop(columns="symbol").rename(
+            columns={"date": "Timestamp", "close": "Adj Close", "volume": "VOL"}
+        )
         renamed.to_parquet(folder / f"{symbol}.parquet")
     loaded, _ = read_bars(folder, DataConfig(columns={"close": "adj close"}).bars_format())
     assert sorted(loaded["symbol"].unique()) == ["S000", "S001", "S002"]
@@ -126,9 +128,13 @@ def test_percent_change_is_converted_in_the_view(tmp_path):
 
 def test_link_does_not_touch_the_source(tmp_path):
     write_qlib_folder(read_bars_frame(make_bars(2, 20), tmp_path), tmp_path / "written", "test")
-    before = sorted((p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*"))
+    before = sorted(
+        (p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*")
+    )
     link_qlib_folder(tmp_path / "written", tmp_path / "view", "test", None)
-    after = sorted((p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*"))
+    after = sorted(
+        (p.relative_to(tmp_path / "written"), p.stat().st_mtime_ns) for p in (tmp_path / "written").rglob("*")
+    )
     assert before == after
 
 

@@ -20,16 +20,26 @@ def n_parameters(model: torch.nn.Module) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
 
 
-@pytest.mark.parametrize(("config", "millions"), [(KRONOS_MINI, 4.1), (KRONOS_SMALL, 24.7), (KRONOS_BASE, 102.3)], ids=["mini", "small", "base"])
+@pytest.mark.parametrize(
+    ("config", "millions"),
+    [(KRONOS_MINI, 4.1), (KRONOS_SMALL, 24.7), (KRONOS_BASE, 102.3)],
+    ids=["mini", "small", "base"],
+)
 def test_published_predictor_sizes(config, millions):
     assert n_parameters(Kronos(**config)) == millions
 
 
 def random_stamps(batch: int, steps: int) -> torch.Tensor:
-    return torch.stack([
-        torch.zeros(batch, steps), torch.zeros(batch, steps), torch.randint(0, 5, (batch, steps)),
-        torch.randint(1, 29, (batch, steps)), torch.randint(1, 13, (batch, steps)),
-    ], dim=-1).long()
+    return torch.stack(
+        [
+            torch.zeros(batch, steps),
+            torch.zeros(batch, steps),
+            torch.randint(0, 5, (batch, steps)),
+            torch.randint(1, 29, (batch, steps)),
+            torch.randint(1, 13, (batch, steps)),
+        ],
+        dim=-1,
+    ).long()
 
 
 @pytest.mark.parametrize("config", [TOKENIZER_BASE, TINY_TOKENIZER], ids=["tokenizer-base", "tiny"])
@@ -64,14 +74,31 @@ def test_predictor_round_trip(tmp_path, config):
 
 def test_state_dict_uses_the_published_names():
     keys = set(Kronos(**TINY_PREDICTOR).state_dict())
-    for name in ("embedding.emb_s1.weight", "embedding.fusion_proj.weight", "time_emb.weekday_embed.weight",
-                 "transformer.1.self_attn.rotary.inv_freq", "transformer.0.ffn.w3.weight", "norm.weight",
-                 "dep_layer.cross_attn.q_proj.bias", "dep_layer.norm.weight", "head.proj_s1.weight", "head.proj_s2.bias"):
+    for name in (
+        "embedding.emb_s1.weight",
+        "embedding.fusion_proj.weight",
+        "time_emb.weekday_embed.weight",
+        "transformer.1.self_attn.rotary.inv_freq",
+        "transformer.0.ffn.w3.weight",
+        "norm.weight",
+        "dep_layer.cross_attn.q_proj.bias",
+        "dep_layer.norm.weight",
+        "head.proj_s1.weight",
+        "head.proj_s2.bias",
+    ):
         assert name in keys
     tokenizer_keys = set(KronosTokenizer(**TINY_TOKENIZER).state_dict())
-    for name in ("embed.weight", "encoder.2.norm1.weight", "decoder.0.self_attn.out_proj.bias", "quant_embed.weight",
-                 "post_quant_embed_pre.weight", "post_quant_embed.bias", "head.weight",
-                 "tokenizer.bsq.basis", "tokenizer.bsq.group_basis"):
+    for name in (
+        "embed.weight",
+        "encoder.2.norm1.weight",
+        "decoder.0.self_attn.out_proj.bias",
+        "quant_embed.weight",
+        "post_quant_embed_pre.weight",
+        "post_quant_embed.bias",
+        "head.weight",
+        "tokenizer.bsq.basis",
+        "tokenizer.bsq.group_basis",
+    ):
         assert name in tokenizer_keys
 
 
@@ -81,7 +108,9 @@ def test_loading_is_strict_and_names_the_keys(tmp_path):
     weights.pop("quant_embed.bias")
     weights["extra.weight"] = torch.zeros(1)
     safetensors.torch.save_file(weights, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \['quant_embed.bias'\], unexpected keys \['extra.weight'\]"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing keys \['quant_embed.bias'\], unexpected keys \['extra.weight'\]"
+    ):
         KronosTokenizer.from_pretrained(tmp_path)
 
 
@@ -139,7 +168,7 @@ def test_token_ids_and_codes_agree():
         _, _, codes, _ = tokenizer(x)
         ids = tokenizer.encode(x, half=True)
     torch.testing.assert_close(tokenizer.ids_to_codes(ids, half=True), codes)
-    assert int(ids[0].max()) < 2**TINY_TOKENIZER["s1_bits"] and int(ids[1].max()) < 2**TINY_TOKENIZER["s2_bits"]
+    assert int(ids[0].max()) < 2 ** TINY_TOKENIZER["s1_bits"] and int(ids[1].max()) < 2 ** TINY_TOKENIZER["s2_bits"]
 
 
 def test_padded_positions_do_not_change_the_others():
@@ -158,8 +187,11 @@ def test_padded_positions_do_not_change_the_others():
     torch.testing.assert_close(plain, padded[:, pad:], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("context", "max_context", "horizon"), [(12, 512, 10), (30, 40, 20), (50, 40, 8), (40, 40, 6)],
-                         ids=["fits", "crosses-limit", "longer-than-limit", "at-limit"])
+@pytest.mark.parametrize(
+    ("context", "max_context", "horizon"),
+    [(12, 512, 10), (30, 40, 20), (50, 40, 8), (40, 40, 6)],
+    ids=["fits", "crosses-limit", "longer-than-limit", "at-limit"],
+)
 def test_cached_sampler_matches_full_recompute(context, max_context, horizon):
     from models.kronos.generation import Sampling, generate_cached, generate_reference
 

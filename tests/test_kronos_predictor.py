@@ -14,7 +14,9 @@ from tests.test_kronos_models import TINY_PREDICTOR, TINY_TOKENIZER
 
 def predictor(max_context: int = 512) -> KronosPredictor:
     torch.manual_seed(0)
-    return KronosPredictor(Kronos(**TINY_PREDICTOR), KronosTokenizer(**TINY_TOKENIZER), device="cpu", max_context=max_context)
+    return KronosPredictor(
+        Kronos(**TINY_PREDICTOR), KronosTokenizer(**TINY_TOKENIZER), device="cpu", max_context=max_context
+    )
 
 
 def frame(n_days: int, seed: int = 0):
@@ -34,7 +36,9 @@ def manual_greedy(kronos: KronosPredictor, df, x_time, y_time, pred_len):
     stamps = torch.from_numpy(np.concatenate([time_features(x_time.values), time_features(y_time.values)]))[None]
     with torch.no_grad():
         s1, s2 = kronos.tokenizer.encode(scaled, half=True)
-        new_s1, new_s2 = generate_reference(kronos.model, s1, s2, stamps, pred_len, kronos.max_context, Sampling(top_k=1))
+        new_s1, new_s2 = generate_reference(
+            kronos.model, s1, s2, stamps, pred_len, kronos.max_context, Sampling(top_k=1)
+        )
         all_s1, all_s2 = torch.cat([s1, new_s1], 1), torch.cat([s2, new_s2], 1)
         start = max(0, all_s1.shape[1] - kronos.max_context)
         decoded = kronos.tokenizer.decode([all_s1[:, start:], all_s2[:, start:]], half=True)[0, -pred_len:].numpy()
@@ -48,13 +52,17 @@ def test_greedy_predict_matches_the_reference_decoder():
         forecast = kronos.predict(df, x_time, y_time, pred_len=5, top_k=1, verbose=False)
         assert list(forecast.columns) == ["open", "high", "low", "close", "volume", "amount"]
         assert forecast.index.equals(pd.DatetimeIndex(y_time))
-        np.testing.assert_allclose(forecast.to_numpy(), manual_greedy(kronos, df, x_time, y_time, 5), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(
+            forecast.to_numpy(), manual_greedy(kronos, df, x_time, y_time, 5), rtol=1e-5, atol=1e-3
+        )
 
 
 def test_batch_of_different_lengths_equals_one_by_one():
     kronos = predictor()
     frames = [frame(n, seed=n) for n in (30, 45, 30)]
-    batch = kronos.predict_batch([f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames], pred_len=5, top_k=1, verbose=False)
+    batch = kronos.predict_batch(
+        [f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames], pred_len=5, top_k=1, verbose=False
+    )
     for (df, x_time, y_time), got in zip(frames, batch):
         alone = kronos.predict(df, x_time, y_time, pred_len=5, top_k=1, verbose=False)
         np.testing.assert_allclose(got.to_numpy(), alone.to_numpy(), rtol=1e-4, atol=1e-3)
@@ -66,7 +74,14 @@ def test_forecast_returns_every_path_and_is_reproducible_per_seed():
     kronos = predictor()
     df, x_time, y_time = frame(40)
     x = df.assign(amount=df["volume"]).to_numpy(np.float32)
-    args = ([x, x], [time_features(x_time.values)] * 2, [time_features(y_time.values)] * 2, 5, Sampling(1.0, 0, 0.95), 4)
+    args = (
+        [x, x],
+        [time_features(x_time.values)] * 2,
+        [time_features(y_time.values)] * 2,
+        5,
+        Sampling(1.0, 0, 0.95),
+        4,
+    )
     first = kronos.forecast(*args, seeds=[1, 2])
     again = kronos.forecast(*args, seeds=[1, 2])
     assert first.paths.shape == (2, 4, 5, 6) and first.quantiles.shape == (2, 5, 5, 6)

@@ -23,8 +23,16 @@ class Interrupted(Exception):
     """Stands in for a kill or Ctrl-C in the middle of training."""
 
 
-SETTINGS = KronosTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=3e-3, val_windows=64, min_context=8,
-                             random_context_share=0.5, log_every=5).settings(clip=5.0, seed=42, device="auto", bf16=True)
+SETTINGS = KronosTrainConfig(
+    epochs=2,
+    steps_per_epoch=15,
+    batch_size=16,
+    lr=3e-3,
+    val_windows=64,
+    min_context=8,
+    random_context_share=0.5,
+    log_every=5,
+).settings(clip=5.0, seed=42, device="auto", bf16=True)
 
 
 def spec(**extra):
@@ -59,7 +67,12 @@ def test_tokenizer_then_predictor_learn(tiny_split_dir, tmp_path):
     KronosTokenizer.from_pretrained(tmp_path / "tokenizer" / "best")
 
     # fine-tuning starts from the saved weights (the architecture comes from the checkpoint)
-    finetuned = train("tokenizer", tiny_split_dir, tmp_path / "finetuned", spec(pretrained=str(tmp_path / "tokenizer" / "best"), architecture={}))
+    finetuned = train(
+        "tokenizer",
+        tiny_split_dir,
+        tmp_path / "finetuned",
+        spec(pretrained=str(tmp_path / "tokenizer" / "best"), architecture={}),
+    )
     assert mean_loss(finetuned, first=True) < mean_loss(tokenizer_report, first=True) / 2
 
     predictor_spec = spec(architecture=TINY_PREDICTOR, tokenizer=str(tmp_path / "tokenizer" / "best"))
@@ -115,9 +128,23 @@ def test_two_processes_under_torchrun_agree(tiny_split_dir, tmp_path):
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec()))
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "models.kronos.train_cli", "--task", "tokenizer", "--split", str(tiny_split_dir),
-               "--out", str(out), "--spec", str(spec_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "models.kronos.train_cli",
+        "--task",
+        "tokenizer",
+        "--split",
+        str(tiny_split_dir),
+        "--out",
+        str(out),
+        "--spec",
+        str(spec_path),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -25,8 +25,9 @@ def test_checkpoints_are_logged_models_linked_to_their_runs_and_load_again(bars_
     run_metrics = client.get_run(predictor.source_run_id).data.metrics
     assert linked["best_val_ce_s1"] == run_metrics["best_val_ce_s1"] < linked["uniform_ce_s1"]
     assert predictor.params["kronos.predictor.training.epochs"] == "2"
-    local = mlflow.artifacts.download_artifacts(f"models:/{predictor.model_id}", dst_path=str(tmp_path / "downloaded"),
-                                                tracking_uri=config.tracking.uri)
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{predictor.model_id}", dst_path=str(tmp_path / "downloaded"), tracking_uri=config.tracking.uri
+    )
     Kronos.from_pretrained(local)  # the save_pretrained folder, as logged
 
 

@@ -119,8 +119,17 @@ def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
         np.testing.assert_array_equal(np.load(second / name), array)
 
 
-QUICK_KRONOS = [f"kronos.{part}.training.{key}={value}" for part in ("tokenizer", "predictor")
-                for key, value in (("epochs", 2), ("steps_per_epoch", 10), ("batch_size", 16), ("val_windows", 64), ("min_context", 6))]
+QUICK_KRONOS = [
+    f"kronos.{part}.training.{key}={value}"
+    for part in ("tokenizer", "predictor")
+    for key, value in (
+        ("epochs", 2),
+        ("steps_per_epoch", 10),
+        ("batch_size", 16),
+        ("val_windows", 64),
+        ("min_context", 6),
+    )
+]
 
 
 def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
@@ -141,7 +150,9 @@ def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_conf
 
     from evaluation.signal_table import SIGNAL_COLUMNS, read_signal_table
 
-    config = load_config(write_config(bars_csv, experiment="signals"), QUICK_KRONOS + ["kronos.inference.sample_count=3"])
+    config = load_config(
+        write_config(bars_csv, experiment="signals"), QUICK_KRONOS + ["kronos.inference.sample_count=3"]
+    )
     outcome = run_pipeline(config, "kronos_signals")[-1]
     table = read_signal_table(outcome.output / "signals" / "kronos.parquet")
     assert list(table.columns) == list(SIGNAL_COLUMNS)
@@ -187,18 +198,46 @@ def test_status_reports_cached_stages_with_their_runs(bars_csv, write_config, ca
 
 
 def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_config):
-    config = load_config(write_config(bars_csv, experiment="backtest"),
-                         QUICK_KRONOS + ["kronos.inference.sample_count=2", "backtest.topk=2", "backtest.n_drop=1",
-                                         "signals.sources=[kronos, momentum, reversal]",
-                                         "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]"])
+    config = load_config(
+        write_config(bars_csv, experiment="backtest"),
+        QUICK_KRONOS
+        + [
+            "kronos.inference.sample_count=2",
+            "backtest.topk=2",
+            "backtest.n_drop=1",
+            "signals.sources=[kronos, momentum, reversal]",
+            "backtest.sweep_topk=[2, 3]",
+            "backtest.sweep_n_drop=[1]",
+            "backtest.sweep_cost=[1.0]",
+        ],
+    )
     outcomes = run_pipeline(config, "backtest")
-    assert [o.stage for o in outcomes] == ["ingest", "split", "kronos_tokenizer", "kronos_predictor", "kronos_signals", "backtest"]
+    assert [o.stage for o in outcomes] == [
+        "ingest",
+        "split",
+        "kronos_tokenizer",
+        "kronos_predictor",
+        "kronos_signals",
+        "backtest",
+    ]
     comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
     assert set(zip(comparison["strategy"], comparison["engine"])) == {
         (s, e) for s in ("kronos", "momentum", "reversal") for e in ("qlib", "vectorbt")
     }
-    for column in ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "ann_excess_return", "information_ratio",
-                   "max_drawdown", "turnover", "ann_return_with_cost", "max_drawdown_with_cost", "turnover_with_cost"):
+    for column in (
+        "ic",
+        "icir",
+        "rank_ic",
+        "rank_icir",
+        "ann_return",
+        "ann_excess_return",
+        "information_ratio",
+        "max_drawdown",
+        "turnover",
+        "ann_return_with_cost",
+        "max_drawdown_with_cost",
+        "turnover_with_cost",
+    ):
         assert column in comparison
     client = mlflow.MlflowClient(config.tracking.uri)
     stage_run = outcomes[-1].run_id
@@ -207,12 +246,24 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
     assert len(strategies) == 6
     assert all({"ic", "rank_ic", "ann_return", "turnover_with_cost"} <= set(run.data.metrics) for run in strategies)
     assert {run.data.tags["engine"] for run in strategies} == {"qlib", "vectorbt"}
-    assert {run.info.run_name for run in strategies} >= {"kronos [qlib, top 2, drop 1]", "reversal [vectorbt, top 2, drop 1]"}
-    assert all(run.data.tags["config_hash"] == config.config_hash() and "test 2021-04-01..2021-04-30" in run.data.tags["split"]
-               for run in strategies)
+    assert {run.info.run_name for run in strategies} >= {
+        "kronos [qlib, top 2, drop 1]",
+        "reversal [vectorbt, top 2, drop 1]",
+    }
+    assert all(
+        run.data.tags["config_hash"] == config.config_hash() and "test 2021-04-01..2021-04-30" in run.data.tags["split"]
+        for run in strategies
+    )
     parent = client.get_run(stage_run).data.tags["mlflow.parentRunId"]
     names = {artifact.path for artifact in client.list_artifacts(parent)}
-    assert {"comparison.csv", "comparison.md", "cumulative_excess_return.png", "drawdown.png", "ic_over_time.png", "quintile_returns.png"} <= names
+    assert {
+        "comparison.csv",
+        "comparison.md",
+        "cumulative_excess_return.png",
+        "drawdown.png",
+        "ic_over_time.png",
+        "quintile_returns.png",
+    } <= names
 
     again = run_pipeline(config, "backtest")
     assert all(o.reused for o in again)
@@ -220,7 +271,12 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
 
 
 def test_unknown_signal_source_is_named(bars_csv, write_config, capsys):
-    assert main(["--stage", "backtest", "--config", str(write_config(bars_csv)), "--set", "signals.sources=[kronos, lgbm]"]) == 2
+    assert (
+        main(
+            ["--stage", "backtest", "--config", str(write_config(bars_csv)), "--set", "signals.sources=[kronos, lgbm]"]
+        )
+        == 2
+    )
     assert "unknown signal source(s) ['lgbm']" in capsys.readouterr().out
 
 

@@ -16,8 +16,16 @@ from pipeline.run import main
 from tests.test_pipeline import QUICK_KRONOS
 
 CHROMIUM = shutil.which("chromium")
-OVERRIDES = QUICK_KRONOS + ["kronos.inference.sample_count=2", "backtest.topk=2", "backtest.n_drop=1", "signals.sources=[kronos, momentum, reversal]",
-                            "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1, 2]", "backtest.sweep_cost=[1.0]", "evaluation.bootstrap_reps=200"]
+OVERRIDES = QUICK_KRONOS + [
+    "kronos.inference.sample_count=2",
+    "backtest.topk=2",
+    "backtest.n_drop=1",
+    "signals.sources=[kronos, momentum, reversal]",
+    "backtest.sweep_topk=[2, 3]",
+    "backtest.sweep_n_drop=[1, 2]",
+    "backtest.sweep_cost=[1.0]",
+    "evaluation.bootstrap_reps=200",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +37,22 @@ def report(tmp_path_factory, mlflow_uri):
     folder = tmp_path_factory.mktemp("report")
     make_bars().to_csv(folder / "bars.csv", index=False)
     config_path = folder / "config.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "cache_dir": str(folder / "cache"), "data": {"source": "csv", "path": str(folder / "bars.csv"), "instruments": "test"},
-        "split": {"lookback": 10, "horizon": 3, "train": ["2021-01-01", "2021-02-28"], "valid": ["2021-03-01", "2021-03-31"],
-                  "test": ["2021-04-01", "2021-04-30"]},
-        "tracking": {"uri": mlflow_uri, "experiment": "report"},
-    }))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "cache_dir": str(folder / "cache"),
+                "data": {"source": "csv", "path": str(folder / "bars.csv"), "instruments": "test"},
+                "split": {
+                    "lookback": 10,
+                    "horizon": 3,
+                    "train": ["2021-01-01", "2021-02-28"],
+                    "valid": ["2021-03-01", "2021-03-31"],
+                    "test": ["2021-04-01", "2021-04-30"],
+                },
+                "tracking": {"uri": mlflow_uri, "experiment": "report"},
+            }
+        )
+    )
     return config_path, folder
 
 
@@ -62,18 +80,34 @@ def test_the_report_is_written_logged_and_named_last(report, capsys):
     assert "report.html" in {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`): the report is not rendered")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`): the report is not rendered"
+)
 def test_the_report_renders_without_script_errors_and_shows_every_strategy(report, tmp_path):
     config_path, folder = report
     (path,) = (folder / "cache" / "backtest").glob("*/report.html")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=180).stdout
     assert re.search(r'<body[^>]*data-errors="0"', dom), dom[:500]
     plots = int(re.search(r'<body[^>]*data-plots="(\d+)"', dom).group(1))
     assert plots == 6 + 3  # six plots and a sweep heatmap per strategy
     for strategy in ("kronos", "momentum", "reversal"):
         assert f">{strategy}<" in dom
-    subprocess.run([*flags, "--window-size=1400,2400", f"--screenshot={tmp_path / 'report.png'}", path.as_uri()],
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [*flags, "--window-size=1400,2400", f"--screenshot={tmp_path / 'report.png'}", path.as_uri()],
+        capture_output=True,
+        timeout=180,
+    )
     assert (tmp_path / "report.png").stat().st_size > 20_000

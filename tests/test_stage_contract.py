@@ -49,8 +49,13 @@ def test_a_stage_reading_an_undeclared_key_fails(bars_csv, write_config, monkeyp
 def test_a_stage_that_skips_a_declared_output_fails_and_caches_nothing(bars_csv, write_config, monkeypatch):
     config = load_config(write_config(bars_csv, experiment="outputs"))
     real = graph.STAGES["split"]
-    monkeypatch.setitem(graph.STAGES, "split", dataclasses.replace(real, outputs=(*real.outputs, "windows_per_week.png")))
-    with pytest.raises(StageContractError, match=r"'split' returned without writing its declared output\(s\) \['windows_per_week.png'\]"):
+    monkeypatch.setitem(
+        graph.STAGES, "split", dataclasses.replace(real, outputs=(*real.outputs, "windows_per_week.png"))
+    )
+    with pytest.raises(
+        StageContractError,
+        match=r"'split' returned without writing its declared output\(s\) \['windows_per_week.png'\]",
+    ):
         run_pipeline(config, "split")
     assert not any((config.cache_dir / "split").iterdir())
 
@@ -79,4 +84,8 @@ def test_stages_know_nothing_of_tracking_or_caching(module):
     tree = ast.parse(module.read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert not {name for name in imported if name and (name.startswith("mlflow") or name in {"pipeline.tracking", "pipeline.runner", "pipeline.cache"})}
+    assert not {
+        name
+        for name in imported
+        if name and (name.startswith("mlflow") or name in {"pipeline.tracking", "pipeline.runner", "pipeline.cache"})
+    }

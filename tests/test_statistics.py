@@ -23,7 +23,9 @@ from evaluation.statistics import (
 def autocorrelated(seed: int, n: int = 400, mean: float = 0.02) -> pd.Series:
     """An MA(4) series, like the daily IC of a five-day-horizon score."""
     noise = np.random.default_rng(seed).normal(0, 0.1, n + 4)
-    return pd.Series(mean + np.convolve(noise, np.ones(5) / 5, mode="valid"), index=pd.bdate_range("2020-01-01", periods=n))
+    return pd.Series(
+        mean + np.convolve(noise, np.ones(5) / 5, mode="valid"), index=pd.bdate_range("2020-01-01", periods=n)
+    )
 
 
 def test_hac_t_equals_a_newey_west_computation_by_hand():
@@ -31,7 +33,9 @@ def test_hac_t_equals_a_newey_west_computation_by_hand():
     mean, t = hac_mean(series, lags=4)
     centred = series.to_numpy() - series.mean()
     n = len(centred)
-    long_run = centred @ centred / n + 2 * sum((1 - lag / 5) * (centred[lag:] @ centred[:-lag]) / n for lag in range(1, 5))
+    long_run = centred @ centred / n + 2 * sum(
+        (1 - lag / 5) * (centred[lag:] @ centred[:-lag]) / n for lag in range(1, 5)
+    )
     assert mean == pytest.approx(series.mean())
     assert t == pytest.approx(series.mean() / np.sqrt(long_run / n), rel=1e-9)
     naive_t = series.mean() / (series.std(ddof=1) / np.sqrt(n))
@@ -90,17 +94,29 @@ def test_interval_scores_of_a_calibrated_forecast_and_the_volatility_baseline():
 
     rng = np.random.default_rng(8)
     days = pd.bdate_range("2021-01-04", periods=300)
-    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.01, (300, 40)), axis=0)), index=days, columns=[f"S{i}" for i in range(40)])
+    close = pd.DataFrame(
+        100 * np.exp(np.cumsum(rng.normal(0, 0.01, (300, 40)), axis=0)),
+        index=days,
+        columns=[f"S{i}" for i in range(40)],
+    )
     horizon, sigma = 5, 0.01 * np.sqrt(5)
     forecast_days = days[30:290]
     frame = close.loc[forecast_days].stack()
     calibrated = np.exp(sigma * scipy_stats.norm.ppf(LEVELS))[None, :] - 1  # the true quantiles of the 5-day return
-    table = quantile_table(frame.index.get_level_values(0), frame.index.get_level_values(1), np.repeat(calibrated, len(frame), axis=0))
+    table = quantile_table(
+        frame.index.get_level_values(0), frame.index.get_level_values(1), np.repeat(calibrated, len(frame), axis=0)
+    )
     scores = interval_scores(table, close, horizon)
-    assert scores["coverage_80"] == pytest.approx(0.8, abs=0.03) and scores["coverage_90"] == pytest.approx(0.9, abs=0.03)
+    assert scores["coverage_80"] == pytest.approx(0.8, abs=0.03) and scores["coverage_90"] == pytest.approx(
+        0.9, abs=0.03
+    )
     assert scores["baseline_coverage_90"] == pytest.approx(0.9, abs=0.04)  # trailing volatility is right here too
-    overconfident = quantile_table(table["datetime"], table["instrument"], table[["q0.05", "q0.1", "q0.5", "q0.9", "q0.95"]].to_numpy() / 4)
+    overconfident = quantile_table(
+        table["datetime"], table["instrument"], table[["q0.05", "q0.1", "q0.5", "q0.9", "q0.95"]].to_numpy() / 4
+    )
     worse = interval_scores(overconfident, close, horizon)
     assert worse["coverage_80"] < 0.4 and worse["pinball"] > scores["pinball"]
     paths = rng.normal(100, 1, (3, 200, horizon))
-    np.testing.assert_allclose(quantiles_from_paths(paths, np.full(3, 100.0)), np.quantile(paths[:, :, -1] / 100 - 1, LEVELS, axis=1).T)
+    np.testing.assert_allclose(
+        quantiles_from_paths(paths, np.full(3, 100.0)), np.quantile(paths[:, :, -1] / 100 - 1, LEVELS, axis=1).T
+    )

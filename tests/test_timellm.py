@@ -19,8 +19,20 @@ DEVICE = torch.device("cpu")
 
 
 def tiny_config(backbone: str, variant: str = "llm", **overrides) -> TimeLLMConfig:
-    options = dict(seq_len=24, pred_len=4, variant=variant, backbone=backbone, llm_layers=2, patch_len=8, stride=4,
-                   d_model=8, d_ff=16, n_heads=2, num_tokens=32, dropout=0.0)
+    options = dict(
+        seq_len=24,
+        pred_len=4,
+        variant=variant,
+        backbone=backbone,
+        llm_layers=2,
+        patch_len=8,
+        stride=4,
+        d_model=8,
+        d_ff=16,
+        n_heads=2,
+        num_tokens=32,
+        dropout=0.0,
+    )
     return TimeLLMConfig(**{**options, **overrides})
 
 
@@ -37,7 +49,11 @@ def test_vectorised_prompts_equal_the_per_sample_loop(backbone_dirs, kind, style
     assert not mask[:, -1].logical_not().any()  # left padding: every prompt ends at the last position
     text = tokenizer.decode(ids[1][mask[1]]).lower()
     assert "daily stock prices" in text and "4 steps" in text and "24" in text
-    assert ("max value" in text and "lags are" in text) if style == "upstream" else (", max" in text and "top lags" in text)
+    assert (
+        ("max value" in text and "lags are" in text)
+        if style == "upstream"
+        else (", max" in text and "top lags" in text)
+    )
 
 
 def test_compact_prompt_states_the_same_statistics_in_fewer_tokens():
@@ -47,7 +63,9 @@ def test_compact_prompt_states_the_same_statistics_in_fewer_tokens():
     prompts = {style: PromptBuilder(tokenizer, TimeLLMConfig.description, 60, 5, style) for style in PROMPT_STYLES}
     lengths = {style: builder(series)[1].sum(1).float().mean().item() for style, builder in prompts.items()}
     assert lengths["compact"] < 0.75 * lengths["upstream"]
-    assert torch.equal(prompts["compact"].pieces_of(series)[:, 1::2], prompts["upstream"].pieces_of(series)[:, 1::2])  # same numbers, trend, lags
+    assert torch.equal(
+        prompts["compact"].pieces_of(series)[:, 1::2], prompts["upstream"].pieces_of(series)[:, 1::2]
+    )  # same numbers, trend, lags
 
 
 def test_checkpoints_without_a_prompt_style_load_with_upstreams_wording(backbone_dirs, tmp_path):
@@ -55,7 +73,9 @@ def test_checkpoints_without_a_prompt_style_load_with_upstreams_wording(backbone
     model = TimeLLM(tiny_config(backbone_dirs["bert"], prompt="upstream"), backbone).eval()
     model.save_pretrained(tmp_path / "saved")
     config_file = tmp_path / "saved" / "config.json"
-    config_file.write_text(config_file.read_text().replace('"prompt": "upstream",', ""))  # as saved before the styles existed
+    config_file.write_text(
+        config_file.read_text().replace('"prompt": "upstream",', "")
+    )  # as saved before the styles existed
     loaded = TimeLLM.from_pretrained(tmp_path / "saved", backbone)
     x = torch.rand(2, 24, 1) + 3
     assert loaded.config.prompt == "upstream" and torch.allclose(model(x), loaded(x), atol=1e-6)
@@ -177,17 +197,23 @@ def test_save_and_load_round_trip(backbone_dirs, tmp_path):
     loaded = TimeLLM.from_pretrained(tmp_path / "saved")  # reloads the backbone from its folder
     x = torch.rand(2, 24, 1) + 3
     assert torch.allclose(model(x), loaded(x), atol=1e-6)
-    (tmp_path / "saved" / "config.json").write_text((tmp_path / "saved" / "config.json").read_text().replace("llm_to_attn", "no_llm"))
+    (tmp_path / "saved" / "config.json").write_text(
+        (tmp_path / "saved" / "config.json").read_text().replace("llm_to_attn", "no_llm")
+    )
     with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
         TimeLLM.from_pretrained(tmp_path / "saved")
 
 
 def test_a_backbone_of_another_depth_is_refused(backbone_dirs, tmp_path):
     backbone = load_backbone(backbone_dirs["bert"], 2)
-    TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).save_pretrained(tmp_path / "saved")  # trained with llm_layers=2
+    TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).save_pretrained(
+        tmp_path / "saved"
+    )  # trained with llm_layers=2
     with pytest.raises(ValueError, match=r"keeps 3 of its 3 blocks but this model runs 2 \(llm_layers=2\)"):
         TimeLLM.from_pretrained(tmp_path / "saved", load_backbone(backbone_dirs["bert"], 3))
-    TimeLLM(tiny_config(backbone_dirs["bert"], llm_layers=5), load_backbone(backbone_dirs["bert"], 5))  # all 3 it has: fine
+    TimeLLM(
+        tiny_config(backbone_dirs["bert"], llm_layers=5), load_backbone(backbone_dirs["bert"], 5)
+    )  # all 3 it has: fine
     TimeLLM(tiny_config(backbone_dirs["bert"], "no_llm"), load_backbone(backbone_dirs["bert"], 3))  # runs none of them
 
 
@@ -253,7 +279,9 @@ def test_micro_batches_give_the_whole_batchs_gradient(backbone_dirs, variant):
     for micro_batch in (10, 3):
         model.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, x, y, micro_batch, DEVICE, bf16=False)
-        gradients.append((loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}))
+        gradients.append(
+            (loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
+        )
     (whole_loss, whole), (micro_loss, micro) = gradients
     assert micro_loss == pytest.approx(whole_loss, rel=1e-5)
     for name, grad in whole.items():
@@ -265,7 +293,9 @@ def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_sp
     split = Split.load(tiny_split_dir)
     backbone = load_backbone(backbone_dirs["gpt2"], 2)
     # log_every 4 does not divide the 15 steps of an epoch: the losses are also read at its end
-    settings = TimeLLMTrainConfig(epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64, log_every=4).settings(seed=3)
+    settings = TimeLLMTrainConfig(
+        epochs=2, steps_per_epoch=15, batch_size=16, lr=1e-2, val_windows=64, log_every=4
+    ).settings(seed=3)
     close = [list(split.panel.fields).index("close")]
     valid = split.segment("valid")
     reports = []
@@ -273,12 +303,16 @@ def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_sp
         torch.manual_seed(0)
         model = TimeLLM(tiny_config(backbone_dirs["gpt2"]), backbone)
         before = evaluate(model, valid, np.arange(len(valid)), close, DEVICE, bf16=False)
-        history, report = fit(model, split.segment("train"), valid, close, settings, DEVICE, bf16=False, label="timellm")
+        history, report = fit(
+            model, split.segment("train"), valid, close, settings, DEVICE, bf16=False, label="timellm"
+        )
         reports.append(report["best_val_mse"])
     assert report["best_val_mse"] < before["mse"]
     assert reports[0] == reports[1]  # same seed, same batches, same result
     assert [row["step"] for row in history if "timellm_train_mse" in row] == list(range(1, report["steps"] + 1))
-    assert [row["step"] for row in history if "timellm_val_mse" in row] == [15 * (epoch + 1) for epoch in range(report["epochs_run"])]
+    assert [row["step"] for row in history if "timellm_val_mse" in row] == [
+        15 * (epoch + 1) for epoch in range(report["epochs_run"])
+    ]
     history_values, _ = split.forecast_windows(*split_dates(split)).get(np.arange(5))
     assert forecast(model, history_values[..., close], DEVICE, bf16=False, batch_size=2).shape == (5, 4, 1)
 
@@ -294,10 +328,18 @@ def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_c
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    overrides = [f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
-                 "n_heads: 2, num_tokens: 32}", "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32}",
-                 "signals.sources=[timellm, timellm_no_llm, timellm_llm_to_attn, momentum]", "backtest.topk=2", "backtest.n_drop=1",
-                 "backtest.sweep_topk=[2]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]", "timellm.forecast_backbone=int8"]
+    overrides = [
+        f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
+        "n_heads: 2, num_tokens: 32}",
+        "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32}",
+        "signals.sources=[timellm, timellm_no_llm, timellm_llm_to_attn, momentum]",
+        "backtest.topk=2",
+        "backtest.n_drop=1",
+        "backtest.sweep_topk=[2]",
+        "backtest.sweep_n_drop=[1]",
+        "backtest.sweep_cost=[1.0]",
+        "timellm.forecast_backbone=int8",
+    ]
     config = load_config(write_config(bars_csv, experiment="timellm"), overrides)
     outcomes = run_pipeline(config, "backtest")
     assert [o.stage for o in outcomes] == ["ingest", "split", "timellm", "backtest"]
@@ -310,7 +352,12 @@ def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_c
     assert {"timellm", "timellm_no_llm", "timellm_llm_to_attn", "momentum"} == set(comparison["strategy"])
     assert comparison[["return_mse", "return_mae"]].notna().all().all()
     metrics = mlflow.MlflowClient(config.tracking.uri).get_run(stage.run_id).data.metrics
-    assert metrics["timellm_frozen_params"] > 0 and metrics["timellm_no_llm_frozen_params"] < metrics["timellm_frozen_params"]
+    assert (
+        metrics["timellm_frozen_params"] > 0
+        and metrics["timellm_no_llm_frozen_params"] < metrics["timellm_frozen_params"]
+    )
     assert {"timellm_test_mse", "timellm_llm_to_attn_val_mse", "persistence_test_mse"} <= set(metrics)
-    assert metrics["backbone_int8"] == 1 and -1 <= metrics["timellm_int8_score_correlation"] <= 1  # forecast with int8, checked against fp32
+    assert (
+        metrics["backbone_int8"] == 1 and -1 <= metrics["timellm_int8_score_correlation"] <= 1
+    )  # forecast with int8, checked against fp32
     assert "timellm_no_llm_int8_score_correlation" not in metrics  # no other variant runs the backbone's layers

@@ -15,11 +15,19 @@ from tests.conftest import make_bars
 from tests.test_pipeline import QUICK_KRONOS
 
 # 160 business days from 2021-01-04 (to 2021-08-13): three folds testing a month each.
-FOLDS = ("evaluation.folds=[{train: [2021-01-01, 2021-03-31], valid: [2021-04-01, 2021-04-30], test: [2021-05-01, 2021-05-31]}, "
-         "{train: [2021-01-01, 2021-04-30], valid: [2021-05-01, 2021-05-31], test: [2021-06-01, 2021-06-30]}, "
-         "{train: [2021-01-01, 2021-05-31], valid: [2021-06-01, 2021-06-30], test: [2021-07-01, 2021-07-31]}]")
-QUICK_BACKTEST = ["backtest.topk=2", "backtest.n_drop=1", "backtest.sweep_topk=[2, 3]", "backtest.sweep_n_drop=[1]", "backtest.sweep_cost=[1.0]",
-                  "evaluation.bootstrap_reps=200"]
+FOLDS = (
+    "evaluation.folds=[{train: [2021-01-01, 2021-03-31], valid: [2021-04-01, 2021-04-30], test: [2021-05-01, 2021-05-31]}, "
+    "{train: [2021-01-01, 2021-04-30], valid: [2021-05-01, 2021-05-31], test: [2021-06-01, 2021-06-30]}, "
+    "{train: [2021-01-01, 2021-05-31], valid: [2021-06-01, 2021-06-30], test: [2021-07-01, 2021-07-31]}]"
+)
+QUICK_BACKTEST = [
+    "backtest.topk=2",
+    "backtest.n_drop=1",
+    "backtest.sweep_topk=[2, 3]",
+    "backtest.sweep_n_drop=[1]",
+    "backtest.sweep_cost=[1.0]",
+    "evaluation.bootstrap_reps=200",
+]
 
 
 @pytest.fixture
@@ -30,12 +38,26 @@ def long_bars_csv(tmp_path):
 
 
 def test_generated_folds_expand_or_roll_and_tile_the_test_years():
-    expanding = WalkForwardConfig(train_start=dt.date(2018, 1, 1), first_test=dt.date(2020, 1, 1), folds=3, valid_months=6).fold_dates()
+    expanding = WalkForwardConfig(
+        train_start=dt.date(2018, 1, 1), first_test=dt.date(2020, 1, 1), folds=3, valid_months=6
+    ).fold_dates()
     assert [fold.test for fold in expanding] == [(dt.date(y, 1, 1), dt.date(y, 12, 31)) for y in (2020, 2021, 2022)]
-    assert all(fold.train[0] == dt.date(2018, 1, 1) and fold.valid[1] == fold.test[0] - dt.timedelta(days=1) for fold in expanding)
-    rolling = WalkForwardConfig(window="rolling", train_start=dt.date(2018, 1, 1), first_test=dt.date(2020, 1, 1), folds=3,
-                                valid_months=6, train_months=12).fold_dates()
-    assert [fold.train for fold in rolling][1:] == [(dt.date(2019, 7, 1), dt.date(2020, 6, 30)), (dt.date(2020, 7, 1), dt.date(2021, 6, 30))]
+    assert all(
+        fold.train[0] == dt.date(2018, 1, 1) and fold.valid[1] == fold.test[0] - dt.timedelta(days=1)
+        for fold in expanding
+    )
+    rolling = WalkForwardConfig(
+        window="rolling",
+        train_start=dt.date(2018, 1, 1),
+        first_test=dt.date(2020, 1, 1),
+        folds=3,
+        valid_months=6,
+        train_months=12,
+    ).fold_dates()
+    assert [fold.train for fold in rolling][1:] == [
+        (dt.date(2019, 7, 1), dt.date(2020, 6, 30)),
+        (dt.date(2020, 7, 1), dt.date(2021, 6, 30)),
+    ]
     with pytest.raises(ValueError, match="in time order without overlap"):
         EvaluationConfig(folds=[expanding[1], expanding[0]])
 
@@ -62,21 +84,50 @@ def test_a_fold_change_reruns_that_fold_only(long_bars_csv, write_config):
     ran = [(o.stage, o.output) for o in second if not o.reused]
     assert [stage for stage, _ in ran] == ["split", "kronos_tokenizer"]  # the third fold's split and tokenizer
     ingest, *splits, tokenizer_0, tokenizer_1, _ = first
-    assert {o.output for o in second if o.reused} == {ingest.output, splits[0].output, splits[1].output, tokenizer_0.output, tokenizer_1.output}
+    assert {o.output for o in second if o.reused} == {
+        ingest.output,
+        splits[0].output,
+        splits[1].output,
+        tokenizer_0.output,
+        tokenizer_1.output,
+    }
 
 
 def test_seeds_give_one_history_each_an_ensemble_and_their_spread(long_bars_csv, write_config):
-    overrides = [FOLDS, *QUICK_KRONOS, *QUICK_BACKTEST, "kronos.inference.sample_count=2", "evaluation.seeds=[1, 2]",
-                 "signals.sources=[kronos, momentum, reversal]"]
+    overrides = [
+        FOLDS,
+        *QUICK_KRONOS,
+        *QUICK_BACKTEST,
+        "kronos.inference.sample_count=2",
+        "evaluation.seeds=[1, 2]",
+        "signals.sources=[kronos, momentum, reversal]",
+    ]
     config = load_config(write_config(long_bars_csv, experiment="seeds"), overrides)
     outcomes = run_pipeline(config, "backtest")
     stages = [o.stage for o in outcomes]
     assert stages.count("split") == 3 and stages.count("kronos_tokenizer") == 6 and stages.count("backtest") == 1
     backtest = outcomes[-1].output
     comparison = pd.read_csv(backtest / "comparison.csv")
-    assert set(comparison["strategy"]) == {"kronos [seed 1]", "kronos [seed 2]", "kronos [ensemble]", "momentum", "reversal"}
-    for column in ("rank_ic_t", "ic_t", "hit_rate", "ann_excess_low", "ann_excess_high", "ir_low", "ir_high",
-                   "rank_ic_vs_rule_t", "excess_vs_rule_t", "sweep_dsr", "significant"):
+    assert set(comparison["strategy"]) == {
+        "kronos [seed 1]",
+        "kronos [seed 2]",
+        "kronos [ensemble]",
+        "momentum",
+        "reversal",
+    }
+    for column in (
+        "rank_ic_t",
+        "ic_t",
+        "hit_rate",
+        "ann_excess_low",
+        "ann_excess_high",
+        "ir_low",
+        "ir_high",
+        "rank_ic_vs_rule_t",
+        "excess_vs_rule_t",
+        "sweep_dsr",
+        "significant",
+    ):
         assert column in comparison, column
     kronos = comparison[comparison["strategy"] == "kronos [seed 1]"].iloc[0]
     assert kronos["ann_excess_low"] <= kronos["ann_excess_return_with_cost"] <= kronos["ann_excess_high"]
@@ -88,16 +139,23 @@ def test_seeds_give_one_history_each_an_ensemble_and_their_spread(long_bars_csv,
     assert {day.month for day in test_days} == {5, 6, 7}  # one history across the three folds
     seeds = pd.read_csv(backtest / "seeds.csv")
     assert set(seeds["source"]) == {"kronos"} and (seeds["seeds"] == 2).all()
-    assert seeds["rank_ic_mean"].iloc[0] == pytest.approx(comparison.loc[comparison["seed"].notna() & (comparison["engine"] == "qlib"), "rank_ic"].mean())
+    assert seeds["rank_ic_mean"].iloc[0] == pytest.approx(
+        comparison.loc[comparison["seed"].notna() & (comparison["engine"] == "qlib"), "rank_ic"].mean()
+    )
     periods = pd.read_csv(backtest / "breakdown.csv")
     assert {"fold 0", "fold 1", "fold 2", "2021"} <= set(periods["period"])
     calibration = pd.read_csv(backtest / "probabilistic.csv")
     assert set(calibration["strategy"]) == {"kronos [seed 1]", "kronos [seed 2]", "kronos [ensemble]"}
     assert calibration[["coverage_80", "coverage_90", "baseline_coverage_80"]].stack().between(0, 1).all()
-    assert (calibration["coverage_90"] >= calibration["coverage_80"]).all() and (calibration["forecasts_scored"] > 0).all()
+    assert (calibration["coverage_90"] >= calibration["coverage_80"]).all() and (
+        calibration["forecasts_scored"] > 0
+    ).all()
     assert {"rank_ic_by_period.png", "cumulative_excess_band.png"} <= {path.name for path in backtest.glob("*.png")}
 
 
 def test_folds_and_the_split_cannot_be_mixed_up(long_bars_csv, write_config):
     with pytest.raises(ConfigError, match="set evaluation.walk_forward or evaluation.folds, not both"):
-        load_config(write_config(long_bars_csv), [FOLDS, "evaluation.walk_forward={train_start: 2021-01-01, first_test: 2021-05-01}"])
+        load_config(
+            write_config(long_bars_csv),
+            [FOLDS, "evaluation.walk_forward={train_start: 2021-01-01, first_test: 2021-05-01}"],
+        )

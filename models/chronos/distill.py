@@ -57,8 +57,9 @@ class Labelled:
     teacher: torch.Tensor  # (N, Q, H) teacher quantiles
 
 
-def random_length_inputs(windows: WindowSet, items: np.ndarray, target: int, min_context: int, max_context: int,
-                         rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_length_inputs(
+    windows: WindowSet, items: np.ndarray, target: int, min_context: int, max_context: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs cut from the left to at most `max_context` steps, then to a random length each."""
     inputs, targets = windows.get(items)
     inputs = np.array(inputs[:, -max_context:], dtype=np.float32)
@@ -69,15 +70,27 @@ def random_length_inputs(windows: WindowSet, items: np.ndarray, target: int, min
 
 
 @torch.no_grad()
-def label(teacher, windows: WindowSet, items: np.ndarray, target: int, covariates: list[int], settings: DistillSettings,
-          rng: np.random.Generator, device: torch.device, what: str) -> Labelled:
-    inputs, targets = random_length_inputs(windows, items, target, settings.min_context,
-                                           teacher.chronos_config.context_length, rng)
+def label(
+    teacher,
+    windows: WindowSet,
+    items: np.ndarray,
+    target: int,
+    covariates: list[int],
+    settings: DistillSettings,
+    rng: np.random.Generator,
+    device: torch.device,
+    what: str,
+) -> Labelled:
+    inputs, targets = random_length_inputs(
+        windows, items, target, settings.min_context, teacher.chronos_config.context_length, rng
+    )
     inputs, targets = inputs.to(device), targets.to(device)
     teacher.eval()
     quantiles = []
     for start in tqdm(range(0, len(items), 256), desc=f"teacher labels {what}", leave=False):
-        quantiles.append(model_quantiles(teacher, inputs[start : start + 256], target, covariates, windows.horizon).float())
+        quantiles.append(
+            model_quantiles(teacher, inputs[start : start + 256], target, covariates, windows.horizon).float()
+        )
     return Labelled(inputs, targets, torch.cat(quantiles))
 
 
@@ -113,8 +126,9 @@ def subset(data: Labelled, items: torch.Tensor | slice) -> Labelled:
 
 
 @torch.no_grad()
-def evaluate(student, data: Labelled, target: int, covariates: list[int], settings: DistillSettings,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    student, data: Labelled, target: int, covariates: list[int], settings: DistillSettings, device: torch.device
+) -> dict[str, float]:
     student.eval()
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # summed on the device, read once
     for start in range(0, len(data.targets), 256):
@@ -130,8 +144,16 @@ def teacher_pinball(teacher, data: Labelled, target: int) -> float:
     return pinball(teacher_quantiles, targets, teacher.quantiles).item()
 
 
-def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, covariates: list[int],
-           settings: DistillSettings, device: torch.device) -> tuple[list[dict[str, float]], dict[str, float]]:
+def distil(
+    student,
+    teacher,
+    train: WindowSet,
+    valid: WindowSet,
+    target: int,
+    covariates: list[int],
+    settings: DistillSettings,
+    device: torch.device,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Train `student` in place; returns the per-step history and a report."""
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
@@ -141,17 +163,25 @@ def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, co
     train_data = label(teacher, train, train_items, target, covariates, settings, rng, device, "train")
     val_data = label(teacher, valid, val_items, target, covariates, settings, rng, device, "valid")
     label_seconds = time.perf_counter() - started
-    log.info("teacher labelled %d training and %d validation windows in %.1f s", len(train_items), len(val_items), label_seconds)
+    log.info(
+        "teacher labelled %d training and %d validation windows in %.1f s",
+        len(train_items),
+        len(val_items),
+        label_seconds,
+    )
 
     student.to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(1, settings.steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
+    )
     initial = evaluate(student, val_data, target, covariates, settings, device)  # the untrained student, for reference
     history: list[dict[str, float]] = [{"step": 0, **{f"val_{key}": value for key, value in initial.items()}}]
     best, best_state, stale = {"loss": float("inf")}, None, 0
-    plan = torch.from_numpy(rng.integers(0, len(train_items), (settings.steps, settings.batch_size))).to(device)  # every step's batch
+    plan = torch.from_numpy(rng.integers(0, len(train_items), (settings.steps, settings.batch_size))).to(
+        device
+    )  # every step's batch
     unread: list[torch.Tensor] = []  # (loss, match, pinball) of the steps since the last read, on the device
     progress = tqdm(range(1, settings.steps + 1), desc="distilling Chronos-2 student", leave=False)
     for step in progress:
@@ -168,16 +198,29 @@ def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, co
         if step % settings.log_every and not validating:
             continue
         rows = torch.stack(unread).tolist()
-        history += [{"step": step - len(rows) + 1 + k, "distill_loss": loss_, "distill_match": match_, "distill_pinball": pinball_}
-                    for k, (loss_, match_, pinball_) in enumerate(rows)]
+        history += [
+            {
+                "step": step - len(rows) + 1 + k,
+                "distill_loss": loss_,
+                "distill_match": match_,
+                "distill_pinball": pinball_,
+            }
+            for k, (loss_, match_, pinball_) in enumerate(rows)
+        ]
         progress.set_postfix(loss=f"{rows[-1][0]:.4f}")
         unread = []
         if not validating:
             continue
         scores = evaluate(student, val_data, target, covariates, settings, device)
         history.append({"step": step, **{f"val_{key}": value for key, value in scores.items()}})
-        log.info("student step %d: train loss %.4f, validation loss %.4f (match %.4f, pinball %.4f)",
-                 step, rows[-1][0], scores["loss"], scores["match"], scores["pinball"])
+        log.info(
+            "student step %d: train loss %.4f, validation loss %.4f (match %.4f, pinball %.4f)",
+            step,
+            rows[-1][0],
+            scores["loss"],
+            scores["match"],
+            scores["pinball"],
+        )
         if scores["loss"] < best["loss"]:
             best, best_state, stale = scores, copy.deepcopy(student.state_dict()), 0
         else:
@@ -187,8 +230,12 @@ def distil(student, teacher, train: WindowSet, valid: WindowSet, target: int, co
                 break
     student.load_state_dict(best_state)
     student.eval()
-    report = {"steps": step, "label_seconds": label_seconds, "train_seconds": time.perf_counter() - started - label_seconds,
-              **{f"best_val_{key}": value for key, value in best.items()},
-              **{f"initial_val_{key}": value for key, value in initial.items()},
-              "teacher_val_pinball": teacher_pinball(teacher, val_data, target)}
+    report = {
+        "steps": step,
+        "label_seconds": label_seconds,
+        "train_seconds": time.perf_counter() - started - label_seconds,
+        **{f"best_val_{key}": value for key, value in best.items()},
+        **{f"initial_val_{key}": value for key, value in initial.items()},
+        "teacher_val_pinball": teacher_pinball(teacher, val_data, target),
+    }
     return history, report

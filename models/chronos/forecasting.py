@@ -69,8 +69,16 @@ def model_quantiles(model, values: torch.Tensor, target: int, covariates: list[i
 
 
 @torch.no_grad()
-def pipeline_quantiles(pipeline, values: np.ndarray, target: int, covariates: list[int], names: list[str],
-                       horizon: int, batch_size: int = 256, label: str = "Chronos-2 forecast") -> np.ndarray:
+def pipeline_quantiles(
+    pipeline,
+    values: np.ndarray,
+    target: int,
+    covariates: list[int],
+    names: list[str],
+    horizon: int,
+    batch_size: int = 256,
+    label: str = "Chronos-2 forecast",
+) -> np.ndarray:
     """Quantile forecasts (N, Q, horizon) through `Chronos2Pipeline.predict`, `batch_size`
     series at a time (each series counts as 1 + len(covariates) rows in the package's batches)."""
     outputs = []
@@ -78,7 +86,10 @@ def pipeline_quantiles(pipeline, values: np.ndarray, target: int, covariates: li
     for start in tqdm(range(0, len(values), batch_size), desc=label, leave=False):
         chunk = values[start : start + batch_size]
         if covariates:
-            inputs = [{"target": series[:, target], "past_covariates": {names[c]: series[:, c] for c in covariates}} for series in chunk]
+            inputs = [
+                {"target": series[:, target], "past_covariates": {names[c]: series[:, c] for c in covariates}}
+                for series in chunk
+            ]
         else:
             inputs = torch.from_numpy(np.ascontiguousarray(chunk[:, None, :, target], dtype=np.float32))  # (B, 1, L)
         predictions = pipeline.predict(inputs, prediction_length=horizon, batch_size=batch_size * group)
@@ -86,7 +97,9 @@ def pipeline_quantiles(pipeline, values: np.ndarray, target: int, covariates: li
     return np.concatenate(outputs)
 
 
-def scores_from_quantiles(quantiles: np.ndarray, levels: list[float], last_close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def scores_from_quantiles(
+    quantiles: np.ndarray, levels: list[float], last_close: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Expected horizon return from the median path, and its uncertainty from the 10-90% spread.
 
     score = mean over the horizon of the median close / last close - 1; score_std = the mean

@@ -39,7 +39,9 @@ class DeviceWindows:
     def __len__(self) -> int:
         return len(self.end_rows)
 
-    def batch(self, items: torch.Tensor, context: int, clip: float, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, items: torch.Tensor, context: int, clip: float, eps: float = 1e-5
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `items` (device tensor) with the last `context` lookback rows and the full target.
 
         Returns x (B, context + horizon, F) normalised with the context's statistics and clipped (as

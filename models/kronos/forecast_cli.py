@@ -26,8 +26,13 @@ from models.kronos.tokenizer import KronosTokenizer
 def load_predictor(spec: dict, device: str) -> KronosPredictor:
     """The predictor a forecast spec (the signals stage's) describes, on `device`."""
     return KronosPredictor(
-        Kronos.from_pretrained(spec["predictor"]), KronosTokenizer.from_pretrained(spec["tokenizer"]), device=device,
-        max_context=spec["max_context"], clip=spec["clip"], bf16=spec["bf16"], compile_decoding=spec["compile_decoding"],
+        Kronos.from_pretrained(spec["predictor"]),
+        KronosTokenizer.from_pretrained(spec["tokenizer"]),
+        device=device,
+        max_context=spec["max_context"],
+        clip=spec["clip"],
+        bf16=spec["bf16"],
+        compile_decoding=spec["compile_decoding"],
     )
 
 
@@ -43,8 +48,15 @@ def forecast_shard(inputs: Path, out_dir: Path, spec: dict) -> Path:
     data = np.load(inputs)
     index = np.arange(len(data["history"]))[rank::world]
     forecast = predictor.forecast(
-        list(data["history"][index]), list(data["x_stamps"][index]), list(data["y_stamps"][index]), spec["pred_len"],
-        Sampling(**spec["sampling"]), spec["sample_count"], data["seeds"][index].tolist(), spec["batch_size"], verbose=rank == 0,
+        list(data["history"][index]),
+        list(data["x_stamps"][index]),
+        list(data["y_stamps"][index]),
+        spec["pred_len"],
+        Sampling(**spec["sampling"]),
+        spec["sample_count"],
+        data["seeds"][index].tolist(),
+        spec["batch_size"],
+        verbose=rank == 0,
     )
     shard = out_dir / f"shard_{rank}.npz"
     np.savez(shard, index=index, paths=forecast.paths)

@@ -168,7 +168,10 @@ class DecodeStep:
         self.keys, self.values = [cache_for(a) for a in attentions], [cache_for(a) for a in attentions]
         cross = model.dep_layer.cross_attn
         self.cross_keys, self.cross_values = cache_for(cross), cache_for(cross)
-        self.cross_kv = (torch.cat([cross.k_proj.weight, cross.v_proj.weight]), torch.cat([cross.k_proj.bias, cross.v_proj.bias]))
+        self.cross_kv = (
+            torch.cat([cross.k_proj.weight, cross.v_proj.weight]),
+            torch.cat([cross.k_proj.bias, cross.v_proj.bias]),
+        )
         self.last = zeros(rows, d_model)
         self.mask = zeros(1, capacity)  # 0 where a position is filled, -inf elsewhere
         self.latest = zeros(rows, 2, kind=torch.long)  # the tokens sampled last
@@ -202,7 +205,9 @@ class DecodeStep:
     def load(self, caches: list[LayerCache], cross: LayerCache, last: torch.Tensor, step: int) -> None:
         """Take a prefill's caches and newest hidden state, each row repeated for its sample paths."""
         length = cross.length
-        for buffers, cache in zip(zip(self.keys + [self.cross_keys], self.values + [self.cross_values]), caches + [cross]):
+        for buffers, cache in zip(
+            zip(self.keys + [self.cross_keys], self.values + [self.cross_values]), caches + [cross]
+        ):
             for buffer, filled in zip(buffers, (cache.keys, cache.values)):
                 # Slots past `length` keep finite values from earlier use (or zeros); the mask hides them.
                 buffer.unflatten(0, (filled.shape[0], -1))[:, :, :, :length].copy_(filled[:, None])
@@ -217,7 +222,9 @@ class DecodeStep:
         uniforms = self.uniforms.index_select(1, self.step)[:, 0]  # (rows, 2)
         s1 = sample_tokens(model.head(self.last), self.sampling, uniforms[:, 0])
         cross = model.dep_layer.cross_attn
-        query = cross.q_proj(model.embedding.emb_s1(s1)).view(rows, cross.n_heads, 1, cross.head_dim)  # rotary at 0 is the identity
+        query = cross.q_proj(model.embedding.emb_s1(s1)).view(
+            rows, cross.n_heads, 1, cross.head_dim
+        )  # rotary at 0 is the identity
         attended = F.scaled_dot_product_attention(query, self.cross_keys, self.cross_values, attn_mask=self.mask)
         hidden = model.dep_layer.norm(self.last + cross.out_proj(attended.view(rows, -1)))
         s2 = sample_tokens(model.head.cond_forward(hidden), self.sampling, uniforms[:, 1])
@@ -227,12 +234,18 @@ class DecodeStep:
     def _advance(self) -> None:
         """Run the `latest` tokens through the model at `position`: caches, `last`, then position + 1."""
         model, rows = self.model, self.rows
-        x = model.embedding(self.latest[:, :1], self.latest[:, 1:]) + self.time.index_select(1, self.step)  # (rows, 1, D)
+        x = model.embedding(self.latest[:, :1], self.latest[:, 1:]) + self.time.index_select(
+            1, self.step
+        )  # (rows, 1, D)
         x = x.view(rows, -1)
         self.mask.index_fill_(1, self.position, 0.0)
-        cos, sin = self.cos.index_select(0, self.position)[0], self.sin.index_select(0, self.position)[0]  # (blocks, 3D)
+        cos, sin = (
+            self.cos.index_select(0, self.position)[0],
+            self.sin.index_select(0, self.position)[0],
+        )  # (blocks, 3D)
         for block, (weight, bias), swap, block_cos, block_sin, gate_up, keys, values in zip(
-                model.transformer, self.qkv, self.swaps, cos, sin, self.gate_up, self.keys, self.values):
+            model.transformer, self.qkv, self.swaps, cos, sin, self.gate_up, self.keys, self.values
+        ):
             attention = block.self_attn
             projected = F.linear(block.norm1(x), weight, bias)  # (rows, 3D): q, k, v
             rotated = projected * block_cos + projected.index_select(1, swap) * block_sin  # rotary positions on q and k
@@ -260,7 +273,13 @@ class CachedSampler:
     """
 
     def __init__(self, model: Kronos, max_context: int, sampling: Sampling, keep: int = 2, compile: bool = False):
-        self.model, self.max_context, self.sampling, self.keep, self.compile = model, max_context, sampling, keep, compile
+        self.model, self.max_context, self.sampling, self.keep, self.compile = (
+            model,
+            max_context,
+            sampling,
+            keep,
+            compile,
+        )
         self._steps: dict[tuple[int, int, int], DecodeStep] = {}
 
     def _decode_step(self, rows: int, capacity: int, steps: int) -> DecodeStep:
@@ -278,7 +297,11 @@ class CachedSampler:
         caches = [LayerCache(capacity) for _ in model.transformer]
         hidden = model.context(s1[:, start:end], s2[:, start:end], stamps[:, start:end], caches=caches)
         cross = LayerCache(capacity)
-        cross.extend(*model.dep_layer.cross_attn.project_keys_values(hidden, torch.zeros(hidden.shape[1], dtype=torch.long, device=hidden.device)))
+        cross.extend(
+            *model.dep_layer.cross_attn.project_keys_values(
+                hidden, torch.zeros(hidden.shape[1], dtype=torch.long, device=hidden.device)
+            )
+        )
         return caches, cross, hidden[:, -1]
 
     @torch.no_grad()
@@ -291,7 +314,9 @@ class CachedSampler:
         model, (series, context_len) = self.model, s1.shape
         rows, capacity = series * samples, min(self.max_context, context_len + pred_len)
         decoder = self._decode_step(rows, capacity, pred_len)
-        future = model.time_emb(stamps[:, context_len : context_len + pred_len]).repeat_interleave(samples, 0)  # (rows, pred_len, D)
+        future = model.time_emb(stamps[:, context_len : context_len + pred_len]).repeat_interleave(
+            samples, 0
+        )  # (rows, pred_len, D)
         decoder.begin(draw_uniforms(seeds, rows, pred_len, s1.device), future)
         decoder.load(*self._prefill(s1, s2, stamps, context_len, capacity), step=0)
         for step in range(pred_len - 1):
@@ -303,13 +328,18 @@ class CachedSampler:
                 sampled = decoder.tokens[:, : step + 1]
                 window_s1 = torch.cat([s1.repeat_interleave(samples, 0), sampled[..., 0]], dim=1)
                 window_s2 = torch.cat([s2.repeat_interleave(samples, 0), sampled[..., 1]], dim=1)
-                decoder.load(*self._prefill(window_s1, window_s2, stamps.repeat_interleave(samples, 0), end, capacity), step=step + 1)
+                decoder.load(
+                    *self._prefill(window_s1, window_s2, stamps.repeat_interleave(samples, 0), end, capacity),
+                    step=step + 1,
+                )
         decoder.sample()
         new = decoder.tokens.clone()
         return new[..., 0], new[..., 1]
 
 
-def generate_cached(model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None, samples: int = 1):
+def generate_cached(
+    model: Kronos, s1, s2, stamps, pred_len: int, max_context: int, sampling: Sampling, seeds=None, samples: int = 1
+):
     """One-off cached decoding (see CachedSampler); keep a CachedSampler to reuse its buffers."""
     return CachedSampler(model, max_context, sampling)(s1, s2, stamps, pred_len, seeds, samples)
 

@@ -49,7 +49,9 @@ class RotaryEmbedding(nn.Module):
         return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
-def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor | None:
+def attention_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, key_padding: torch.Tensor | None
+) -> torch.Tensor | None:
     """Boolean mask (True = may attend) for causal attention with optional key padding.
 
     query_positions (Tq,), key_positions (Tk,): a query attends to keys at or before its position.
@@ -120,7 +122,9 @@ class MultiHeadAttention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, heads, T, head_dim)
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
-    def project_keys_values(self, key_value: torch.Tensor, key_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_keys_values(
+        self, key_value: torch.Tensor, key_positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tk, D) -> rotated keys and values, each (B, heads, Tk, head_dim)."""
         keys = self.rotary(self.split_heads(self.k_proj(key_value)), key_positions)
         return keys, self.split_heads(self.v_proj(key_value))
@@ -139,7 +143,14 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.extend(k, v)
         return self.attend(query, k, v, query_positions, mask)
 
-    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self,
+        query: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        query_positions: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Attention of query (B, Tq, D) to projected keys/values -> (B, Tq, D)."""
         q = self.rotary(self.split_heads(self.q_proj(query)), query_positions)
         dropout = self.attn_dropout_p if self.training else 0.0
@@ -165,22 +176,37 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm causal block: x + attn(norm1(x)), then x + ffn(norm2(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ff_dim: int,
+        ffn_dropout_p: float = 0.0,
+        attn_dropout_p: float = 0.0,
+        resid_dropout_p: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = RMSNorm(d_model)
         self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout_p, resid_dropout_p)
         self.norm2 = RMSNorm(d_model)
         self.ffn = FeedForward(d_model, ff_dim, ffn_dropout_p)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         """x: (B, T, D); positions: (T,); mask from attention_mask (None: attend to all keys)."""
         h = self.norm1(x)
         x = x + self.self_attn(h, h, positions, positions, mask, cache)
         return x + self.ffn(self.norm2(x))
 
 
-def run_causal(blocks: nn.ModuleList, x: torch.Tensor, start: int = 0, caches: list[LayerCache] | None = None,
-               key_padding: torch.Tensor | None = None) -> torch.Tensor:
+def run_causal(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    start: int = 0,
+    caches: list[LayerCache] | None = None,
+    key_padding: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x (B, T, D) at positions start .. start + T - 1 through causal TransformerBlocks.
 
     With `caches` (one LayerCache per block) earlier positions' keys and values are reused and

@@ -56,7 +56,11 @@ class TemporalEmbedding(nn.Module):
 
     def __init__(self, d_model: int, learn_te: bool):
         super().__init__()
-        make = (lambda size: nn.Embedding(size, d_model)) if learn_te else (lambda size: SinusoidalEmbedding(size, d_model))
+        make = (
+            (lambda size: nn.Embedding(size, d_model))
+            if learn_te
+            else (lambda size: SinusoidalEmbedding(size, d_model))
+        )
         for name, size in zip(TIME_FEATURES, TIME_FEATURE_SIZES):
             setattr(self, f"{name}_embed", make(size))
 
@@ -96,7 +100,12 @@ class DualHead(nn.Module):
         """(CE_s1 + CE_s2) / 2 over non-padded positions; returns (loss, ce_s1, ce_s2)."""
         if padding_mask is not None:
             keep = padding_mask == 0
-            s1_logits, s2_logits, s1_targets, s2_targets = s1_logits[keep], s2_logits[keep], s1_targets[keep], s2_targets[keep]
+            s1_logits, s2_logits, s1_targets, s2_targets = (
+                s1_logits[keep],
+                s2_logits[keep],
+                s1_targets[keep],
+                s2_targets[keep],
+            )
         ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1), s1_targets.reshape(-1))
         ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2), s2_targets.reshape(-1))
         return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2
@@ -132,7 +141,8 @@ class Kronos(nn.Module, StrictHubMixin):
         self.time_emb = TemporalEmbedding(d_model, learn_te)
         self.token_drop = nn.Dropout(token_dropout_p)
         self.transformer = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, ff_dim, ffn_dropout_p, attn_dropout_p, resid_dropout_p) for _ in range(n_layers)
+            TransformerBlock(d_model, n_heads, ff_dim, ffn_dropout_p, attn_dropout_p, resid_dropout_p)
+            for _ in range(n_layers)
         )
         self.norm = RMSNorm(d_model)
         self.dep_layer = DependencyAwareLayer(d_model)
@@ -152,7 +162,9 @@ class Kronos(nn.Module, StrictHubMixin):
         context = self.context(s1_ids, s2_ids, stamp, padding_mask)
         return self.head(context), context
 
-    def context(self, s1_ids, s2_ids, stamp=None, padding_mask=None, start: int = 0, caches: list[LayerCache] | None = None):
+    def context(
+        self, s1_ids, s2_ids, stamp=None, padding_mask=None, start: int = 0, caches: list[LayerCache] | None = None
+    ):
         """Normalised hidden states (B, T, D) of tokens at positions start .. start + T - 1.
 
         With `caches` (one LayerCache per block) earlier positions' keys and values are reused
@@ -182,7 +194,9 @@ class Kronos(nn.Module, StrictHubMixin):
             mask = None if padding_mask is None else ~padding_mask.bool()[:, None, None, :]
             hidden = self.dep_layer(context, sibling, zeros, zeros.expand(steps), mask)
         else:
-            raise ValueError(f"s1_ids must cover every context position ({steps}) or be a single step, got {s1_ids.shape[1]}")
+            raise ValueError(
+                f"s1_ids must cover every context position ({steps}) or be a single step, got {s1_ids.shape[1]}"
+            )
         return self.head.cond_forward(hidden)
 
     def forward(self, s1_ids, s2_ids, stamp=None, padding_mask=None, use_teacher_forcing=False, s1_targets=None):

@@ -48,8 +48,16 @@ class Forecast:
 
 
 class KronosPredictor:
-    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, max_context: int = 512, clip: float = 5, bf16: bool | None = None,
-                 compile_decoding: bool = False):
+    def __init__(
+        self,
+        model: Kronos,
+        tokenizer: KronosTokenizer,
+        device=None,
+        max_context: int = 512,
+        clip: float = 5,
+        bf16: bool | None = None,
+        compile_decoding: bool = False,
+    ):
         """bf16: run both models with bf16 weights; None = on CUDA GPUs that support bf16.
         compile_decoding: compile each decoding step (generation.DecodeStep), seconds per batch shape."""
         self.device = pick_device("auto" if device is None else str(device))
@@ -77,20 +85,29 @@ class KronosPredictor:
         verbose: bool = False,
     ) -> Forecast:
         if pred_len >= self.max_context:
-            raise ValueError(f"pred_len {pred_len} must be shorter than max_context {self.max_context}: "
-                             "every decoded window holds max_context tokens, context included")
+            raise ValueError(
+                f"pred_len {pred_len} must be shorter than max_context {self.max_context}: "
+                "every decoded window holds max_context tokens, context included"
+            )
         paths = np.empty((len(series), sample_count, pred_len, len(FIELDS)), dtype=np.float32)
         groups: dict[int, list[int]] = {}
         for index, values in enumerate(series):
             groups.setdefault(len(values), []).append(index)
-        chunks = [members[i : i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+        chunks = [
+            members[i : i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)
+        ]
         bar = tqdm(total=len(series), desc="forecasting", unit="series", disable=not verbose, mininterval=1.0)
         while chunks:
             chunk = chunks.pop(0)
             try:
                 paths[chunk] = self._forecast_group(
-                    [series[i] for i in chunk], [x_stamps[i] for i in chunk], [y_stamps[i] for i in chunk],
-                    pred_len, sampling, sample_count, None if seeds is None else [seeds[i] for i in chunk],
+                    [series[i] for i in chunk],
+                    [x_stamps[i] for i in chunk],
+                    [y_stamps[i] for i in chunk],
+                    pred_len,
+                    sampling,
+                    sample_count,
+                    None if seeds is None else [seeds[i] for i in chunk],
                 )
             except torch.OutOfMemoryError:
                 if len(chunk) == 1:
@@ -112,10 +129,14 @@ class KronosPredictor:
         scaled = np.clip((x - mean) / (std + 1e-5), -self.clip, self.clip)
         stamps = torch.from_numpy(np.concatenate([np.stack(x_stamps), np.stack(y_stamps)], axis=1)).to(self.device)
         if sampling not in self._samplers:
-            self._samplers[sampling] = CachedSampler(self.model, self.max_context, sampling, compile=self.compile_decoding)
+            self._samplers[sampling] = CachedSampler(
+                self.model, self.max_context, sampling, compile=self.compile_decoding
+            )
         with without_cudnn_attention(self.device):
             s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device, self.dtype), half=True)
-            path_seeds = None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
+            path_seeds = (
+                None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
+            )
             new_s1, new_s2 = self._samplers[sampling](s1, s2, stamps, pred_len, path_seeds, sample_count)
             start = max(0, s1.shape[1] + pred_len - self.max_context)  # the decoded window holds max_context tokens
             decoded = self.tokenizer.decode_paths([s1[:, start:], s2[:, start:]], [new_s1, new_s2], sample_count)
@@ -137,7 +158,18 @@ class KronosPredictor:
             raise ValueError(f"{where}: NaN in price, volume or amount columns")
         return df[FIELDS].to_numpy(dtype=np.float32)
 
-    def predict_batch(self, df_list, x_timestamp_list, y_timestamp_list, pred_len, T=1.0, top_k=0, top_p=0.9, sample_count=1, verbose=True):
+    def predict_batch(
+        self,
+        df_list,
+        x_timestamp_list,
+        y_timestamp_list,
+        pred_len,
+        T=1.0,
+        top_k=0,
+        top_p=0.9,
+        sample_count=1,
+        verbose=True,
+    ):
         """Upstream's batch API: one DataFrame of mean forecasts per input, indexed by y_timestamp."""
         if not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)):
             raise ValueError("df_list, x_timestamp_list and y_timestamp_list must have the same length")
@@ -149,9 +181,13 @@ class KronosPredictor:
                 raise ValueError(f"series {i}: {len(values)} rows but {len(stamps)} x timestamps")
             if len(future) != pred_len:
                 raise ValueError(f"series {i}: y_timestamp has {len(future)} entries, pred_len is {pred_len}")
-        result = self.forecast(series, x_stamps, y_stamps, pred_len, Sampling(T, top_k, top_p), sample_count, verbose=verbose)
+        result = self.forecast(
+            series, x_stamps, y_stamps, pred_len, Sampling(T, top_k, top_p), sample_count, verbose=verbose
+        )
         return [pd.DataFrame(mean, columns=FIELDS, index=y_timestamp_list[i]) for i, mean in enumerate(result.mean)]
 
     def predict(self, df, x_timestamp, y_timestamp, pred_len, T=1.0, top_k=0, top_p=0.9, sample_count=1, verbose=True):
         """Upstream's single-series API: a DataFrame of mean forecasts indexed by y_timestamp."""
-        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T, top_k, top_p, sample_count, verbose)[0]
+        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T, top_k, top_p, sample_count, verbose)[
+            0
+        ]

@@ -61,7 +61,9 @@ class BinarySphericalQuantizer(nn.Module):
 class BSQuantizer(nn.Module):
     """Normalise, quantise, and split codes into (s1, s2) token ids."""
 
-    def __init__(self, s1_bits: int, s2_bits: int, beta: float, gamma0: float, gamma: float, zeta: float, group_size: int):
+    def __init__(
+        self, s1_bits: int, s2_bits: int, beta: float, gamma0: float, gamma: float, zeta: float, group_size: int
+    ):
         super().__init__()
         self.s1_bits, self.s2_bits = s1_bits, s2_bits
         self.bsq = BinarySphericalQuantizer(s1_bits + s2_bits, beta, gamma0, gamma, zeta, group_size)

@@ -45,7 +45,8 @@ class KronosTokenizer(nn.Module, StrictHubMixin):
         def blocks(count: int) -> nn.ModuleList:
             # The published layout counts the embedding as a layer: n layers = n - 1 blocks.
             return nn.ModuleList(
-                TransformerBlock(d_model, n_heads, ff_dim, ffn_dropout_p, attn_dropout_p, resid_dropout_p) for _ in range(count - 1)
+                TransformerBlock(d_model, n_heads, ff_dim, ffn_dropout_p, attn_dropout_p, resid_dropout_p)
+                for _ in range(count - 1)
             )
 
         self.embed = nn.Linear(d_in, d_model)

@@ -122,7 +122,9 @@ class PredictorTask:
 
     def step(self, model, x: torch.Tensor, stamps: torch.Tensor):
         s1, s2 = self._tokens(x)
-        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamps[:, :-1], use_teacher_forcing=self.teacher_forcing, s1_targets=s1[:, 1:])
+        s1_logits, s2_logits = model(
+            s1[:, :-1], s2[:, :-1], stamps[:, :-1], use_teacher_forcing=self.teacher_forcing, s1_targets=s1[:, 1:]
+        )
         head = model.module.head if isinstance(model, DistributedDataParallel) else model.head
         loss, ce_s1, ce_s2 = head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
         return loss, {"loss": loss, "ce_s1": ce_s1, "ce_s2": ce_s2}
@@ -131,7 +133,9 @@ class PredictorTask:
     def evaluate(self, model: Kronos, x: torch.Tensor, stamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sums over predicted positions; s2 is scored given the true s1 (deterministic)."""
         s1, s2 = self._tokens(x)
-        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamps[:, :-1], use_teacher_forcing=True, s1_targets=s1[:, 1:])
+        s1_logits, s2_logits = model(
+            s1[:, :-1], s2[:, :-1], stamps[:, :-1], use_teacher_forcing=True, s1_targets=s1[:, 1:]
+        )
         targets_s1, targets_s2 = s1[:, 1:], s2[:, 1:]
         return {
             "ce_s1": F.cross_entropy(s1_logits.flatten(0, 1).float(), targets_s1.flatten(), reduction="sum"),
@@ -143,7 +147,15 @@ class PredictorTask:
         }
 
 
-def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settings: KronosTrainSettings, out_dir: Path, world: World) -> dict:
+def fit(
+    task,
+    model: torch.nn.Module,
+    train: WindowSet,
+    valid: WindowSet,
+    settings: KronosTrainSettings,
+    out_dir: Path,
+    world: World,
+) -> dict:
     """Train `model` on `task`; resumes from out_dir/last.pt when present. Returns the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -151,18 +163,27 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     if isinstance(task, PredictorTask):
         task.tokenizer.to(world.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay,
-                                  fused=world.device.type in ("cuda", "cpu"))
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=settings.lr,
+        betas=settings.betas,
+        weight_decay=settings.weight_decay,
+        fused=world.device.type in ("cuda", "cpu"),
+    )
     total_steps = settings.epochs * settings.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=0.03, div_factor=10)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=0.03, div_factor=10
+    )
     state = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
     last = out_dir / "last.pt"
     if last.is_file():
         try:  # never unpickle code from a cache folder someone may have handed over
             saved = torch.load(last, map_location=world.device, weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise DataError(f"{last} holds objects other than tensors and plain values, so this pipeline's training did not "
-                            f"write it; it is not loaded. Delete {out_dir} to train from scratch") from exc
+            raise DataError(
+                f"{last} holds objects other than tensors and plain values, so this pipeline's training did not "
+                f"write it; it is not loaded. Delete {out_dir} to train from scratch"
+            ) from exc
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -170,7 +191,9 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
         state = saved["state"]
         log.info("%s: resuming after epoch %d from %s", task.name, state["epoch"], last)
     wrapped = DistributedDataParallel(model) if world.size > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and world.device.type == "cuda" else nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and world.device.type == "cuda" else nullcontext()
+    )
     val_items = np.random.default_rng(settings.seed).permutation(len(valid))[: settings.val_windows]
     train_batches, valid_batches = DeviceWindows(train, world.device), DeviceWindows(valid, world.device)
     started, windows_seen = time.perf_counter(), 0
@@ -178,10 +201,21 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
     for epoch in range(state["epoch"], settings.epochs):
         # Every rank draws the same plan (same seed), then takes its own slice of each batch.
         rng = np.random.default_rng([settings.seed, epoch])
-        plan = torch.from_numpy(rng.integers(0, len(train), (settings.steps_per_epoch, world.size, settings.batch_size))).to(world.device)
-        contexts = [draw_context(rng, train.lookback, settings.min_context, settings.random_context_share) for _ in range(settings.steps_per_epoch)]
+        plan = torch.from_numpy(
+            rng.integers(0, len(train), (settings.steps_per_epoch, world.size, settings.batch_size))
+        ).to(world.device)
+        contexts = [
+            draw_context(rng, train.lookback, settings.min_context, settings.random_context_share)
+            for _ in range(settings.steps_per_epoch)
+        ]
         wrapped.train()
-        bar = tqdm(range(settings.steps_per_epoch), desc=f"{task.name} epoch {epoch + 1}/{settings.epochs}", disable=not world.main, leave=False, mininterval=1.0)
+        bar = tqdm(
+            range(settings.steps_per_epoch),
+            desc=f"{task.name} epoch {epoch + 1}/{settings.epochs}",
+            disable=not world.main,
+            leave=False,
+            mininterval=1.0,
+        )
         running: dict[str, torch.Tensor] = {}  # metric sums on the device since the last read
         for step in bar:
             x, stamps = train_batches.batch(plan[step, world.rank], contexts[step], settings.clip)
@@ -198,12 +232,18 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
             last_step = step == settings.steps_per_epoch - 1
             if (step + 1) % settings.log_every == 0 or last_step:
                 steps_read = (step % settings.log_every) + 1
-                row = {f"train_{k}": float(v) / steps_read for k, v in running.items()}  # mean over the steps since the last read
-                state["history"].append({"step": epoch * settings.steps_per_epoch + step, **row, "lr": scheduler.get_last_lr()[0]})
+                row = {
+                    f"train_{k}": float(v) / steps_read for k, v in running.items()
+                }  # mean over the steps since the last read
+                state["history"].append(
+                    {"step": epoch * settings.steps_per_epoch + step, **row, "lr": scheduler.get_last_lr()[0]}
+                )
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
                 running = {}
         validation = validate(task, model, valid_batches, val_items, settings, world)
-        state["history"].append({"step": (epoch + 1) * settings.steps_per_epoch - 1, **{f"val_{k}": v for k, v in validation.items()}})
+        state["history"].append(
+            {"step": (epoch + 1) * settings.steps_per_epoch - 1, **{f"val_{k}": v for k, v in validation.items()}}
+        )
         score = validation["loss"]
         log.info("%s epoch %d: %s", task.name, epoch + 1, ", ".join(f"val_{k}={v:.4f}" for k, v in validation.items()))
         improved = score < state["best"]
@@ -235,12 +275,16 @@ def fit(task, model: torch.nn.Module, train: WindowSet, valid: WindowSet, settin
 
 
 @torch.no_grad()
-def validate(task, model, valid: DeviceWindows, items: np.ndarray, settings: KronosTrainSettings, world: World) -> dict[str, float]:
+def validate(
+    task, model, valid: DeviceWindows, items: np.ndarray, settings: KronosTrainSettings, world: World
+) -> dict[str, float]:
     """Validation metrics over `items` (full lookback), shared across ranks and summed."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=world.device)
-    for chunk in np.array_split(items[world.rank :: world.size], max(1, len(items) // (settings.batch_size * world.size))):
+    for chunk in np.array_split(
+        items[world.rank :: world.size], max(1, len(items) // (settings.batch_size * world.size))
+    ):
         if not len(chunk):
             continue
         x, stamps = valid.batch(torch.from_numpy(chunk).to(world.device), valid.lookback, settings.clip)
@@ -257,7 +301,11 @@ def validate(task, model, valid: DeviceWindows, items: np.ndarray, settings: Kro
 def summarise(task, totals: dict[str, torch.Tensor], count: float) -> dict[str, float]:
     if isinstance(task, TokenizerTask):
         recon = float(totals["recon_fine"]) / count
-        return {"loss": recon, "recon_fine": recon, "s1_code_usage": float((totals["s1_codes_used"] > 0).float().mean())}
+        return {
+            "loss": recon,
+            "recon_fine": recon,
+            "s1_code_usage": float((totals["s1_codes_used"] > 0).float().mean()),
+        }
     positions = float(totals["positions"])
     ce_s1, ce_s2 = float(totals["ce_s1"]) / positions, float(totals["ce_s2"]) / positions
     # CE of always predicting the validation set's own s1 code frequencies: a model that only
@@ -277,7 +325,13 @@ def summarise(task, totals: dict[str, torch.Tensor], count: float) -> dict[str, 
 def _save_last(path: Path, model, optimizer, scheduler, state: dict) -> None:
     partial = path.with_suffix(".partial")
     torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "state": state},
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "state": state,
+        },
         partial,
     )
     partial.replace(path)

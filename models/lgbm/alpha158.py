@@ -24,7 +24,9 @@ from data_prep.qlib_format import init_qlib
 LABEL_DAYS = 2  # Alpha158's label looks two trading days ahead
 
 
-def purged_segments(calendar: pd.DatetimeIndex, segments: dict[str, tuple[str, str]]) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+def purged_segments(
+    calendar: pd.DatetimeIndex, segments: dict[str, tuple[str, str]]
+) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
     """Each segment on trading days; train and valid end LABEL_DAYS early so no label crosses."""
     purged = {}
     for name, (start, end) in segments.items():
@@ -35,7 +37,9 @@ def purged_segments(calendar: pd.DatetimeIndex, segments: dict[str, tuple[str, s
     return purged
 
 
-def lgbm_alpha158_scores(qlib_dir: Path, region: str, universe: str, segments: dict, params: dict, mlflow_uri: str) -> pd.Series:
+def lgbm_alpha158_scores(
+    qlib_dir: Path, region: str, universe: str, segments: dict, params: dict, mlflow_uri: str
+) -> pd.Series:
     """Test-segment predictions indexed by (datetime, instrument)."""
     init_qlib(qlib_dir, region, mlflow_uri)
     from qlib.contrib.data.handler import Alpha158
@@ -46,8 +50,13 @@ def lgbm_alpha158_scores(qlib_dir: Path, region: str, universe: str, segments: d
 
     purged = purged_segments(pd.DatetimeIndex(D.calendar()), segments)
     train_start, train_end = purged["train"]
-    handler = Alpha158(instruments=universe, start_time=train_start, end_time=purged["test"][1],
-                       fit_start_time=train_start, fit_end_time=train_end)
+    handler = Alpha158(
+        instruments=universe,
+        start_time=train_start,
+        end_time=purged["test"][1],
+        fit_start_time=train_start,
+        fit_end_time=train_end,
+    )
     dataset = DatasetH(handler, segments=purged)
     model = LGBModel(**params)
     with R.start(experiment_name="qlib", recorder_name="lgbm_alpha158"):
@@ -65,8 +74,14 @@ def main() -> None:
     parser.add_argument("--mlflow-uri", required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    scores = lgbm_alpha158_scores(args.qlib_dir, args.region, args.universe, json.loads(args.segments.read_text()),
-                                  json.loads(args.params.read_text()), args.mlflow_uri)
+    scores = lgbm_alpha158_scores(
+        args.qlib_dir,
+        args.region,
+        args.universe,
+        json.loads(args.segments.read_text()),
+        json.loads(args.params.read_text()),
+        args.mlflow_uri,
+    )
     scores.reset_index().to_parquet(args.out, index=False)
 
 

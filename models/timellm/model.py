@@ -58,7 +58,9 @@ class TimeLLMConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"Time-LLM dropout must be in [0, 1), got {self.dropout}")
         if self.seq_len < self.patch_len:
-            raise ValueError(f"seq_len ({self.seq_len}) is shorter than patch_len ({self.patch_len}): lower timellm.patch_len")
+            raise ValueError(
+                f"seq_len ({self.seq_len}) is shorter than patch_len ({self.patch_len}): lower timellm.patch_len"
+            )
 
 
 class TimeLLM(nn.Module):
@@ -68,9 +70,11 @@ class TimeLLM(nn.Module):
             backbone = load_backbone(config.backbone, config.llm_layers, config.trust_remote_code, config.load_in_4bit)
         expected_blocks = min(config.llm_layers, backbone.pretrained_blocks)
         if config.variant == "llm" and backbone.blocks != expected_blocks:
-            raise ValueError(f"the backbone keeps {backbone.blocks} of its {backbone.pretrained_blocks} blocks but this model runs "
-                             f"{expected_blocks} (llm_layers={config.llm_layers}): load it with "
-                             f"load_backbone({config.backbone!r}, {config.llm_layers})")
+            raise ValueError(
+                f"the backbone keeps {backbone.blocks} of its {backbone.pretrained_blocks} blocks but this model runs "
+                f"{expected_blocks} (llm_layers={config.llm_layers}): load it with "
+                f"load_backbone({config.backbone!r}, {config.llm_layers})"
+            )
         if config.d_ff > backbone.width:
             raise ValueError(f"d_ff ({config.d_ff}) is wider than the backbone ({backbone.width}): lower timellm.d_ff")
         self.config = config
@@ -78,16 +82,26 @@ class TimeLLM(nn.Module):
         self.n_patches = self.patch_embedding.count(config.seq_len)
         self.word_embeddings = backbone.model.get_input_embeddings()  # frozen (vocab, W)
         self.mapping = nn.Linear(self.word_embeddings.weight.shape[0], config.num_tokens)  # vocab -> prototypes
-        self.reprogramming = ReprogrammingAttention(config.d_model, config.n_heads, config.d_ff, backbone.width, config.dropout)
+        self.reprogramming = ReprogrammingAttention(
+            config.d_model, config.n_heads, config.d_ff, backbone.width, config.dropout
+        )
         self.prompt = None
         if config.variant != "no_llm":
-            self.prompt = PromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len, config.prompt)
+            self.prompt = PromptBuilder(
+                backbone.tokenizer, config.description, config.seq_len, config.pred_len, config.prompt
+            )
             longest = self.prompt.max_length + self.n_patches
             if backbone.max_positions is not None and longest > backbone.max_positions:
-                raise ValueError(f"prompt ({self.prompt.max_length} tokens) + {self.n_patches} patches exceed the backbone's "
-                                 f"{backbone.max_positions} positions: shorten timellm.description or split.lookback")
+                raise ValueError(
+                    f"prompt ({self.prompt.max_length} tokens) + {self.n_patches} patches exceed the backbone's "
+                    f"{backbone.max_positions} positions: shorten timellm.description or split.lookback"
+                )
         self.llm = backbone.model if config.variant == "llm" else None
-        self.attention = SelfAttentionLayer(backbone.width, config.n_heads, config.dropout) if config.variant == "llm_to_attn" else None
+        self.attention = (
+            SelfAttentionLayer(backbone.width, config.n_heads, config.dropout)
+            if config.variant == "llm_to_attn"
+            else None
+        )
         self.head = FlattenHead(config.d_ff * self.n_patches, config.pred_len, config.dropout)
 
     def train(self, mode: bool = True) -> TimeLLM:
@@ -175,7 +189,9 @@ class TimeLLM(nn.Module):
         expected = set(model.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise CheckpointMismatchError(f"{weights_file} does not match TimeLLM ({model.config.variant}): "
-                                          f"missing keys {missing}, unexpected keys {unexpected}")
+            raise CheckpointMismatchError(
+                f"{weights_file} does not match TimeLLM ({model.config.variant}): "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
         model.load_state_dict(state, strict=False)
         return model.eval()

@@ -42,7 +42,15 @@ def fixed_pieces(description: str, seq_len: int, pred_len: int, style: str = "co
         ]
     if style != "compact":
         raise ValueError(f"unknown Time-LLM prompt style {style!r}: choose from {PROMPT_STYLES}")
-    return [f"{description} Forecast {pred_len} steps from {seq_len}; min", ", max", ", median", ", trend", ", top lags", ",", "."]
+    return [
+        f"{description} Forecast {pred_len} steps from {seq_len}; min",
+        ", max",
+        ", median",
+        ", trend",
+        ", top lags",
+        ",",
+        ".",
+    ]
 
 
 def number_text(step: int) -> str:
@@ -82,7 +90,9 @@ class PromptBuilder(nn.Module):
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its EOS token)")
         fixed = fixed_pieces(description, seq_len, pred_len, style)
-        numbers = [number_text(step) for step in range(-int(NUMBER_LIMIT * NUMBER_STEPS), int(NUMBER_LIMIT * NUMBER_STEPS) + 1)]
+        numbers = [
+            number_text(step) for step in range(-int(NUMBER_LIMIT * NUMBER_STEPS), int(NUMBER_LIMIT * NUMBER_STEPS) + 1)
+        ]
         trends = [" downward", " upward"]
         lags = [f" {lag}" for lag in range(seq_len)]
         pieces = fixed + numbers + trends + lags
@@ -107,7 +117,14 @@ class PromptBuilder(nn.Module):
         """The longest prompt possible, to check against the model's position limit."""
         fixed, numbers = self.lengths[:7], self.lengths[7 : self.trend_offset]
         trends, lags = self.lengths[self.trend_offset : self.lag_offset], self.lengths[self.lag_offset :]
-        longest = fixed[:5].sum() + 3 * numbers.max() + trends.max() + TOP_LAGS * lags.max() + (TOP_LAGS - 1) * fixed[5] + fixed[6]
+        longest = (
+            fixed[:5].sum()
+            + 3 * numbers.max()
+            + trends.max()
+            + TOP_LAGS * lags.max()
+            + (TOP_LAGS - 1) * fixed[5]
+            + fixed[6]
+        )
         return int(longest)
 
     def pieces_of(self, series: torch.Tensor) -> torch.Tensor:
@@ -115,8 +132,17 @@ class PromptBuilder(nn.Module):
         stats = input_statistics(series.float())
         constant = torch.ones_like(stats["min"])
         numbers = {key: stats[key] + self.number_offset for key in ("min", "max", "median")}
-        slots = [0 * constant, numbers["min"], constant, numbers["max"], 2 * constant, numbers["median"], 3 * constant,
-                 stats["upward"].long() + self.trend_offset, 4 * constant]
+        slots = [
+            0 * constant,
+            numbers["min"],
+            constant,
+            numbers["max"],
+            2 * constant,
+            numbers["median"],
+            3 * constant,
+            stats["upward"].long() + self.trend_offset,
+            4 * constant,
+        ]
         lags = stats["lags"] + self.lag_offset
         for k in range(lags.shape[1]):
             slots += [lags[:, k], (5 if k < lags.shape[1] - 1 else 6) * constant]
@@ -153,12 +179,23 @@ class LoopPromptBuilder(nn.Module):
         *fixed, comma, stop = self.fixed
         lags = comma.join(f" {lag}" for lag in stats["lags"])
         return (
-            start_token(self.tokenizer) + fixed[0] + number_text(stats["min"]) + fixed[1] + number_text(stats["max"])
-            + fixed[2] + number_text(stats["median"]) + fixed[3] + (" upward" if stats["upward"] else " downward")
-            + fixed[4] + lags + stop
+            start_token(self.tokenizer)
+            + fixed[0]
+            + number_text(stats["min"])
+            + fixed[1]
+            + number_text(stats["max"])
+            + fixed[2]
+            + number_text(stats["median"])
+            + fixed[3]
+            + (" upward" if stats["upward"] else " downward")
+            + fixed[4]
+            + lags
+            + stop
         )
 
     def forward(self, series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [self.text(row) for row in series]
-        encoded = self.tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+        encoded = self.tokenizer(
+            texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+        )
         return encoded["input_ids"].to(series.device), encoded["attention_mask"].bool().to(series.device)

@@ -63,8 +63,15 @@ def inference_memory(model: TimeLLM, device: torch.device, bf16: bool) -> tuple[
 
 
 @torch.no_grad()
-def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: list[int], device: torch.device,
-             bf16: bool, batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: TimeLLM,
+    windows: WindowSet,
+    items: np.ndarray,
+    channels: list[int],
+    device: torch.device,
+    bf16: bool,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Normalised MSE/MAE over `items`, for the model and for the last-value (persistence) forecast."""
     model.eval()
     memory = inference_memory(model, device, bf16)
@@ -80,8 +87,9 @@ def evaluate(model: TimeLLM, windows: WindowSet, items: np.ndarray, channels: li
     return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist()))
 
 
-def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro_batch: int, device: torch.device,
-                         bf16: bool) -> torch.Tensor:
+def accumulate_gradients(
+    model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro_batch: int, device: torch.device, bf16: bool
+) -> torch.Tensor:
     """Gradients of the batch's MSE, summed over micro-batches of `micro_batch` windows; returns the
     MSE as a 0-d tensor on the device (reading it waits for the device, so the caller reads it when logging).
 
@@ -103,8 +111,16 @@ def accumulate_gradients(model: TimeLLM, x: torch.Tensor, y: torch.Tensor, micro
     return total
 
 
-def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int], settings: TimeLLMTrainSettings,
-        device: torch.device, bf16: bool, label: str) -> tuple[list[dict[str, float]], dict[str, float]]:
+def fit(
+    model: TimeLLM,
+    train: WindowSet,
+    valid: WindowSet,
+    channels: list[int],
+    settings: TimeLLMTrainSettings,
+    device: torch.device,
+    bf16: bool,
+    label: str,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Train in place; returns the per-step history and a report. The best weights are kept."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -114,13 +130,16 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
     total_steps = settings.epochs * settings.steps_per_epoch
     warmup = max(1, total_steps // 5)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    )
     history: list[dict[str, float]] = []
     best = {"mse": float("inf")}
     best_state, stale, step, started = None, 0, 0, time.perf_counter()
     for epoch in range(settings.epochs):
         model.train()
-        progress = tqdm(range(settings.steps_per_epoch), desc=f"{label} epoch {epoch + 1}/{settings.epochs}", leave=False)
+        progress = tqdm(
+            range(settings.steps_per_epoch), desc=f"{label} epoch {epoch + 1}/{settings.epochs}", leave=False
+        )
         unread: list[torch.Tensor] = []  # training losses on the device since the last read
         for index in progress:
             x, y = windows_tensor(train, rng.integers(0, len(train), settings.batch_size), channels, device)
@@ -131,14 +150,21 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
             step += 1
             if step % settings.log_every == 0 or index == settings.steps_per_epoch - 1:
                 losses = torch.stack(unread).tolist()
-                history += [{"step": step - len(losses) + 1 + k, f"{label}_train_mse": loss} for k, loss in enumerate(losses)]
+                history += [
+                    {"step": step - len(losses) + 1 + k, f"{label}_train_mse": loss} for k, loss in enumerate(losses)
+                ]
                 progress.set_postfix(loss=f"{losses[-1]:.4f}")
                 unread = []
         scores = evaluate(model, valid, val_items, channels, device, bf16, settings.micro_batch)
         history.append({"step": step, f"{label}_val_mse": scores["mse"], f"{label}_val_mae": scores["mae"]})
-        log.info("%s epoch %d: train MSE %.4f, validation MSE %.4f (persistence %.4f)", label, epoch + 1,
-                 np.mean([row[f"{label}_train_mse"] for row in history[-settings.steps_per_epoch - 1 : -1]]),
-                 scores["mse"], scores["persistence_mse"])
+        log.info(
+            "%s epoch %d: train MSE %.4f, validation MSE %.4f (persistence %.4f)",
+            label,
+            epoch + 1,
+            np.mean([row[f"{label}_train_mse"] for row in history[-settings.steps_per_epoch - 1 : -1]]),
+            scores["mse"],
+            scores["persistence_mse"],
+        )
         if scores["mse"] < best["mse"]:
             best, stale = scores, 0
             best_state = copy.deepcopy(model.trainable_state())
@@ -149,14 +175,20 @@ def fit(model: TimeLLM, train: WindowSet, valid: WindowSet, channels: list[int],
                 break
     model.load_state_dict(best_state, strict=False)
     seconds = time.perf_counter() - started
-    report = {"epochs_run": epoch + 1, "steps": step, "train_seconds": seconds, "windows_per_second": step * settings.batch_size / seconds,
-              **{f"best_val_{key}": value for key, value in best.items()}}
+    report = {
+        "epochs_run": epoch + 1,
+        "steps": step,
+        "train_seconds": seconds,
+        "windows_per_second": step * settings.batch_size / seconds,
+        **{f"best_val_{key}": value for key, value in best.items()},
+    }
     return history, report
 
 
 @torch.no_grad()
-def forecast(model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int = 256,
-             label: str = "forecast") -> np.ndarray:
+def forecast(
+    model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int = 256, label: str = "forecast"
+) -> np.ndarray:
     """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units."""
     model.eval()
     memory = inference_memory(model, device, bf16)

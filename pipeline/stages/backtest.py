@@ -33,12 +33,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Files of the backtest output; the first three go to the invocation's run, the rest to the stage's.
-BACKTEST_FILES = ("comparison.csv", "comparison.md", "report.html", "quintile_returns.csv", "ic_decay.csv", "quintile_turnover.csv",
-                  "portfolio_stats.csv", "monthly_returns.csv", "vbt_sweep.csv", "daily_returns.csv", "daily_ic.csv", "close.parquet",
-                  "seeds.csv", "breakdown.csv", "probabilistic.csv")
+BACKTEST_FILES = (
+    "comparison.csv",
+    "comparison.md",
+    "report.html",
+    "quintile_returns.csv",
+    "ic_decay.csv",
+    "quintile_turnover.csv",
+    "portfolio_stats.csv",
+    "monthly_returns.csv",
+    "vbt_sweep.csv",
+    "daily_returns.csv",
+    "daily_ic.csv",
+    "close.parquet",
+    "seeds.csv",
+    "breakdown.csv",
+    "probabilistic.csv",
+)
 
 
-def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_tests) -> list[tuple[Strategy, pd.DataFrame]]:
+def strategy_tables(
+    config: ConfigView, inputs: StageInputs, split: Split, fold_tests
+) -> list[tuple[Strategy, pd.DataFrame]]:
     """Every strategy to backtest: each source per seed (one history over all folds), the seed
     ensemble where asked, and the rules over the same test segments."""
     from evaluation.comparison import Strategy
@@ -46,27 +62,38 @@ def strategy_tables(config: ConfigView, inputs: StageInputs, split: Split, fold_
     strategies = []
     for source in config.signals.sources:
         if source in RULE_BASELINES:
-            table = pd.concat([rule_baseline(source, split.panel, start.date(), end.date()) for start, end in fold_tests], ignore_index=True)
+            table = pd.concat(
+                [rule_baseline(source, split.panel, start.date(), end.date()) for start, end in fold_tests],
+                ignore_index=True,
+            )
             strategies.append((Strategy(source, source, None, rule=True), table))
             continue
-        for name, (seed, table) in per_strategy(source, inputs.signal_history(source), config.evaluation.seed_ensemble).items():
+        for name, (seed, table) in per_strategy(
+            source, inputs.signal_history(source), config.evaluation.seed_ensemble
+        ).items():
             if seed is None:  # the ensemble: the mean score across seeds, no spread
                 table = make_signal_table(table["datetime"], table["instrument"], table["score"], None, name)
             strategies.append((Strategy(name, source, seed, rule=False), table))
     return strategies
 
 
-def per_strategy(source: str, history: dict[int, pd.DataFrame], ensemble: bool) -> dict[str, tuple[int | None, pd.DataFrame]]:
+def per_strategy(
+    source: str, history: dict[int, pd.DataFrame], ensemble: bool
+) -> dict[str, tuple[int | None, pd.DataFrame]]:
     """Strategy name -> (seed, table): one per seed (the source's own name with a single seed), and
     with several seeds and `ensemble` the mean of every numeric column across seeds (seed None)."""
-    named = {source if len(history) == 1 else f"{source} [seed {seed}]": (seed, table) for seed, table in history.items()}
+    named = {
+        source if len(history) == 1 else f"{source} [seed {seed}]": (seed, table) for seed, table in history.items()
+    }
     if len(history) > 1 and ensemble:
         mean = pd.concat(history.values()).groupby(["datetime", "instrument"], as_index=False).mean(numeric_only=True)
         named[f"{source} [ensemble]"] = (None, mean)
     return named
 
 
-def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests) -> pd.DataFrame:
+def probabilistic_scores(
+    config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests
+) -> pd.DataFrame:
     """Interval coverage and pinball loss of every source with quantiles (per seed and for the ensemble), beside the trailing-volatility baseline."""
     from evaluation.probabilistic import interval_scores
 
@@ -75,14 +102,24 @@ def probabilistic_scores(config: ConfigView, inputs: StageInputs, close: pd.Data
     for source in config.signals.sources:
         if not inputs.has_quantiles(source):
             continue
-        for name, (_, table) in per_strategy(source, inputs.quantile_history(source), config.evaluation.seed_ensemble).items():
+        for name, (_, table) in per_strategy(
+            source, inputs.quantile_history(source), config.evaluation.seed_ensemble
+        ).items():
             table = table[(table["datetime"] >= start) & (table["datetime"] <= end)]
             rows.append({"strategy": name, "source": source, **interval_scores(table, close, horizon)})
     return pd.DataFrame(rows)
 
 
-def evaluate_strategy(table: pd.DataFrame, name: str, close: pd.DataFrame, horizon: int, settings, benchmark, last_day: pd.Timestamp,
-                      grid: tuple) -> tuple[Evaluation, pd.DataFrame, pd.DataFrame]:
+def evaluate_strategy(
+    table: pd.DataFrame,
+    name: str,
+    close: pd.DataFrame,
+    horizon: int,
+    settings,
+    benchmark,
+    last_day: pd.Timestamp,
+    grid: tuple,
+) -> tuple[Evaluation, pd.DataFrame, pd.DataFrame]:
     """One strategy through IC analysis, both engines and the vectorbt sweep (in a worker process of run_in_processes)."""
     evaluation = evaluate(table, name, close, horizon, settings, benchmark, last_day)
     summary, returns = vbt_sweep(evaluation.scores, close, settings, *grid)
@@ -92,7 +129,10 @@ def evaluate_strategy(table: pd.DataFrame, name: str, close: pd.DataFrame, horiz
 def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body])
 
 
@@ -129,12 +169,19 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         strategies.append(strategy)
         jobs.append((table, strategy.name, close, split.horizon, settings, benchmark, last_day, grid))
     # One Qlib process inside each worker: the workers already share out the CPUs.
-    results = run_in_processes(jobs, evaluate_strategy, init_qlib, (inputs.qlib_dir, config.data.region, inputs.tracking_uri, 1),
-                               config.backtest.workers)
+    results = run_in_processes(
+        jobs,
+        evaluate_strategy,
+        init_qlib,
+        (inputs.qlib_dir, config.data.region, inputs.tracking_uri, 1),
+        config.backtest.workers,
+    )
     evaluations = [evaluation for evaluation, _, _ in results]
     sweeps = [summary.assign(strategy=evaluation.name).reset_index() for evaluation, summary, _ in results]
     sweep_returns = {evaluation.name: returns for evaluation, _, returns in results}
-    comparison = comparison_table(strategies, evaluations, sweep_returns, split.horizon, config.evaluation.bootstrap_reps, config.seed)
+    comparison = comparison_table(
+        strategies, evaluations, sweep_returns, split.horizon, config.evaluation.bootstrap_reps, config.seed
+    )
     probabilistic = probabilistic_scores(config, inputs, close, split.horizon, fold_tests)
     probabilistic.to_csv(out / "probabilistic.csv", index=False)
     if not probabilistic.empty:
@@ -145,7 +192,9 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     by_period = breakdown(strategies, evaluations, fold_tests, split.horizon)
     by_period.to_csv(out / "breakdown.csv", index=False)
     pd.DataFrame({e.name: e.factor.quantile_returns for e in evaluations}).to_csv(out / "quintile_returns.csv")
-    pd.DataFrame({e.name: e.factor.ic_by_period for e in evaluations}).rename_axis("period").to_csv(out / "ic_decay.csv")
+    pd.DataFrame({e.name: e.factor.ic_by_period for e in evaluations}).rename_axis("period").to_csv(
+        out / "ic_decay.csv"
+    )
     pd.DataFrame({e.name: e.factor.turnover for e in evaluations}).to_csv(out / "quintile_turnover.csv")
     portfolio, monthly, rolling_sharpe = portfolio_statistics(evaluations)
     portfolio.to_csv(out / "portfolio_stats.csv", index=False)
@@ -155,34 +204,64 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         [frame.assign(strategy=e.name, engine=engine) for e in evaluations for engine, frame in e.daily.items()]
     ).rename_axis("datetime")
     daily.to_csv(out / "daily_returns.csv")
-    daily_ic = pd.concat({"ic": pd.DataFrame({e.name: e.ic for e in evaluations}),
-                          "rank_ic": pd.DataFrame({e.name: e.rank_ic for e in evaluations})}, names=["measure", "datetime"])
+    daily_ic = pd.concat(
+        {
+            "ic": pd.DataFrame({e.name: e.ic for e in evaluations}),
+            "rank_ic": pd.DataFrame({e.name: e.rank_ic for e in evaluations}),
+        },
+        names=["measure", "datetime"],
+    )
     daily_ic.to_csv(out / "daily_ic.csv")
     # closes from the test start to `horizon` days past it: what the forecasts are judged against
     close.loc[start:].iloc[: len(close.loc[start:end]) + split.horizon].to_parquet(out / "close.parquet")
     plots = comparison_plots(evaluations, out) + uncertainty_plots(comparison, by_period, evaluations, out)
 
     children = [
-        ChildRun(name=f"{row.strategy} [{row.engine}, top {settings.topk}, drop {settings.n_drop}]",
-                 params={"strategy": row.strategy, "engine": row.engine, **config.backtest.model_dump(mode="json")},
-                 metrics={key: float(value) for key, value in row._asdict().items() if isinstance(value, (int, float, np.number)) and key != "seed"},
-                 tags={"strategy": row.strategy, "model": row.source, "engine": row.engine, "seed": str(row.seed)})
+        ChildRun(
+            name=f"{row.strategy} [{row.engine}, top {settings.topk}, drop {settings.n_drop}]",
+            params={"strategy": row.strategy, "engine": row.engine, **config.backtest.model_dump(mode="json")},
+            metrics={
+                key: float(value)
+                for key, value in row._asdict().items()
+                if isinstance(value, (int, float, np.number)) and key != "seed"
+            },
+            tags={"strategy": row.strategy, "model": row.source, "engine": row.engine, "seed": str(row.seed)},
+        )
         for row in comparison.itertuples(index=False)
     ]
     test_days = int(sum(((calendar >= a) & (calendar <= b)).sum() for a, b in fold_tests))
     segments = ", ".join(f"{a.date()}..{b.date()}" for a, b in fold_tests)
     headline = comparison[list(HEADLINE)]
-    calibration = [f"{row.strategy}: 80%/90% intervals cover {row.coverage_80:.1%}/{row.coverage_90:.1%} of outcomes, pinball "
-                   f"{row.pinball:.5f} (trailing-volatility baseline {row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
-                   f"{row.baseline_pinball:.5f})" for row in probabilistic.itertuples(index=False)]
-    summary = [f"comparison over {len(fold_tests)} test segment(s) ({segments}, {test_days} days); t: Newey-West, "
-               f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
-               *markdown_table(headline).splitlines(), *calibration]
-    write_report(out / "report.html", f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {segments})",
-                          comparison, evaluations, pd.concat(sweeps), probabilistic, portfolio, rolling_sharpe, [summary[0], *calibration])
+    calibration = [
+        f"{row.strategy}: 80%/90% intervals cover {row.coverage_80:.1%}/{row.coverage_90:.1%} of outcomes, pinball "
+        f"{row.pinball:.5f} (trailing-volatility baseline {row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
+        f"{row.baseline_pinball:.5f})"
+        for row in probabilistic.itertuples(index=False)
+    ]
+    summary = [
+        f"comparison over {len(fold_tests)} test segment(s) ({segments}, {test_days} days); t: Newey-West, "
+        f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
+        *markdown_table(headline).splitlines(),
+        *calibration,
+    ]
+    write_report(
+        out / "report.html",
+        f"Backtest of {', '.join(config.signals.sources)} ({len(fold_tests)} fold(s), {segments})",
+        comparison,
+        evaluations,
+        pd.concat(sweeps),
+        probabilistic,
+        portfolio,
+        rolling_sharpe,
+        [summary[0], *calibration],
+    )
     return StageResult(
-        metrics={"strategies": len(evaluations), "test_days": test_days, "folds": len(fold_tests),
-                 "significant": int(comparison["significant"].sum())},
+        metrics={
+            "strategies": len(evaluations),
+            "test_days": test_days,
+            "folds": len(fold_tests),
+            "significant": int(comparison["significant"].sum()),
+        },
         summary=summary,
         artifacts=[*(out / name for name in BACKTEST_FILES[3:]), out / "signals"],
         children=children,
@@ -196,7 +275,9 @@ def backtest_outputs(config: ConfigView) -> tuple[str, ...]:
 
 STAGES = (
     StageSpec(
-        "backtest", backtest, needs=("ingest", "split"),
+        "backtest",
+        backtest,
+        needs=("ingest", "split"),
         reads=("signals", "backtest", "evaluation", "data.benchmark", "data.region", "seed"),
         outputs=backtest_outputs,
         consumes_signals=True,

@@ -19,7 +19,17 @@ import numpy as np
 from data_prep.windows import ForecastInputs
 from evaluation.signal_table import make_signal_table, write_signal_table
 from pipeline.config import ConfigError
-from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
+from pipeline.contract import (
+    CHECKPOINT,
+    FORECASTS,
+    REPORT,
+    ConfigView,
+    StageInputs,
+    StageResult,
+    StageSpec,
+    quantile_path,
+    signal_path,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,8 +48,16 @@ class ChronosSeries:
     def forecast(self, pipeline, batch_size: int, label: str, rows: slice = slice(None)) -> np.ndarray:
         from models.chronos.forecasting import pipeline_quantiles
 
-        return pipeline_quantiles(pipeline, self.series.values[rows], self.target, self.covariates, self.series.fields,
-                                  self.series.split.horizon, batch_size, label)
+        return pipeline_quantiles(
+            pipeline,
+            self.series.values[rows],
+            self.target,
+            self.covariates,
+            self.series.fields,
+            self.series.split.horizon,
+            batch_size,
+            label,
+        )
 
 
 def load_teacher(config: ConfigView, device: torch.device):
@@ -49,8 +67,10 @@ def load_teacher(config: ConfigView, device: torch.device):
     try:
         return load_pipeline(source, device)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"chronos.teacher: cannot load Chronos-2 from {source!r} ({exc}). Give a local folder with "
-                          "config.json and model.safetensors, or a hub id with network access") from exc
+        raise ConfigError(
+            f"chronos.teacher: cannot load Chronos-2 from {source!r} ({exc}). Give a local folder with "
+            "config.json and model.safetensors, or a hub id with network access"
+        ) from exc
 
 
 def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
@@ -58,11 +78,15 @@ def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[fl
     from models.chronos.forecasting import scores_from_quantiles
 
     score, spread = scores_from_quantiles(quantiles, levels, series.last("close"))
-    write_signal_table(make_signal_table(series.days, series.instruments, score, spread, source), out / signal_path(source))
+    write_signal_table(
+        make_signal_table(series.days, series.instruments, score, spread, source), out / signal_path(source)
+    )
     np.savez_compressed(out / FORECASTS, quantiles=quantiles.astype(np.float32), levels=np.array(levels))
     (out / "quantiles").mkdir()
     horizon_quantiles = quantiles_from_levels(quantiles, levels, series.last("close"))
-    quantile_table(series.days, series.instruments, horizon_quantiles).to_parquet(out / quantile_path(source), index=False)
+    quantile_table(series.days, series.instruments, horizon_quantiles).to_parquet(
+        out / quantile_path(source), index=False
+    )
 
 
 def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
@@ -80,12 +104,22 @@ def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     quantiles = chronos_inputs.forecast(pipeline, config.chronos.batch_size, "Chronos-2 teacher forecast")
     seconds = time.perf_counter() - started
     write_outputs(series, quantiles, levels, "chronos2", out)
-    metrics = {"parameters": parameter_count(pipeline.model), "forecast_series": len(series),
-               "forecast_seconds": seconds, "series_per_second": len(series) / seconds}
+    metrics = {
+        "parameters": parameter_count(pipeline.model),
+        "forecast_series": len(series),
+        "forecast_seconds": seconds,
+        "series_per_second": len(series) / seconds,
+    }
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
-    covariates = f"past covariates {[series.fields[c] for c in chronos_inputs.covariates]}" if chronos_inputs.covariates else "close only"
-    summary = [f"Chronos-2 {config.chronos.teacher} ({metrics['parameters'] / 1e6:.1f}M parameters, {device}, {covariates}): "
-               f"{len(series):,} test series in {seconds:.1f} s"]
+    covariates = (
+        f"past covariates {[series.fields[c] for c in chronos_inputs.covariates]}"
+        if chronos_inputs.covariates
+        else "close only"
+    )
+    summary = [
+        f"Chronos-2 {config.chronos.teacher} ({metrics['parameters'] / 1e6:.1f}M parameters, {device}, {covariates}): "
+        f"{len(series):,} test series in {seconds:.1f} s"
+    ]
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT])
 
 
@@ -100,13 +134,23 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
     device = pick_device(section.device)
     teacher = load_teacher(config, device)
     if split.horizon > prediction_length(teacher.model):
-        raise ConfigError(f"split.horizon {split.horizon} is longer than the {prediction_length(teacher.model)} steps the teacher "
-                          "forecasts in one pass; distillation needs a shorter horizon (or a teacher with more max_output_patches)")
+        raise ConfigError(
+            f"split.horizon {split.horizon} is longer than the {prediction_length(teacher.model)} steps the teacher "
+            "forecasts in one pass; distillation needs a shorter horizon (or a teacher with more max_output_patches)"
+        )
     series = split.forecast_inputs(*config.split.test)
     chronos_inputs = ChronosSeries(series, section.covariates)
     student = build_student(teacher.model, section.student.architecture, config.seed)
-    history, report = distil(student, teacher.model, split.segment("train"), split.segment("valid"),
-                             chronos_inputs.target, chronos_inputs.covariates, section.student.settings(config.seed), device)
+    history, report = distil(
+        student,
+        teacher.model,
+        split.segment("train"),
+        split.segment("valid"),
+        chronos_inputs.target,
+        chronos_inputs.covariates,
+        section.student.settings(config.seed),
+        device,
+    )
     student_pipeline = pipeline_for(student)
     student_pipeline.save_pretrained(out / CHECKPOINT)
 
@@ -118,8 +162,13 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
     agreement = forecast_agreement(chronos_inputs, quantiles, teacher_quantiles, levels)
     timing = time_both(chronos_inputs, teacher, student_pipeline, section.batch_size)
 
-    metrics = {"teacher_parameters": parameter_count(teacher.model), "student_parameters": parameter_count(student),
-               **{f"distill_{key}": value for key, value in report.items()}, **agreement, **timing}
+    metrics = {
+        "teacher_parameters": parameter_count(teacher.model),
+        "student_parameters": parameter_count(student),
+        **{f"distill_{key}": value for key, value in report.items()},
+        **agreement,
+        **timing,
+    }
     metrics["compression"] = metrics["teacher_parameters"] / metrics["student_parameters"]
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
     summary = [
@@ -130,11 +179,14 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
         f"test agreement with the teacher: median MAE {agreement['median_mae_scaled']:.4f} (scaled), score correlation "
         f"{agreement['score_correlation']:.3f}; inference {timing['speedup']:.1f}x faster on {timing['timing_series']} series",
     ]
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT / "config.json"],
-                       history=history)
+    return StageResult(
+        metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT / "config.json"], history=history
+    )
 
 
-def forecast_agreement(series: ChronosSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]) -> dict[str, float]:
+def forecast_agreement(
+    series: ChronosSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]
+) -> dict[str, float]:
     """How closely the student's test forecasts follow the teacher's."""
     from models.chronos.forecasting import scores_from_quantiles
 
@@ -160,13 +212,19 @@ def time_both(series: ChronosSeries, teacher, student, batch_size: int) -> dict[
         series.forecast(pipeline, batch_size, f"timing {name}", rows)
         seconds[name] = time.perf_counter() - started
     count = rows.stop
-    return {"timing_series": count, "teacher_seconds_per_1000": seconds["teacher"] / count * 1000,
-            "student_seconds_per_1000": seconds["student"] / count * 1000, "speedup": seconds["teacher"] / seconds["student"]}
+    return {
+        "timing_series": count,
+        "teacher_seconds_per_1000": seconds["teacher"] / count * 1000,
+        "student_seconds_per_1000": seconds["student"] / count * 1000,
+        "speedup": seconds["teacher"] / seconds["student"],
+    }
 
 
 STAGES = (
     StageSpec(
-        "chronos2", chronos, needs=("split",),
+        "chronos2",
+        chronos,
+        needs=("split",),
         reads=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
         outputs=(signal_path("chronos2"), FORECASTS, REPORT, quantile_path("chronos2")),
         version=2,  # 2: horizon-return quantiles
@@ -174,7 +232,9 @@ STAGES = (
         description="Chronos-2 zero-shot quantile forecasts of the test segment",
     ),
     StageSpec(
-        "chronos2_student", chronos_student, needs=("chronos2", "split"),
+        "chronos2_student",
+        chronos_student,
+        needs=("chronos2", "split"),
         reads=("chronos", "split.test", "seed"),
         outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
         models=(CHECKPOINT,),

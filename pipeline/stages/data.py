@@ -24,21 +24,33 @@ def ingest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     if data.source == "qlib":
         summary = link_qlib_folder(data.provider_uri, out / QLIB_FOLDER, data.instruments, data.max_daily_move)
     else:
-        bars_format = BarsFormat(dict(data.columns), data.date_format, data.delimiter, data.decimal, data.max_daily_move)
+        bars_format = BarsFormat(
+            dict(data.columns), data.date_format, data.delimiter, data.decimal, data.max_daily_move
+        )
         bars, rejects = read_bars(sample_bars_path() if data.source == "sample" else data.path, bars_format)
         summary = replace(write_qlib_folder(bars, out / QLIB_FOLDER, data.instruments), jump_rejects=rejects)
     seconds = time.perf_counter() - started
     (out / "ingest_summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
-    metrics = {"instruments": summary.instruments, "days": summary.days, "rows": summary.rows,
-               "missing_rows": summary.missing_rows, "jump_rejects": summary.jump_rejects.count, "encoded_symbols": summary.encoded_symbols}
+    metrics = {
+        "instruments": summary.instruments,
+        "days": summary.days,
+        "rows": summary.rows,
+        "missing_rows": summary.missing_rows,
+        "jump_rejects": summary.jump_rejects.count,
+        "encoded_symbols": summary.encoded_symbols,
+    }
     if summary.rows:
         metrics["rows_per_second"] = summary.rows / seconds
-    lines = [f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"]
+    lines = [
+        f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"
+    ]
     if summary.missing_rows:
         lines.append(f"{summary.missing_rows:,} rows with a missing price or volume kept as missing days")
     if summary.jump_rejects.count:
-        lines.append(f"data.max_daily_move rejected {summary.jump_rejects.count:,} price jumps, e.g. {summary.jump_rejects.places[0]} "
-                     "(the first ones are in ingest_summary.json and the log)")
+        lines.append(
+            f"data.max_daily_move rejected {summary.jump_rejects.count:,} price jumps, e.g. {summary.jump_rejects.places[0]} "
+            "(the first ones are in ingest_summary.json and the log)"
+        )
     if summary.encoded_symbols:
         lines.append(f"{summary.encoded_symbols} symbols encoded as plain folder names (instruments/symbol_map.tsv)")
     return StageResult(metrics=metrics, summary=lines, artifacts=[out / "ingest_summary.json"])
@@ -87,14 +99,27 @@ def _plot_windows_per_day(split_output: Split, path: Path) -> None:
 
 STAGES = (
     StageSpec(
-        "ingest", ingest, needs=(),
-        reads=("data.source", "data.path", "data.provider_uri", "data.columns", "data.instruments", "data.date_format",
-               "data.delimiter", "data.decimal", "data.max_daily_move"),
+        "ingest",
+        ingest,
+        needs=(),
+        reads=(
+            "data.source",
+            "data.path",
+            "data.provider_uri",
+            "data.columns",
+            "data.instruments",
+            "data.date_format",
+            "data.delimiter",
+            "data.decimal",
+            "data.max_daily_move",
+        ),
         outputs=(QLIB_FOLDER, "ingest_summary.json"),
         description="bars (sample, CSV/Parquet) -> Qlib folder, or a view of an existing one",
     ),
     StageSpec(
-        "split", split, needs=("ingest",),
+        "split",
+        split,
+        needs=("ingest",),
         reads=("split", "data.instruments", "data.fields"),
         outputs=(SPLIT_META, "panel"),
         description="panel + leak-free train/valid/test window indices",

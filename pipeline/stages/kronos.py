@@ -20,7 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
-from pipeline.contract import CHECKPOINT, FORECASTS, REPORT, ConfigView, StageInputs, StageResult, StageSpec, quantile_path, signal_path
+from pipeline.contract import (
+    CHECKPOINT,
+    FORECASTS,
+    REPORT,
+    ConfigView,
+    StageInputs,
+    StageResult,
+    StageSpec,
+    quantile_path,
+    signal_path,
+)
 
 
 def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) -> dict:
@@ -31,16 +41,35 @@ def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) 
         return train_cli.train(task, split_dir, out, spec)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "models.kronos.train_cli", "--task", task, "--split", str(split_dir), "--out", str(out), "--spec", str(spec_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "models.kronos.train_cli",
+        "--task",
+        task,
+        "--split",
+        str(split_dir),
+        "--out",
+        str(out),
+        "--spec",
+        str(spec_path),
+    ]
     subprocess.run(command, check=True)
     return json.loads((out / REPORT).read_text())
 
 
 def _result(report: dict, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
-    metrics = {key: value for key, value in report.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    metrics = {
+        key: value for key, value in report.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     metrics.update(extra)
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT], history=report["history"])
+    return StageResult(
+        metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT], history=report["history"]
+    )
 
 
 def _spec(config: ConfigView, part: str) -> dict:
@@ -81,14 +110,34 @@ def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, w
     if nproc <= 1:
         predictor = load_predictor(spec, spec["device"])
         return predictor.forecast(
-            list(history), list(x_stamps), list(y_stamps), spec["pred_len"], Sampling(**spec["sampling"]),
-            spec["sample_count"], seeds.tolist(), spec["batch_size"], verbose=True,
+            list(history),
+            list(x_stamps),
+            list(y_stamps),
+            spec["pred_len"],
+            Sampling(**spec["sampling"]),
+            spec["sample_count"],
+            seeds.tolist(),
+            spec["batch_size"],
+            verbose=True,
         ).paths
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "inputs.npz", history=history, x_stamps=x_stamps, y_stamps=y_stamps, seeds=seeds)
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "models.kronos.forecast_cli", "--inputs", str(work / "inputs.npz"), "--out", str(work), "--spec", str(work / "spec.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "models.kronos.forecast_cli",
+        "--inputs",
+        str(work / "inputs.npz"),
+        "--out",
+        str(work),
+        "--spec",
+        str(work / "spec.json"),
+    ]
     subprocess.run(command, check=True)
     paths = merge_shards(work, len(history))
     shutil.rmtree(work)  # the merged result is what the stage keeps
@@ -106,7 +155,10 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     settings = config.kronos.inference
     series = split.forecast_inputs(*config.split.test)
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
-    seeds = [config.seed * 1_000_003 + int(i) * 10_007 + int(day) for i, day in zip(series.windows.index[:, 0], series.windows.end_days())]
+    seeds = [
+        config.seed * 1_000_003 + int(i) * 10_007 + int(day)
+        for i, day in zip(series.windows.index[:, 0], series.windows.end_days())
+    ]
     spec = {
         "predictor": str(inputs.checkpoint("kronos_predictor")),
         "tokenizer": str(inputs.checkpoint("kronos_tokenizer")),
@@ -121,16 +173,28 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         "compile_decoding": settings.compile_decoding,
     }
     started = time.perf_counter()
-    paths = forecast_paths(series.values, time_features(series.input_dates()), time_features(series.future_days()),
-                           np.array(seeds), spec, settings.nproc, out / "shards")
+    paths = forecast_paths(
+        series.values,
+        time_features(series.input_dates()),
+        time_features(series.future_days()),
+        np.array(seeds),
+        spec,
+        settings.nproc,
+        out / "shards",
+    )
     seconds = time.perf_counter() - started
     close = paths[..., FIELDS.index("close")]  # (N, samples, horizon)
     last_close = series.last("close")
     path_returns = expected_return(close, last_close[:, None])  # (N, samples)
     table = make_signal_table(series.days, series.instruments, path_returns.mean(1), path_returns.std(1), "kronos")
     write_signal_table(table, out / signal_path("kronos"))
-    np.savez_compressed(out / FORECASTS, decision_days=series.days.astype("datetime64[D]"), instruments=series.instruments,
-                        close_paths=close.astype(np.float32), last_close=last_close)
+    np.savez_compressed(
+        out / FORECASTS,
+        decision_days=series.days.astype("datetime64[D]"),
+        instruments=series.instruments,
+        close_paths=close.astype(np.float32),
+        last_close=last_close,
+    )
     quantiles = quantile_table(series.days, series.instruments, quantiles_from_paths(close, last_close))
     (out / "quantiles").mkdir()
     quantiles.to_parquet(out / quantile_path("kronos"), index=False)
@@ -151,7 +215,9 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 TRAINING_READS = ("kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed")
 STAGES = (
     StageSpec(
-        "kronos_tokenizer", tokenizer, needs=("split",),
+        "kronos_tokenizer",
+        tokenizer,
+        needs=("split",),
         reads=("kronos.tokenizer", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
@@ -159,7 +225,9 @@ STAGES = (
         description="fine-tune or train the Kronos tokenizer (BSQ) on the train windows",
     ),
     StageSpec(
-        "kronos_predictor", predictor, needs=("kronos_tokenizer", "split"),
+        "kronos_predictor",
+        predictor,
+        needs=("kronos_tokenizer", "split"),
         reads=("kronos.predictor", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
@@ -168,7 +236,9 @@ STAGES = (
         description="fine-tune or train the Kronos predictor on the tokenizer's tokens",
     ),
     StageSpec(
-        "kronos_signals", signals, needs=("kronos_predictor", "kronos_tokenizer", "split"),
+        "kronos_signals",
+        signals,
+        needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
         # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;

@@ -22,12 +22,28 @@ SOURCE = "lgbm_alpha158"
 def lgbm_alpha158(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     segments = {name: [str(day) for day in getattr(config.split, name)] for name in ("train", "valid", "test")}
     (out / "segments.json").write_text(json.dumps(segments))
-    (out / "lgbm_params.json").write_text(json.dumps({"seed": config.seed, **config.lgbm.params}))  # bagging and feature sampling follow the run's seed
+    (out / "lgbm_params.json").write_text(
+        json.dumps({"seed": config.seed, **config.lgbm.params})
+    )  # bagging and feature sampling follow the run's seed
     predictions = out / "predictions.parquet"
     command = [
-        sys.executable, "-m", "models.lgbm.alpha158", "--qlib-dir", str(inputs.qlib_dir),
-        "--region", config.data.region, "--universe", config.data.instruments, "--segments", str(out / "segments.json"),
-        "--params", str(out / "lgbm_params.json"), "--mlflow-uri", inputs.tracking_uri, "--out", str(predictions),
+        sys.executable,
+        "-m",
+        "models.lgbm.alpha158",
+        "--qlib-dir",
+        str(inputs.qlib_dir),
+        "--region",
+        config.data.region,
+        "--universe",
+        config.data.instruments,
+        "--segments",
+        str(out / "segments.json"),
+        "--params",
+        str(out / "lgbm_params.json"),
+        "--mlflow-uri",
+        inputs.tracking_uri,
+        "--out",
+        str(predictions),
     ]
     subprocess.run(command, check=True)
     scores = pd.read_parquet(predictions)
@@ -43,7 +59,9 @@ def lgbm_alpha158(config: ConfigView, inputs: StageInputs, out: Path) -> StageRe
 
 STAGES = (
     StageSpec(
-        SOURCE, lgbm_alpha158, needs=("ingest", "split"),
+        SOURCE,
+        lgbm_alpha158,
+        needs=("ingest", "split"),
         reads=("lgbm", "split.train", "split.valid", "split.test", "data.instruments", "data.region", "seed"),
         outputs=(signal_path(SOURCE), "lgbm_params.json"),
         signal_sources=(SOURCE,),

@@ -44,52 +44,84 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     series = split.forecast_inputs(*config.split.test)
     known = series.segment_rows("test")
     test_set = split.segment("test")
-    test_inputs, test_targets = (torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set))))
+    test_inputs, test_targets = (
+        torch.from_numpy(part[..., channels]) for part in test_set.get(np.arange(len(test_set)))
+    )
     persistence = normalised_errors(test_inputs[:, -1:].expand_as(test_targets), test_targets, test_inputs)
-    metrics: dict[str, float] = {"forecast_series": len(series), "test_windows": len(known), "bf16": float(bf16),
-                                 "backbone_int8": float(cheaper == "int8"), "backbone_bf16": float(cheaper == "bf16"),
-                                 "persistence_test_mse": persistence.pow(2).mean().item(), "persistence_test_mae": persistence.abs().mean().item()}
+    metrics: dict[str, float] = {
+        "forecast_series": len(series),
+        "test_windows": len(known),
+        "bf16": float(bf16),
+        "backbone_int8": float(cheaper == "int8"),
+        "backbone_bf16": float(cheaper == "bf16"),
+        "persistence_test_mse": persistence.pow(2).mean().item(),
+        "persistence_test_mae": persistence.abs().mean().item(),
+    }
     history: list[dict[str, float]] = []
-    summary = [f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}"
-               f"{f', {cheaper} backbone for forecasts' if cheaper else ''}): "
-               f"{len(split.windows['train']):,} train windows, {len(series):,} test series",
-               f"{'source':<22}{'trainable':>11}{'frozen':>11}{'val MSE':>9}{'test MSE':>10}{'test MAE':>10}{'train s':>9}"]
+    summary = [
+        f"Time-LLM on {base.backbone} ({base.llm_layers} layers, {device}, {'bf16' if bf16 else 'fp32'}"
+        f"{f', {cheaper} backbone for forecasts' if cheaper else ''}): "
+        f"{len(split.windows['train']):,} train windows, {len(series):,} test series",
+        f"{'source':<22}{'trainable':>11}{'frozen':>11}{'val MSE':>9}{'test MSE':>10}{'test MAE':>10}{'train s':>9}",
+    ]
     artifacts = []
     for variant in section.variants:
         name = timellm_source(variant)
         torch.manual_seed(config.seed)  # same initial weights for the shared parts of every variant
-        model = TimeLLM(TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, variant=variant, **model_options), backbone).to(device)
+        model = TimeLLM(
+            TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, variant=variant, **model_options), backbone
+        ).to(device)
         counts = model.parameter_counts()
-        steps, report = fit(model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name)
+        steps, report = fit(
+            model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name
+        )
         history += steps
         cheaper_forecasts = make_cheaper and variant == "llm"  # the only variant that runs the backbone's layers
         forecaster = model.with_backbone(make_cheaper(backbone)) if cheaper_forecasts else model
         started = time.perf_counter()
-        predicted = forecast(forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast")  # (N, H, C)
+        predicted = forecast(
+            forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast"
+        )  # (N, H, C)
         seconds = time.perf_counter() - started
         if cheaper_forecasts:
-            change = forecast_change(model, predicted[..., close_channel], series, channels, close_channel, section.batch_size, device)
+            change = forecast_change(
+                model, predicted[..., close_channel], series, channels, close_channel, section.batch_size, device
+            )
             metrics.update({f"{name}_{cheaper}_{key}": value for key, value in change.items()})
-            summary.insert(1, f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series the forecast moves by "
-                              f"{change['mean_abs_change']:.4f} (normalised close) from fp32 and its score correlates "
-                              f"{change['score_correlation']:.4f} with fp32's")
+            summary.insert(
+                1,
+                f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series the forecast moves by "
+                f"{change['mean_abs_change']:.4f} (normalised close) from fp32 and its score correlates "
+                f"{change['score_correlation']:.4f} with fp32's",
+            )
         errors = normalised_errors(torch.from_numpy(predicted[known]), test_targets, test_inputs)
         score = expected_return(predicted[..., close_channel], series.last("close"))
-        write_signal_table(make_signal_table(series.days, series.instruments, score, None, name), out / signal_path(name))
+        write_signal_table(
+            make_signal_table(series.days, series.instruments, score, None, name), out / signal_path(name)
+        )
         model.save_pretrained(out / "models" / name)
         artifacts.append(out / "models" / name / "config.json")
         results = {
-            "trainable_params": counts["trainable"], "frozen_params": counts["frozen"],
-            "val_mse": report["best_val_mse"], "val_mae": report["best_val_mae"],
-            "test_mse": errors.pow(2).mean().item(), "test_mae": errors.abs().mean().item(),
-            "train_seconds": report["train_seconds"], "epochs_run": report["epochs_run"],
-            "windows_per_second": report["windows_per_second"], "forecast_series_per_second": len(series) / seconds,
+            "trainable_params": counts["trainable"],
+            "frozen_params": counts["frozen"],
+            "val_mse": report["best_val_mse"],
+            "val_mae": report["best_val_mae"],
+            "test_mse": errors.pow(2).mean().item(),
+            "test_mae": errors.abs().mean().item(),
+            "train_seconds": report["train_seconds"],
+            "epochs_run": report["epochs_run"],
+            "windows_per_second": report["windows_per_second"],
+            "forecast_series_per_second": len(series) / seconds,
         }
         metrics.update({f"{name}_{key}": value for key, value in results.items()})
-        summary.append(f"{name:<22}{counts['trainable']:>11,}{counts['frozen']:>11,}{results['val_mse']:>9.4f}"
-                       f"{results['test_mse']:>10.4f}{results['test_mae']:>10.4f}{results['train_seconds']:>9.0f}")
-    summary.append(f"{'persistence':<22}{'':>11}{'':>11}{'':>9}{metrics['persistence_test_mse']:>10.4f}{metrics['persistence_test_mae']:>10.4f}"
-                   "   (normalised close, test windows)")
+        summary.append(
+            f"{name:<22}{counts['trainable']:>11,}{counts['frozen']:>11,}{results['val_mse']:>9.4f}"
+            f"{results['test_mse']:>10.4f}{results['test_mae']:>10.4f}{results['train_seconds']:>9.0f}"
+        )
+    summary.append(
+        f"{'persistence':<22}{'':>11}{'':>11}{'':>9}{metrics['persistence_test_mse']:>10.4f}{metrics['persistence_test_mae']:>10.4f}"
+        "   (normalised close, test windows)"
+    )
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT, *artifacts], history=history)
 
@@ -104,11 +136,16 @@ def forecast_backbone(choice: str, device, bf16: bool, load_in_4bit: bool) -> st
     bf16 autocast (a 4-bit backbone already computes in bf16).
     """
     if choice == "int8" and device.type != "cpu":
-        raise ConfigError(f"timellm.forecast_backbone is int8 but timellm.device is {device}: int8 dynamic quantisation runs on "
-                          "the CPU; set it to auto or float")
+        raise ConfigError(
+            f"timellm.forecast_backbone is int8 but timellm.device is {device}: int8 dynamic quantisation runs on "
+            "the CPU; set it to auto or float"
+        )
     if choice == "bf16" and (not bf16 or load_in_4bit):
-        raise ConfigError("timellm.forecast_backbone is bf16 but the run " + ("loads the backbone in 4 bits" if load_in_4bit else
-                          "is fp32 (timellm.precision)") + ": set it to auto or float")
+        raise ConfigError(
+            "timellm.forecast_backbone is bf16 but the run "
+            + ("loads the backbone in 4 bits" if load_in_4bit else "is fp32 (timellm.precision)")
+            + ": set it to auto or float"
+        )
     if choice == "auto":
         if device.type == "cpu" and not bf16:
             return "int8"
@@ -116,8 +153,9 @@ def forecast_backbone(choice: str, device, bf16: bool, load_in_4bit: bool) -> st
     return None if choice == "float" else choice
 
 
-def forecast_change(model, forecast_close: np.ndarray, series, channels: list[int], close_channel: int, batch_size: int,
-                    device) -> dict[str, float]:
+def forecast_change(
+    model, forecast_close: np.ndarray, series, channels: list[int], close_channel: int, batch_size: int, device
+) -> dict[str, float]:
     """How far the forecasts the stage made with the cheaper backbone (forecast_close (N, H)) are from
     the float model's in fp32, on test series spread over the segment."""
     from models.timellm.training import forecast
@@ -128,8 +166,12 @@ def forecast_change(model, forecast_close: np.ndarray, series, channels: list[in
     approx = forecast_close[rows]
     scale = values[..., close_channel].std(axis=1, keepdims=True) + 1e-8  # the model's normalised units
     last_close = series.last("close")[rows]
-    return {"mean_abs_change": float(np.mean(np.abs(approx - exact) / scale)),
-            "score_correlation": float(np.corrcoef(expected_return(exact, last_close), expected_return(approx, last_close))[0, 1])}
+    return {
+        "mean_abs_change": float(np.mean(np.abs(approx - exact) / scale)),
+        "score_correlation": float(
+            np.corrcoef(expected_return(exact, last_close), expected_return(approx, last_close))[0, 1]
+        ),
+    }
 
 
 def timellm_models(config: ConfigView) -> tuple[str, ...]:
@@ -137,12 +179,18 @@ def timellm_models(config: ConfigView) -> tuple[str, ...]:
 
 
 def timellm_outputs(config: ConfigView) -> tuple[str, ...]:
-    return (REPORT, *(signal_path(timellm_source(variant)) for variant in config.timellm.variants), *timellm_models(config))
+    return (
+        REPORT,
+        *(signal_path(timellm_source(variant)) for variant in config.timellm.variants),
+        *timellm_models(config),
+    )
 
 
 STAGES = (
     StageSpec(
-        "timellm", timellm, needs=("split",),
+        "timellm",
+        timellm,
+        needs=("split",),
         reads=("timellm", "split.test", "seed"),
         outputs=timellm_outputs,
         models=timellm_models,
