@@ -17,9 +17,9 @@ from data_prep.panel import load_panel
 from data_prep.qlib_format import init_qlib
 from evaluation.metrics import score_matrix
 from evaluation.qlib_backtest import qlib_topk_dropout
-from evaluation.rules import rule_baseline
 from evaluation.vbt_backtest import vbt_sweep, vbt_topk_dropout
 from pipeline.config import BacktestConfig
+from strategies.rules import rule_baseline
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300_2018_2022"
 

@@ -46,7 +46,8 @@ def main() -> None:
     student = pipeline_for(student_model)
     print(
         f"torch threads {torch.get_num_threads()}; teacher {parameter_count(teacher.model) / 1e6:.1f}M parameters, "
-        f"student {parameter_count(student_model) / 1e6:.1f}M; {args.series} series, horizon {args.horizon}, batch {args.batch_size}"
+        f"student {parameter_count(student_model) / 1e6:.1f}M; {args.series} series, horizon {args.horizon}, "
+        f"batch {args.batch_size}"
     )
     rng = np.random.default_rng(0)
     for context in args.contexts:

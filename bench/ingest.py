@@ -69,7 +69,8 @@ def main() -> None:
         started = time.perf_counter()
         rows = generate_csv(generated, args.symbols, args.years)
         print(
-            f"(generated {rows:,} rows, {generated.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.1f} s)"
+            f"(generated {rows:,} rows, {generated.stat().st_size / 1e6:.0f} MB "
+            f"in {time.perf_counter() - started:.1f} s)"
         )
         measure(f"generated {args.symbols} x {args.years}y CSV", generated, scratch / "generated")
 

@@ -1,6 +1,7 @@
 """Cached Kronos decoding (DecodeStep; CUDA graphs on a GPU) against the full-recompute reference.
 
-    python bench/kronos_inference.py [--device cpu|cuda] [--model small|mini|base] [--long-series 8] [--short-series 300] [--compile]
+    python bench/kronos_inference.py [--device cpu|cuda] [--model small|mini|base] [--long-series 8]
+        [--short-series 300] [--compile]
 
 Random weights, the two settings of the Kronos GPU issue, each run by both samplers in one process:
   long:  `long-series` series, context 400 -> 120 bars, greedy (top_k = 1): tokens must be identical;
@@ -17,6 +18,7 @@ On a 2-core CPU use e.g. --short-series 20: the reference recomputes every windo
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -60,9 +62,9 @@ def operators_per_token(model: Kronos, device: torch.device, compile: bool) -> d
         for horizon in (4, 12):
             s1, s2, stamps = inputs(2, 32, horizon, vocab, device)
             run = (
-                (lambda: generate_reference(model, s1, s2, stamps, horizon, 512, Sampling(top_k=1)))
+                functools.partial(generate_reference, model, s1, s2, stamps, horizon, 512, Sampling(top_k=1))
                 if name == "reference"
-                else (lambda: sampler(s1, s2, stamps, horizon))
+                else functools.partial(sampler, s1, s2, stamps, horizon)
             )
             run()  # builds the DecodeStep (and its graphs) outside the count
             with profile(activities=[ProfilerActivity.CPU]) as profiled:
@@ -70,7 +72,7 @@ def operators_per_token(model: Kronos, device: torch.device, compile: bool) -> d
             events = [e for e in profiled.events() if e.name.startswith("aten::")]
             top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
             per_horizon.append((len(top), len(events)))
-        counts[name] = tuple((b - a) / 8 for a, b in zip(*per_horizon))
+        counts[name] = tuple((b - a) / 8 for a, b in zip(*per_horizon, strict=True))
     return counts
 
 
@@ -94,10 +96,11 @@ def compare(
     cached, cached_s = timed(lambda: sampler(s1, s2, stamps, horizon, seeds, samples), device)
     rows = (s1.repeat_interleave(samples, 0), s2.repeat_interleave(samples, 0), stamps.repeat_interleave(samples, 0))
     reference, reference_s = timed(lambda: generate_reference(model, *rows, horizon, 512, sampling, seeds), device)
-    same = torch.stack([a == b for a, b in zip(cached, reference)]).all(0).all(1)  # (paths,)
+    same = torch.stack([a == b for a, b in zip(cached, reference, strict=True)]).all(0).all(1)  # (paths,)
     print(
         f"{label:<6} {series} series x {samples} paths, {context} -> {horizon}, {sampling}: cached {cached_s:8.3f} s  "
-        f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  identical paths: {int(same.sum())}/{len(same)}  "
+        f"reference {reference_s:8.3f} s  speed-up {reference_s / cached_s:6.1f}x  "
+        f"identical paths: {int(same.sum())}/{len(same)}  "
         f"(cached first call {first_s:.1f} s)"
     )
 

@@ -91,12 +91,15 @@ def main() -> None:
     seconds = run(args.series)
     rate = args.series / seconds
     print(
-        f"Kronos-small + tokenizer-base, random weights, {device}, {'bf16' if predictor.dtype == torch.bfloat16 else 'fp32'} weights, "
-        f"{'compiled' if args.compile else 'eager'} decoding steps, batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+        f"Kronos-small + tokenizer-base, random weights, {device}, "
+        f"{'bf16' if predictor.dtype == torch.bfloat16 else 'fp32'} weights, "
+        f"{'compiled' if args.compile else 'eager'} decoding steps, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(
         f"{args.series:,} series x {PATHS} paths, {LOOKBACK} -> {HORIZON}: {seconds:.2f} s, {rate:,.0f} series/s; "
-        f"a CSI300 test year ({CSI300_YEAR_SERIES:,} series) at this rate: {CSI300_YEAR_SERIES / rate:.1f} s (target {TARGET_SECONDS:.0f} s)"
+        f"a CSI300 test year ({CSI300_YEAR_SERIES:,} series) at this rate: {CSI300_YEAR_SERIES / rate:.1f} s "
+        f"(target {TARGET_SECONDS:.0f} s)"
     )
 
 

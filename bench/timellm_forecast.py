@@ -24,7 +24,7 @@ from data_prep.ingest import write_qlib_folder
 from data_prep.panel import load_panel
 from data_prep.sources import read_bars, sample_bars_path
 from data_prep.windows import Split, build_windows
-from evaluation.signal_table import expected_return
+from models.interface import expected_return
 from models.timellm import TimeLLM, TimeLLMConfig
 from models.timellm.backbone import int8_backbone, load_backbone
 from models.timellm.training import forecast
@@ -85,7 +85,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = TimeLLM(config, backbone).eval()
     print(
-        f"torch threads {torch.get_num_threads()}, {len(values)} series ({args.days} days), batch {args.batch}, prompt {model.config.prompt!r}, "
+        f"torch threads {torch.get_num_threads()}, {len(values)} series ({args.days} days), batch {args.batch}, "
+        f"prompt {model.config.prompt!r}, "
         f"at most {model.prompt.max_length} prompt tokens + {model.n_patches} patches"
     )
     fp32, fp32_s = timed_forecast(model, values, args.batch)

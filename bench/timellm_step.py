@@ -103,9 +103,11 @@ def main() -> None:
     loop = LoopPromptBuilder(backbone.tokenizer, config.description, config.seq_len, config.pred_len)
     counts = model.parameter_counts()
     print(
-        f"torch threads {torch.get_num_threads()}; batch {args.batch} x {args.channels} channels = {args.batch * args.channels} series, "
+        f"torch threads {torch.get_num_threads()}; "
+        f"batch {args.batch} x {args.channels} channels = {args.batch * args.channels} series, "
         f"seq {args.seq}, horizon {args.horizon}; backbone width {backbone.width}, {args.layers} layers; "
-        f"{counts['trainable'] / 1e6:.1f}M trainable / {counts['frozen'] / 1e6:.1f}M frozen parameters; {'bf16' if args.bf16 else 'fp32'}"
+        f"{counts['trainable'] / 1e6:.1f}M trainable / {counts['frozen'] / 1e6:.1f}M frozen parameters; "
+        f"{'bf16' if args.bf16 else 'fp32'}"
     )
 
     initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -120,11 +122,12 @@ def main() -> None:
     series = batches[0][0].permute(0, 2, 1).reshape(-1, args.seq)
     series = (series - series.mean(-1, keepdim=True)) / series.std(-1, keepdim=True)
     prompt_batched, prompt_loop = time_prompts(vectorised, series), time_prompts(loop, series)
-    same = all(torch.equal(a, b) for a, b in zip(vectorised(series), loop(series)))
+    same = all(torch.equal(a, b) for a, b in zip(vectorised(series), loop(series), strict=True))
     fast, slow = timings["batched prompts"], timings["per-sample loop"]
     print(f"training step: batched prompts {fast:.3f} s, per-sample loop {slow:.3f} s, speed-up {slow / fast:.2f}x")
     print(
-        f"prompt construction alone ({len(series)} series): batched {prompt_batched * 1e3:.2f} ms, loop {prompt_loop * 1e3:.2f} ms, "
+        f"prompt construction alone ({len(series)} series): batched {prompt_batched * 1e3:.2f} ms, "
+        f"loop {prompt_loop * 1e3:.2f} ms, "
         f"speed-up {prompt_loop / prompt_batched:.1f}x; identical token ids: {same}"
     )
     print(

@@ -1,6 +1,7 @@
 """Kronos training throughput (windows/s) on CPU or GPU for the published mini-size models.
 
-    python bench/train_kronos.py [--device cpu|cuda] [--predictor mini|small] [--steps 20] [--batch-size 32] [--lookback 90] [--horizon 10]
+    python bench/train_kronos.py [--device cpu|cuda] [--predictor mini|small] [--steps 20] [--batch-size 32]
+        [--lookback 90] [--horizon 10]
 
 Trains tokenizer-base and then Kronos-mini or -small (on the tokenizer's ids) from scratch on the
 embedded S&P 500 sample with the pipeline's own training loop (bf16 autocast on CUDA, batches
@@ -68,7 +69,8 @@ def main() -> None:
         tokenizer = KronosTokenizer(**TOKENIZER_BASE)
         report = fit(TokenizerTask(), tokenizer, train, valid, settings, scratch / "tokenizer", world)
         print(
-            f"tokenizer-base ({sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s"
+            f"tokenizer-base ({sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M): "
+            f"{report['windows_per_second']:8.1f} windows/s"
         )
         predictor = Kronos(**{"mini": KRONOS_MINI, "small": KRONOS_SMALL}[args.predictor])
         report = fit(
@@ -81,7 +83,8 @@ def main() -> None:
             world,
         )
         print(
-            f"Kronos-{args.predictor:<7}({sum(p.numel() for p in predictor.parameters()) / 1e6:.1f}M): {report['windows_per_second']:8.1f} windows/s"
+            f"Kronos-{args.predictor:<7}({sum(p.numel() for p in predictor.parameters()) / 1e6:.1f}M): "
+            f"{report['windows_per_second']:8.1f} windows/s"
         )
 
 

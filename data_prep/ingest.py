@@ -139,7 +139,8 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     missing = sorted(set(members["symbol"].str.lower()) - set(feature_dirs))
     if len(missing) == members["symbol"].nunique():
         raise DataError(
-            f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: the universe is empty"
+            f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: "
+            "the universe is empty"
         )
     if missing:
         log.warning(
@@ -175,6 +176,7 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     if derived:
         log.info("derived fields missing from %s: %s (instruments per field)", source, derived)
     if jumps:
+        assert max_daily_move is not None  # days are only rejected as jumps under a limit
         log.warning(
             "data.max_daily_move %.0f%%: %d day(s) blanked as price jumps, e.g. %s",
             100 * max_daily_move,
@@ -212,7 +214,8 @@ def _complete_fields(
     if "factor" not in data:
         derived["factor"] = np.where(np.isnan(data["close"]), np.nan, 1.0)
     if "vwap" not in data:
-        derived["vwap"] = derive_vwap(data.get("amount", derived.get("amount")), data["volume"])
+        amount = data["amount"] if "amount" in data else derived["amount"]  # derived above when absent
+        derived["vwap"] = derive_vwap(amount, data["volume"])
     fractional = derive_change(data["close"][None, :])[0]
     if "change" not in data or _stored_in_percent(data["change"], fractional):
         derived["change"] = fractional

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -166,7 +167,7 @@ def init_qlib(provider_uri: Path, region: str, mlflow_uri: str | None = None, ke
     """
     import qlib
 
-    kwargs = {"kernels": kernels or os.cpu_count() or 1}
+    kwargs: dict[str, Any] = {"kernels": kernels or os.cpu_count() or 1}
     if mlflow_uri is not None:
         kwargs["exp_manager"] = {
             "class": "MLflowExpManager",

@@ -141,7 +141,8 @@ def _canonical_columns(
             wanted = column_map[name].strip().lower()
             if wanted not in by_lower:
                 raise DataError(
-                    f"{path}: data.columns maps '{name}' to '{column_map[name]}', which is not a column; columns are {list(raw.columns)}"
+                    f"{path}: data.columns maps '{name}' to '{column_map[name]}', which is not a column; "
+                    f"columns are {list(raw.columns)}"
                 )
             chosen[name] = by_lower[wanted]
             continue
@@ -210,7 +211,8 @@ def validate_bars(bars: pd.DataFrame, date_format: str | None) -> pd.DataFrame:
     incomplete = bars[[*PRICE_COLUMNS, "volume"]].isna().any(axis=1)
     if incomplete.any():
         log.warning(
-            "%d of %d rows have a missing price or volume (kept as missing days; windows over them are dropped), e.g. %s",
+            "%d of %d rows have a missing price or volume (kept as missing days; windows over them are dropped), "
+            "e.g. %s",
             incomplete.sum(),
             len(bars),
             _places(bars, np.flatnonzero(incomplete.to_numpy()), ("symbol", "date")),

@@ -93,7 +93,7 @@ def comparison_table(
             row["best_rule"] = best_rule[0].name if best_rule is not None else ""
             dsr = deflated_sharpe_ratio(sweep_returns[strategy.name]) if engine == "vectorbt" else {}
             row["sweep_best_sharpe"], row["sweep_dsr"] = dsr.get("best_sharpe", np.nan), dsr.get("dsr", np.nan)
-            row["significant"] = significant(row["rank_ic_t"], row["ann_excess_low"])
+            row["significant"] = significant(float(row["rank_ic_t"] or np.nan), float(row["ann_excess_low"] or np.nan))
             rows.append(row)
     return pd.DataFrame(rows)
 

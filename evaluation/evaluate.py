@@ -21,8 +21,9 @@ import pandas as pd
 from data_prep.errors import DataError
 from evaluation.factor_analysis import FactorAnalysis, analyse
 from evaluation.metrics import daily_ic, forward_returns, portfolio_metrics, score_matrix, signal_metrics
-from evaluation.qlib_backtest import TopkSettings, qlib_topk_dropout
+from evaluation.qlib_backtest import qlib_topk_dropout
 from evaluation.vbt_backtest import vbt_topk_dropout
+from strategies.topk import TopkSettings
 
 log = logging.getLogger(__name__)
 

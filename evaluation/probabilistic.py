@@ -1,7 +1,7 @@
 """Probabilistic forecasts of the horizon return: quantile tables, interval coverage and pinball loss.
 
 Sources with sample paths (Kronos) or quantiles (Chronos-2 and its student) write the quantiles
-of the return from the close of the decision day to the close `horizon` days later. They are
+(models.interface.Forecast.return_quantiles at LEVELS) of the return from the close of the decision day to the close `horizon` days later. They are
 judged beside a baseline every quant has: a normal return with each instrument's trailing
 20-day volatility scaled by sqrt(horizon).
 """
@@ -25,18 +25,6 @@ def quantile_table(days, instruments, quantiles: np.ndarray) -> pd.DataFrame:
     table.insert(0, "instrument", np.asarray(instruments, dtype=object).astype(str))
     table.insert(0, "datetime", pd.to_datetime(np.asarray(days)))
     return table.sort_values(["datetime", "instrument"], kind="stable").reset_index(drop=True)
-
-
-def quantiles_from_paths(close_paths: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """Sample paths of the close (N, samples, horizon) -> empirical quantiles of the horizon return (N, levels)."""
-    returns = close_paths[:, :, -1] / last_close[:, None] - 1
-    return np.quantile(returns, LEVELS, axis=1).T
-
-
-def quantiles_from_levels(quantiles: np.ndarray, levels: list[float], last_close: np.ndarray) -> np.ndarray:
-    """Forecast quantiles of the close (N, Q, horizon) at `levels` -> the horizon return at LEVELS, interpolated."""
-    returns = np.sort(quantiles[:, :, -1], axis=1) / last_close[:, None] - 1  # crossed quantiles sorted first
-    return np.stack([np.interp(LEVELS, levels, row) for row in returns])
 
 
 def trailing_volatility_quantiles(close: pd.DataFrame, horizon: int) -> dict[str, pd.DataFrame]:

@@ -11,24 +11,10 @@ process and period (`market`) and shared by every strategy backtested there.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class TopkSettings:
-    """TopkDropout settings of both engines; the values come from pipeline.config (BacktestConfig), where the defaults live."""
-
-    topk: int
-    n_drop: int
-    hold_thresh: int
-    deal_price: str
-    open_cost: float
-    close_cost: float
-    min_cost: float
-    limit_threshold: float | None  # e.g. 0.095 for A-shares; None: no price limits
-    account: float
+from strategies.topk import TopkSettings
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,9 +31,9 @@ def market(start: pd.Timestamp, end: pd.Timestamp, settings: TopkSettings, bench
         end_time=end,
         limit_threshold=settings.limit_threshold,
         deal_price=settings.deal_price,
-        open_cost=settings.open_cost,
-        close_cost=settings.close_cost,
-        min_cost=settings.min_cost,
+        open_cost=settings.costs.open_cost,
+        close_cost=settings.costs.close_cost,
+        min_cost=settings.costs.min_cost,
     )
     codes = list(benchmark) if isinstance(benchmark, tuple) else [benchmark]
     changes, _ = get_higher_eq_freq_feature(codes, ["$close/Ref($close,1)-1"], start, end, freq="day")

@@ -68,10 +68,11 @@ def bootstrap_intervals(excess: pd.Series, seed: int, reps: int, size: float = 0
     rng = np.random.default_rng(seed)
     intervals = {}
     for name, statistic in (("ann_excess", annualised_excess), ("ir", information_ratio)):
-        bootstrap = StationaryBootstrap(block, values, seed=rng)
-        low, high = bootstrap.conf_int(lambda x: np.array([statistic(x)]), reps=reps, method="percentile", size=size)[
-            :, 0
-        ]
+        # arch takes the expected block length as a float, though its annotation says int
+        bootstrap = StationaryBootstrap(block, values, seed=rng)  # type: ignore[arg-type]
+        low, high = bootstrap.conf_int(
+            lambda x, statistic=statistic: np.array([statistic(x)]), reps=reps, method="percentile", size=size
+        )[:, 0]
         intervals[f"{name}_low"], intervals[f"{name}_high"] = float(low), float(high)
     intervals["block_length"] = block
     return intervals

@@ -15,43 +15,14 @@ from itertools import product
 import numpy as np
 import pandas as pd
 
-from evaluation.qlib_backtest import TopkSettings
-
-
-def descending(values: np.ndarray) -> np.ndarray:
-    """Positions from the highest value to the lowest, NaN last, in exactly the order pandas'
-    `sort_values(ascending=False)` gives (ties included), which is the order Qlib's strategy ranks by."""
-    valid = np.flatnonzero(~np.isnan(values))[::-1]
-    order = valid[values[valid].argsort(kind="quicksort")][::-1]
-    return np.concatenate([order, np.flatnonzero(np.isnan(values))])
-
-
-def topk_dropout_orders(scores: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
-    """Target weights per day (NaN = no order): 1/topk on buys, 0 on sells. Same index as scores."""
-    values = scores.to_numpy(dtype=float)
-    orders = np.full(values.shape, np.nan)
-    held = np.empty(0, dtype=np.int64)  # column positions, in the order they were bought
-    for day, row in enumerate(values):
-        ranked = descending(row)[: np.count_nonzero(~np.isnan(row))]
-        candidates = ranked[~np.isin(ranked, held)][: max(n_drop + topk - len(held), 0)]
-        # held names without a score today rank last, as in Qlib
-        combined = np.concatenate([held, candidates])
-        worst = combined[descending(row[combined])][-n_drop:] if n_drop else combined[:0]
-        sell = held[np.isin(held, worst)]
-        buy = candidates[: len(sell) + topk - len(held)]
-        orders[day, sell] = 0.0
-        orders[day, buy] = 1.0 / topk
-        held = np.concatenate([held[~np.isin(held, sell)], buy])
-    return pd.DataFrame(orders, index=scores.index, columns=scores.columns)
+from strategies.topk import TopkSettings, topk_dropout_orders
 
 
 def _portfolio(close: pd.DataFrame, orders: pd.DataFrame, settings: TopkSettings, group_by=True):
     import vectorbt as vbt
 
     targets = orders.shift(1)  # decided at t's close, traded at t+1's close
-    fees = pd.DataFrame(
-        np.where(targets > 0, settings.open_cost, settings.close_cost), index=targets.index, columns=targets.columns
-    )
+    fees = pd.DataFrame(settings.costs.fees(targets.to_numpy()), index=targets.index, columns=targets.columns)
     return vbt.Portfolio.from_orders(
         close.ffill(),
         size=targets,
@@ -109,7 +80,7 @@ def vbt_sweep(
     # integer labels spare vectorbt the factorising of a 4-level column index.
     size = np.concatenate([targets[(topk, n_drop)] for topk, n_drop, _ in grid], axis=1)
     cost = np.repeat([cost for _, _, cost in grid], scores.shape[1])
-    fees = np.where(size > 0, settings.open_cost * cost, settings.close_cost * cost)
+    fees = settings.costs.fees(size, cost)
     wide = lambda values: pd.DataFrame(values, index=scores.index)  # noqa: E731
     import vectorbt as vbt
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from data_prep.errors import ConfigError
 
 MANIFEST = "_stage.json"
 HASHED_BELOW = 1 << 20  # files smaller than this are hashed into the manifest, larger ones by size only

@@ -17,16 +17,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator, model_validator
 
+from data_prep.errors import ConfigError
 from models.kronos import configs as kronos_sizes
+from models.timellm.variants import VARIANTS, Variant, timellm_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
 MODEL_FIELDS = ("open", "high", "low", "close", "volume", "amount")
-
-
-class ConfigError(ValueError):
-    """The run configuration is invalid; the message names the key and how to fix it."""
 
 
 class StrictModel(BaseModel):
@@ -172,11 +170,10 @@ class WalkForwardConfig(StrictModel):
         for k in range(self.folds):
             test_start = shift(self.first_test, k * (self.step_months or self.test_months))
             valid_start = shift(test_start, -self.valid_months)
-            train_start = (
-                self.train_start
-                if self.window == "expanding"
-                else max(self.train_start, shift(valid_start, -self.train_months))
-            )
+            train_start = self.train_start
+            if self.window == "rolling":
+                assert self.train_months is not None  # _lengths requires it with a rolling window
+                train_start = max(self.train_start, shift(valid_start, -self.train_months))
             folds.append(
                 FoldDates(
                     train=(train_start, valid_start - one_day),
@@ -339,13 +336,10 @@ class TimeLLMTrainConfig(StrictModel):
         return TimeLLMTrainSettings(**self.model_dump(), seed=seed)
 
 
-TIMELLM_VARIANTS = ("llm", "no_llm", "llm_to_attn")
-
-
 class TimeLLMSection(StrictModel):
     """Time-LLM and its ablations; every variant gets the same windows, seed and budget."""
 
-    variants: tuple[Literal["llm", "no_llm", "llm_to_attn"], ...] = TIMELLM_VARIANTS
+    variants: tuple[Variant, ...] = VARIANTS
     # Overrides of models.timellm.TimeLLMConfig, where the model's defaults live: backbone (hub id
     # or folder; default the bundled all-MiniLM-L6-v2), llm_layers, patch_len, stride, d_model,
     # d_ff, n_heads, num_tokens, dropout, description, trust_remote_code, load_in_4bit.
@@ -427,26 +421,6 @@ class ChronosSection(StrictModel):
     student: ChronosStudentConfig = ChronosStudentConfig()
 
 
-# Signal sources the backtest knows; pipeline/graph.py maps each to the stage that writes it
-# (momentum and reversal are rules the backtest computes itself).
-SIGNAL_SOURCES = (
-    "kronos",
-    "momentum",
-    "reversal",
-    "lgbm_alpha158",
-    "timellm",
-    "timellm_no_llm",
-    "timellm_llm_to_attn",
-    "chronos2",
-    "chronos2_student",
-)
-
-
-def timellm_source(variant: str) -> str:
-    """Signal source name of a Time-LLM variant: timellm, timellm_no_llm, timellm_llm_to_attn."""
-    return "timellm" if variant == "llm" else f"timellm_{variant}"
-
-
 class LGBMConfig(StrictModel):
     """LightGBM on Qlib's Alpha158 features (source lgbm_alpha158)."""
 
@@ -481,6 +455,8 @@ class SignalsConfig(StrictModel):
     @field_validator("sources")
     @classmethod
     def _known(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.graph import SIGNAL_SOURCES  # derived from the stages' declarations and the rules
+
         unknown = [name for name in sources if name not in SIGNAL_SOURCES]
         if unknown:
             raise ValueError(f"unknown signal source(s) {unknown}: choose from {list(SIGNAL_SOURCES)}")
@@ -510,10 +486,14 @@ class BacktestConfig(StrictModel):
     sweep_cost: tuple[float, ...] = (0.5, 1.0)
 
     def topk_settings(self):
-        """The engines' settings (evaluation.qlib_backtest.TopkSettings), without the sweep grid."""
-        from evaluation.qlib_backtest import TopkSettings
+        """The strategy's settings (strategies.topk.TopkSettings), without the sweep grid."""
+        from strategies.costs import TradingCosts
+        from strategies.topk import TopkSettings
 
-        return TopkSettings(**self.model_dump(exclude={"sweep_topk", "sweep_n_drop", "sweep_cost", "workers"}))
+        costs = TradingCosts(self.open_cost, self.close_cost, self.min_cost)
+        return TopkSettings(
+            self.topk, self.n_drop, self.hold_thresh, self.deal_price, costs, self.limit_threshold, self.account
+        )
 
 
 class PipelineConfig(StrictModel):

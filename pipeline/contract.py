@@ -126,7 +126,7 @@ class StageInputs:
 
     def signals(self, source: str, instance: InstanceOutputs | None = None) -> pd.DataFrame:
         """The signal table of a source produced by an upstream stage."""
-        from evaluation.signal_table import read_signal_table
+        from strategies.signal_table import read_signal_table
 
         return read_signal_table(self.folder(self._producers[source], instance) / signal_path(source))
 

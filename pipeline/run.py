@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from data_prep.errors import DataError
-from pipeline.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from data_prep.errors import CheckpointError, ConfigError, DataError
+from pipeline.config import DEFAULT_CONFIG_PATH, load_config
 
 log = logging.getLogger("pipeline")
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print_status(console, stage_status(config))
             return 0
         outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # paths stay whole
         return 2
     print_outcomes(console, outcomes)

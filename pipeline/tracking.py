@@ -22,7 +22,8 @@ import yaml
 from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric
 
-from pipeline.config import REPO_ROOT, ConfigError, PipelineConfig
+from data_prep.errors import ConfigError
+from pipeline.config import REPO_ROOT, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +161,24 @@ def data_set(config: PipelineConfig, location: Path, digest: str) -> Dataset:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(location))
     folds = "; ".join(f"test {fold.test[0]}..{fold.test[1]}" for fold in config.folds())
-    return MetaDataset(source, name=f"{config.data.instruments} [{config.data.source}, {folds}]", digest=digest[:32])
+    name = f"{config.data.instruments} [{config.data.source}, {folds}]"
+    # MLflow instantiates MetaDataset itself; its base class only declares `profile` abstract
+    return MetaDataset(source, name=name, digest=digest[:32])  # type: ignore[abstract]
 
 
 RUN_IDENTITY_TAGS = ("git_commit", "config_hash", "profile", "data", "universe", "split")
 
 
+def active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: stages are tracked inside the invocation's run")
+    return run.info.run_id
+
+
 def _inherited_tags() -> dict[str, str]:
     """The identity tags of the active run, for runs nested in it."""
-    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    tags = mlflow.get_run(active_run_id()).data.tags
     return {key: tags[key] for key in RUN_IDENTITY_TAGS if key in tags}
 
 
@@ -252,7 +262,7 @@ def log_to_run(run_id: str, paths: list[Path]) -> None:
 
 def log_history(rows: list[dict[str, float]]) -> None:
     """Per-step metrics (rows of {"step": n, name: value}) in batches, one request per 1000."""
-    run_id = mlflow.active_run().info.run_id
+    run_id = active_run_id()
     now = int(time.time() * 1000)
     metrics = [
         Metric(name, float(value), now, int(row["step"]))

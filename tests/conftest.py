@@ -4,41 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import DataConfig
-
-SHARED_CSI300 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300_2018_2022"
-PLAIN_CSV = DataConfig().bars_format()  # comma-separated, ISO or unambiguous dates, no jump filter
-
-
-def make_bars(n_symbols: int = 6, n_days: int = 80, seed: int = 0, start: str = "2021-01-04") -> pd.DataFrame:
-    """Random-walk daily OHLCV bars in long format, valid by construction."""
-    rng = np.random.default_rng(seed)
-    dates = pd.bdate_range(start, periods=n_days)
-    frames = []
-    for i in range(n_symbols):
-        close = 20 * np.exp(np.cumsum(rng.normal(0, 0.02, n_days)))
-        open_ = close * np.exp(rng.normal(0, 0.005, n_days))
-        high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n_days))
-        low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n_days))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": dates.strftime("%Y-%m-%d"),
-                    "symbol": f"S{i:03d}",
-                    "open": open_,
-                    "high": high,
-                    "low": low,
-                    "close": close,
-                    "volume": rng.integers(1_000, 100_000, n_days).astype(float),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+from tests.helpers import make_bars
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +49,6 @@ def bars_csv(tmp_path) -> Path:
     path = tmp_path / "bars.csv"
     make_bars().to_csv(path, index=False)
     return path
-
-
-def require_shared_data() -> Path:
-    if not (SHARED_CSI300 / "calendars" / "day.txt").is_file():
-        pytest.skip(f"shared A-share data not found at {SHARED_CSI300} (see shared/data/README.md)")
-    return SHARED_CSI300
 
 
 @pytest.fixture(scope="session")

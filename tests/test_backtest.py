@@ -14,10 +14,11 @@ from data_prep.windows import Split
 from evaluation.evaluate import clean_signals, run_in_processes
 from evaluation.metrics import daily_ic, forward_returns, score_matrix, signal_metrics
 from evaluation.qlib_backtest import qlib_topk_dropout
-from evaluation.rules import rule_baseline
-from evaluation.signal_table import check_signal_table, make_signal_table
-from evaluation.vbt_backtest import topk_dropout_orders, vbt_sweep, vbt_topk_dropout
+from evaluation.vbt_backtest import vbt_sweep, vbt_topk_dropout
 from pipeline.config import BacktestConfig
+from strategies.rules import rule_baseline
+from strategies.signal_table import check_signal_table, make_signal_table
+from strategies.topk import topk_dropout_orders
 
 
 def random_scores(close: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -129,6 +130,7 @@ def test_topk_dropout_orders_equal_the_pandas_rule_with_ties_and_gaps(topk, n_dr
     )
 
 
+@pytest.mark.slow
 def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path):
     init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
     close = panel.field_frame("close").astype(float)
@@ -156,9 +158,9 @@ def qlib_backtest_unshared(scores: pd.DataFrame, settings, benchmark: list[str],
         "freq": "day",
         "limit_threshold": settings.limit_threshold,
         "deal_price": settings.deal_price,
-        "open_cost": settings.open_cost,
-        "close_cost": settings.close_cost,
-        "min_cost": settings.min_cost,
+        "open_cost": settings.costs.open_cost,
+        "close_cost": settings.costs.close_cost,
+        "min_cost": settings.costs.min_cost,
     }
     portfolio, _ = backtest(
         start_time=scores.index[0],
@@ -178,6 +180,7 @@ def qlib_backtest_unshared(scores: pd.DataFrame, settings, benchmark: list[str],
     return portfolio["1day"][0][["return", "cost", "bench", "turnover"]].astype(float)
 
 
+@pytest.mark.slow
 def test_strategies_sharing_a_market_get_qlibs_own_results(tiny_split_dir, panel, tmp_path):
     from evaluation.qlib_backtest import market
 
@@ -195,6 +198,7 @@ def test_strategies_sharing_a_market_get_qlibs_own_results(tiny_split_dir, panel
     assert market.cache_info().hits == 1 and market.cache_info().misses == 1
 
 
+@pytest.mark.slow
 def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, panel, tmp_path):
     from pipeline.stages.backtest import evaluate_strategy
 

@@ -3,20 +3,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.run import main
-from tests.conftest import make_bars
-
-
-def run_split(config_path, *overrides):
-    return main(["--stage", "split", "--config", str(config_path), *(["--set", *overrides] if overrides else [])])
-
-
-def cache_entries(config_path):
-    """Every folder under the cache's stage folders, complete or temporary (the lock files are not outputs)."""
-    cache = config_path.parent / "cache"
-    return (
-        sorted(p.relative_to(cache) for p in cache.glob("*/*") if p.parent.name != ".locks") if cache.exists() else []
-    )
+from tests.helpers import cache_entries, make_bars, run_split
 
 
 def corrupt(tmp_path, change):

@@ -102,6 +102,7 @@ def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teache
     assert [row["step"] for row in history if "distill_loss" in row] == list(range(1, report["steps"] + 1))
 
 
+@pytest.mark.slow
 def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config):
     import mlflow
 

@@ -2,7 +2,8 @@ import datetime as dt
 
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_overrides
+from data_prep.errors import ConfigError
+from pipeline.config import PipelineConfig, load_config, parse_overrides
 from pipeline.run import main
 
 

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from data_prep import qlib_format
-from data_prep.errors import DataError
+from data_prep.errors import CheckpointError, DataError
 from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.sources import read_bars
 from pipeline.config import DataConfig
 from pipeline.run import main
-from tests.conftest import PLAIN_CSV, make_bars
-from tests.test_bad_input import cache_entries, run_split
+from tests.helpers import PLAIN_CSV, cache_entries, make_bars, run_split
 
 
 def message(capsys) -> str:
@@ -259,21 +258,20 @@ def test_a_handed_over_checkpoint_is_never_unpickled(tiny_split_dir, tmp_path):
     from data_prep.windows import Split
     from models.kronos.tokenizer import KronosTokenizer
     from models.kronos.training import TokenizerTask, World, fit
-    from tests.test_kronos_models import TINY_TOKENIZER
-    from tests.test_kronos_training import SETTINGS
+    from tests.helpers import KRONOS_TRAIN_SETTINGS, TINY_TOKENIZER
 
     marker = tmp_path / "code_ran"
     out = tmp_path / "handed_over"
     out.mkdir()
     torch.save({"model": RunsCode(marker)}, out / "last.pt")
     split = Split.load(tiny_split_dir)
-    with pytest.raises(DataError, match="last.pt holds objects other than tensors and plain values"):
+    with pytest.raises(CheckpointError, match="last.pt holds objects other than tensors and plain values"):
         fit(
             TokenizerTask(),
             KronosTokenizer(**TINY_TOKENIZER),
             split.segment("train"),
             split.segment("valid"),
-            SETTINGS,
+            KRONOS_TRAIN_SETTINGS,
             out,
             World(),
         )
@@ -297,6 +295,7 @@ def test_a_cached_output_that_lost_a_file_is_produced_again(bars_csv, write_conf
     assert all(o.reused for o in run_pipeline(config, "split"))
 
 
+@pytest.mark.slow
 def test_two_first_runs_on_one_cache_and_a_new_store_share_the_work(bars_csv, write_config, tmp_path):
     import subprocess
     import sys

@@ -6,7 +6,7 @@ from data_prep import qlib_format
 from data_prep.ingest import link_qlib_folder, write_qlib_folder
 from data_prep.sources import read_bars, sample_bars_path
 from pipeline.config import DataConfig
-from tests.conftest import PLAIN_CSV, make_bars
+from tests.helpers import PLAIN_CSV, make_bars
 
 
 def read_back(qlib_dir, universe, fields):
@@ -140,7 +140,7 @@ def test_link_does_not_touch_the_source(tmp_path):
 
 @pytest.mark.parametrize("universe", ["csi300"])
 def test_shared_a_share_folder_reads_through_qlib(tmp_path, universe):
-    from tests.conftest import require_shared_data
+    from tests.helpers import require_shared_data
 
     source = require_shared_data()
     summary = link_qlib_folder(source, tmp_path / "view", universe, None)

@@ -8,8 +8,7 @@ from models.kronos.generation import Sampling, generate_reference
 from models.kronos.model import Kronos
 from models.kronos.predictor import KronosPredictor
 from models.kronos.tokenizer import KronosTokenizer
-from tests.conftest import make_bars
-from tests.test_kronos_models import TINY_PREDICTOR, TINY_TOKENIZER
+from tests.helpers import TINY_PREDICTOR, TINY_TOKENIZER, make_bars
 
 
 def predictor(max_context: int = 512) -> KronosPredictor:

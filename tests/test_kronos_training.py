@@ -15,28 +15,15 @@ from models.kronos.tokenizer import KronosTokenizer
 from models.kronos.train_cli import train
 from models.kronos.training import TokenizerTask, World, fit
 from pipeline.cache import StageCache
-from pipeline.config import KronosTrainConfig
-from tests.test_kronos_models import TINY_PREDICTOR, TINY_TOKENIZER
+from tests.helpers import KRONOS_TRAIN_SETTINGS, TINY_PREDICTOR, TINY_TOKENIZER
 
 
 class Interrupted(Exception):
     """Stands in for a kill or Ctrl-C in the middle of training."""
 
 
-SETTINGS = KronosTrainConfig(
-    epochs=2,
-    steps_per_epoch=15,
-    batch_size=16,
-    lr=3e-3,
-    val_windows=64,
-    min_context=8,
-    random_context_share=0.5,
-    log_every=5,
-).settings(clip=5.0, seed=42, device="auto", bf16=True)
-
-
 def spec(**extra):
-    return {"settings": asdict(SETTINGS), "architecture": TINY_TOKENIZER, "pretrained": "", **extra}
+    return {"settings": asdict(KRONOS_TRAIN_SETTINGS), "architecture": TINY_TOKENIZER, "pretrained": "", **extra}
 
 
 def mean_loss(report, first: bool):
@@ -101,7 +88,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_split_dir, tmp_pa
         monkeypatch.setattr(training, "validate", validate)
         torch.manual_seed(0)  # same initial weights in every run
         model = KronosTokenizer(**TINY_TOKENIZER)
-        return fit(TokenizerTask(), model, split.segment("train"), split.segment("valid"), SETTINGS, out, World())
+        return fit(
+            TokenizerTask(), model, split.segment("train"), split.segment("valid"), KRONOS_TRAIN_SETTINGS, out, World()
+        )
 
     uninterrupted = run(tmp_path / "straight")
     with pytest.raises(Interrupted):
@@ -124,6 +113,7 @@ def test_cache_keeps_a_partial_output_for_the_next_attempt(tmp_path):
     assert cache.lookup("predictor", "k1")["run_id"] == "r"
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_agree(tiny_split_dir, tmp_path):
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec()))

@@ -8,7 +8,7 @@ from models.kronos.model import Kronos
 from pipeline.config import load_config
 from pipeline.graph import data_fingerprint
 from pipeline.runner import run_pipeline
-from tests.test_pipeline import QUICK_KRONOS
+from tests.helpers import QUICK_KRONOS
 
 
 def test_checkpoints_are_logged_models_linked_to_their_runs_and_load_again(bars_csv, write_config, tmp_path):

@@ -1,15 +1,17 @@
 """The exploration notebook runs top to bottom against a backtest made by the smoke config."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from pipeline.config import REPO_ROOT, load_config
 from pipeline.runner import run_pipeline
-from tests.test_pipeline import QUICK_KRONOS
+from tests.helpers import QUICK_KRONOS
 
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
+@pytest.mark.slow
 def test_notebook_executes_against_a_smoke_run(bars_csv, write_config, monkeypatch):
     config = load_config(
         write_config(bars_csv, experiment="notebook"),

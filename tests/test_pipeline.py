@@ -10,6 +10,7 @@ from pipeline import graph
 from pipeline.config import load_config
 from pipeline.run import main
 from pipeline.runner import run_pipeline
+from tests.helpers import QUICK_KRONOS
 
 
 def runs_of(config, parent_id):
@@ -119,19 +120,7 @@ def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
         np.testing.assert_array_equal(np.load(second / name), array)
 
 
-QUICK_KRONOS = [
-    f"kronos.{part}.training.{key}={value}"
-    for part in ("tokenizer", "predictor")
-    for key, value in (
-        ("epochs", 2),
-        ("steps_per_epoch", 10),
-        ("batch_size", 16),
-        ("val_windows", 64),
-        ("min_context", 6),
-    )
-]
-
-
+@pytest.mark.slow
 def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
     config = load_config(write_config(bars_csv, experiment="kronos"), QUICK_KRONOS)
     outcomes = run_pipeline(config, "kronos_predictor")
@@ -148,7 +137,7 @@ def test_predictor_stage_trains_and_logs_its_history(bars_csv, write_config):
 def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_config):
     import numpy as np
 
-    from evaluation.signal_table import SIGNAL_COLUMNS, read_signal_table
+    from strategies.signal_table import SIGNAL_COLUMNS, read_signal_table
 
     config = load_config(
         write_config(bars_csv, experiment="signals"), QUICK_KRONOS + ["kronos.inference.sample_count=3"]
@@ -167,8 +156,9 @@ def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_conf
     np.testing.assert_allclose(np.sort(table["score"]), np.sort(expected), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_signals_sharded_over_two_processes_match_one(bars_csv, write_config):
-    from evaluation.signal_table import read_signal_table
+    from strategies.signal_table import read_signal_table
 
     base = QUICK_KRONOS + ["kronos.inference.sample_count=2", "kronos.inference.top_k=1"]
     config = load_config(write_config(bars_csv, experiment="shards"), base)

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.run import main
-from tests.test_pipeline import QUICK_KRONOS
+from tests.helpers import QUICK_KRONOS
 
 CHROMIUM = shutil.which("chromium")
 OVERRIDES = QUICK_KRONOS + [
@@ -32,7 +32,7 @@ OVERRIDES = QUICK_KRONOS + [
 def report(tmp_path_factory, mlflow_uri):
     import yaml
 
-    from tests.conftest import make_bars
+    from tests.helpers import make_bars
 
     folder = tmp_path_factory.mktemp("report")
     make_bars().to_csv(folder / "bars.csv", index=False)

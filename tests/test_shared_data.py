@@ -3,7 +3,7 @@
 from data_prep.windows import Split
 from pipeline.config import REPO_ROOT, load_config
 from pipeline.runner import run_pipeline
-from tests.conftest import require_shared_data
+from tests.helpers import require_shared_data
 
 
 def test_cn_csi300_split_runs_on_the_shared_folder(tmp_path, mlflow_uri):

@@ -19,7 +19,7 @@ pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra:
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runner import run_pipeline  # noqa: E402
-from tests.test_pipeline import QUICK_KRONOS  # noqa: E402
+from tests.helpers import QUICK_KRONOS  # noqa: E402
 
 SUMMARY = Path(__file__).parent / "data" / "smoke_summary.json"
 SOURCES = [
@@ -55,6 +55,7 @@ def summarise(backtest_output: Path) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_every_default_source_matches_the_stored_summary(bars_csv, write_config, backbone_dirs, teacher_dir):
     overrides = QUICK_KRONOS + [
         "kronos.inference.sample_count=2",

@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline import graph
-from pipeline.config import SIGNAL_SOURCES, PipelineConfig, load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.contract import ConfigView, UndeclaredConfigRead
 from pipeline.runner import StageContractError, run_pipeline
 
@@ -23,12 +24,12 @@ def test_the_view_shows_declared_keys_and_nothing_else():
     assert view.split.test == PipelineConfig().split.test
     assert view.data.region == "us" and view.data.fields == PipelineConfig().data.fields
     with pytest.raises(UndeclaredConfigRead, match="'split.lookback' without declaring it"):
-        view.split.lookback
+        _ = view.split.lookback
     with pytest.raises(UndeclaredConfigRead, match="'backtest'"):
-        view.backtest
+        _ = view.backtest
     with pytest.raises(AttributeError, match="read-only"):
         view.seed = 1
-    with pytest.raises(Exception):  # the declared sections themselves are frozen pydantic models
+    with pytest.raises(ValidationError, match="frozen"):  # the declared sections themselves are frozen pydantic models
         view.data.region = "cn"
 
 
@@ -37,7 +38,7 @@ def test_a_stage_reading_an_undeclared_key_fails(bars_csv, write_config, monkeyp
     real = graph.STAGES["split"]
 
     def sneaky(config, inputs, out):
-        config.data.region  # split does not declare data.region: its cache key would not follow it
+        _ = config.data.region  # split does not declare data.region: its cache key would not follow it
         return real.run(config, inputs, out)
 
     monkeypatch.setitem(graph.STAGES, "split", dataclasses.replace(real, run=sneaky))
@@ -68,7 +69,7 @@ def test_every_declaration_names_real_keys_stages_and_sources():
         for need in graph.needs(stage, config):
             assert list(graph.STAGES).index(need) < list(graph.STAGES).index(stage.name), (stage.name, need)
         assert stage.outputs_for(config), stage.name
-    assert set(graph.SIGNAL_PRODUCERS) < set(SIGNAL_SOURCES)
+    assert set(graph.SIGNAL_PRODUCERS) < set(graph.SIGNAL_SOURCES)
     assert set(graph.STAGE_ALIASES.values()) <= set(graph.STAGES)
 
 

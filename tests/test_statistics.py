@@ -90,7 +90,8 @@ def test_paired_difference_and_significance():
 def test_interval_scores_of_a_calibrated_forecast_and_the_volatility_baseline():
     from scipy import stats as scipy_stats
 
-    from evaluation.probabilistic import LEVELS, interval_scores, quantile_table, quantiles_from_paths
+    from evaluation.probabilistic import LEVELS, interval_scores, quantile_table
+    from models.interface import Forecast
 
     rng = np.random.default_rng(8)
     days = pd.bdate_range("2021-01-04", periods=300)
@@ -118,5 +119,6 @@ def test_interval_scores_of_a_calibrated_forecast_and_the_volatility_baseline():
     assert worse["coverage_80"] < 0.4 and worse["pinball"] > scores["pinball"]
     paths = rng.normal(100, 1, (3, 200, horizon))
     np.testing.assert_allclose(
-        quantiles_from_paths(paths, np.full(3, 100.0)), np.quantile(paths[:, :, -1] / 100 - 1, LEVELS, axis=1).T
+        Forecast.from_paths(np.arange(3), np.arange(3), paths, np.full(3, 100.0)).return_quantiles(LEVELS),
+        np.quantile(paths[:, :, -1] / 100 - 1, LEVELS, axis=1).T,
     )

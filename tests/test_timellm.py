@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from data_prep.errors import CheckpointError
 from data_prep.windows import Split
-from models.kronos.hub import CheckpointMismatchError
 from models.timellm import VARIANTS, TimeLLM, TimeLLMConfig
 from models.timellm.backbone import int8_backbone, load_backbone
 from models.timellm.prompt import PROMPT_STYLES, LoopPromptBuilder, PromptBuilder, input_statistics
@@ -200,7 +200,7 @@ def test_save_and_load_round_trip(backbone_dirs, tmp_path):
     (tmp_path / "saved" / "config.json").write_text(
         (tmp_path / "saved" / "config.json").read_text().replace("llm_to_attn", "no_llm")
     )
-    with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
+    with pytest.raises(CheckpointError, match="unexpected keys"):
         TimeLLM.from_pretrained(tmp_path / "saved")
 
 
@@ -253,7 +253,7 @@ def test_bf16_backbone_copy_forecasts_near_fp32_and_leaves_the_float_backbone(ba
 
 
 def test_forecast_backbone_follows_the_device_and_precision():
-    from pipeline.config import ConfigError
+    from data_prep.errors import ConfigError
     from pipeline.stages.timellm import forecast_backbone
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_prep.errors import ConfigError
 from data_prep.windows import Split
-from pipeline.config import ConfigError, EvaluationConfig, WalkForwardConfig, load_config
+from pipeline.config import EvaluationConfig, WalkForwardConfig, load_config
 from pipeline.runner import run_pipeline
-from tests.conftest import make_bars
-from tests.test_pipeline import QUICK_KRONOS
+from tests.helpers import QUICK_KRONOS, make_bars
 
 # 160 business days from 2021-01-04 (to 2021-08-13): three folds testing a month each.
 FOLDS = (
@@ -93,6 +93,7 @@ def test_a_fold_change_reruns_that_fold_only(long_bars_csv, write_config):
     }
 
 
+@pytest.mark.slow
 def test_seeds_give_one_history_each_an_ensemble_and_their_spread(long_bars_csv, write_config):
     overrides = [
         FOLDS,

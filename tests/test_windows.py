@@ -10,7 +10,7 @@ from data_prep.ingest import write_qlib_folder
 from data_prep.panel import Panel, load_panel
 from data_prep.sources import validate_bars
 from data_prep.windows import SEGMENTS, Split, build_windows, normalise
-from tests.conftest import make_bars
+from tests.helpers import make_bars
 
 FIELDS = ("open", "high", "low", "close", "volume", "amount")
 SEGMENT_DATES = {

@@ -10,6 +10,7 @@ the target first and its covariates after it, and only the target rows are forec
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,7 @@ def pipeline_quantiles(
     group = 1 + len(covariates)
     for start in tqdm(range(0, len(values), batch_size), desc=label, leave=False):
         chunk = values[start : start + batch_size]
+        inputs: list[dict[str, Any]] | torch.Tensor
         if covariates:
             inputs = [
                 {"target": series[:, target], "past_covariates": {names[c]: series[:, c] for c in covariates}}

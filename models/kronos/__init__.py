@@ -1,5 +1,34 @@
 """Kronos: K-line tokenizer (BSQ) and autoregressive predictor, checkpoint-compatible upstream.
 
-Import from the modules: `models.kronos.model.Kronos`, `models.kronos.tokenizer.KronosTokenizer`,
-`models.kronos.predictor.KronosPredictor`; `models.kronos.configs` (model sizes) imports no torch.
+    from models.kronos import Kronos, KronosTokenizer, KronosPredictor   # as upstream's `from model import ...`
+    from models.kronos import fit, forecast                              # the shared model interface
+
+The names load their modules (and torch) on first use, so importing the package is cheap;
+`models.kronos.configs` (model sizes) imports no torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.kronos.api import fit, forecast
+    from models.kronos.model import Kronos
+    from models.kronos.predictor import KronosPredictor
+    from models.kronos.tokenizer import KronosTokenizer
+
+_EXPORTS = {
+    "Kronos": "models.kronos.model",
+    "KronosTokenizer": "models.kronos.tokenizer",
+    "KronosPredictor": "models.kronos.predictor",
+    "fit": "models.kronos.api",
+    "forecast": "models.kronos.api",
+}
+__all__ = ["Kronos", "KronosPredictor", "KronosTokenizer", "fit", "forecast"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

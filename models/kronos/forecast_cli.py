@@ -71,6 +71,7 @@ def merge_shards(out_dir: Path, count: int) -> np.ndarray:
         if paths is None:
             paths = np.empty((count, *part["paths"].shape[1:]), dtype=part["paths"].dtype)
         paths[part["index"]] = part["paths"]
+    assert paths is not None, f"no shard_*.npz files in {out_dir}"  # every rank writes one
     return paths
 
 

@@ -21,11 +21,12 @@ compile costs seconds per DecodeStep shape, so it is off unless asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
-from models.kronos.layers import LayerCache, MultiHeadAttention
+from models.kronos.layers import LayerCache, MultiHeadAttention, TransformerBlock
 from models.kronos.model import Kronos, inverse_cdf
 
 
@@ -164,7 +165,8 @@ class DecodeStep:
         def cache_for(attention: MultiHeadAttention):
             return zeros(rows, attention.n_heads, capacity, attention.head_dim)
 
-        attentions = [block.self_attn for block in model.transformer]
+        blocks = cast(list[TransformerBlock], list(model.transformer))  # a ModuleList of TransformerBlocks
+        attentions = [block.self_attn for block in blocks]
         self.keys, self.values = [cache_for(a) for a in attentions], [cache_for(a) for a in attentions]
         cross = model.dep_layer.cross_attn
         self.cross_keys, self.cross_values = cache_for(cross), cache_for(cross)
@@ -182,7 +184,7 @@ class DecodeStep:
         self.step = zeros(1, kind=torch.long)
 
         self.qkv, self.swaps, cos, sin, self.gate_up = [], [], [], [], []
-        for attention, block in zip(attentions, model.transformer):
+        for attention, block in zip(attentions, blocks, strict=True):
             projections = (attention.q_proj, attention.k_proj, attention.v_proj)
             self.qkv.append((torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])))
             swap, block_cos, block_sin = _rotary_tables(attention, capacity, dtype)
@@ -206,9 +208,11 @@ class DecodeStep:
         """Take a prefill's caches and newest hidden state, each row repeated for its sample paths."""
         length = cross.length
         for buffers, cache in zip(
-            zip(self.keys + [self.cross_keys], self.values + [self.cross_values]), caches + [cross]
+            zip(self.keys + [self.cross_keys], self.values + [self.cross_values], strict=True),
+            caches + [cross],
+            strict=True,
         ):
-            for buffer, filled in zip(buffers, (cache.keys, cache.values)):
+            for buffer, filled in zip(buffers, (cache.keys, cache.values), strict=True):
                 # Slots past `length` keep finite values from earlier use (or zeros); the mask hides them.
                 buffer.unflatten(0, (filled.shape[0], -1))[:, :, :, :length].copy_(filled[:, None])
         self.last.unflatten(0, (last.shape[0], -1)).copy_(last[:, None])
@@ -244,7 +248,7 @@ class DecodeStep:
             self.sin.index_select(0, self.position)[0],
         )  # (blocks, 3D)
         for block, (weight, bias), swap, block_cos, block_sin, gate_up, keys, values in zip(
-            model.transformer, self.qkv, self.swaps, cos, sin, self.gate_up, self.keys, self.values
+            model.transformer, self.qkv, self.swaps, cos, sin, self.gate_up, self.keys, self.values, strict=True
         ):
             attention = block.self_attn
             projected = F.linear(block.norm1(x), weight, bias)  # (rows, 3D): q, k, v

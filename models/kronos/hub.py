@@ -11,9 +11,7 @@ import safetensors.torch
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 
-
-class CheckpointMismatchError(ValueError):
-    pass
+from data_prep.errors import CheckpointError
 
 
 class StrictHubMixin(PyTorchModelHubMixin):
@@ -32,7 +30,7 @@ class StrictHubMixin(PyTorchModelHubMixin):
         expected = set(model.state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise CheckpointMismatchError(
+            raise CheckpointError(
                 f"{source} does not match {type(model).__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}. Check that config.json matches the weights."
             )

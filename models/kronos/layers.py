@@ -25,6 +25,8 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Rotary positions: a cos/sin table that grows on demand, so there is no maximum length."""
 
+    inv_freq: torch.Tensor  # registered buffer
+
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
@@ -37,6 +39,7 @@ class RotaryEmbedding(nn.Module):
             angles = torch.arange(size, device=self.inv_freq.device, dtype=self.inv_freq.dtype)[:, None] * self.inv_freq
             angles = torch.cat([angles, angles], dim=-1)
             self._cos, self._sin = angles.cos(), angles.sin()
+        assert self._sin is not None  # set together with _cos
         return self._cos, self._sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -80,10 +83,12 @@ class LayerCache:
 
     @property
     def keys(self) -> torch.Tensor:
+        assert self._keys is not None, "the cache is empty until extend() is called"
         return self._keys[:, :, : self.length]
 
     @property
     def values(self) -> torch.Tensor:
+        assert self._values is not None, "the cache is empty until extend() is called"
         return self._values[:, :, : self.length]
 
     def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +98,7 @@ class LayerCache:
         if self._keys is None:
             shape = (keys.shape[0], keys.shape[1], self.capacity, keys.shape[3])
             self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
+        assert self._values is not None  # allocated together with _keys
         self._keys[:, :, self.length : end] = keys
         self._values[:, :, self.length : end] = values
         self.length = end
@@ -100,6 +106,7 @@ class LayerCache:
 
     def repeat_interleave(self, repeats: int) -> None:
         """Share each row's cache with `repeats` consecutive rows (sample paths of one series)."""
+        assert self._keys is not None and self._values is not None, "the cache is empty until extend() is called"
         self._keys = self._keys.repeat_interleave(repeats, 0)
         self._values = self._values.repeat_interleave(repeats, 0)
 

@@ -61,7 +61,7 @@ class TemporalEmbedding(nn.Module):
             if learn_te
             else (lambda size: SinusoidalEmbedding(size, d_model))
         )
-        for name, size in zip(TIME_FEATURES, TIME_FEATURE_SIZES):
+        for name, size in zip(TIME_FEATURES, TIME_FEATURE_SIZES, strict=True):
             setattr(self, f"{name}_embed", make(size))
 
     def forward(self, stamp: torch.Tensor) -> torch.Tensor:  # (B, T, 5) -> (B, T, D)

@@ -78,12 +78,14 @@ class KronosPredictor:
         x_stamps: list[np.ndarray],  # each (T_i, 5) minute, hour, weekday, day, month
         y_stamps: list[np.ndarray],  # each (pred_len, 5)
         pred_len: int,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling | None = None,  # None: Sampling()
         sample_count: int = 1,
         seeds: list[int] | None = None,  # one per series; None: torch's global generator
         batch_size: int = 256,
         verbose: bool = False,
     ) -> Forecast:
+        if sampling is None:
+            sampling = Sampling()
         if pred_len >= self.max_context:
             raise ValueError(
                 f"pred_len {pred_len} must be shorter than max_context {self.max_context}: "
@@ -140,8 +142,8 @@ class KronosPredictor:
             new_s1, new_s2 = self._samplers[sampling](s1, s2, stamps, pred_len, path_seeds, sample_count)
             start = max(0, s1.shape[1] + pred_len - self.max_context)  # the decoded window holds max_context tokens
             decoded = self.tokenizer.decode_paths([s1[:, start:], s2[:, start:]], [new_s1, new_s2], sample_count)
-        decoded = decoded.float().cpu().numpy().reshape(len(series), sample_count, pred_len, -1)
-        return decoded * (std[:, None] + 1e-5) + mean[:, None]
+        prices = decoded.float().cpu().numpy().reshape(len(series), sample_count, pred_len, -1)
+        return prices * (std[:, None] + 1e-5) + mean[:, None]
 
     def _prepare(self, df: pd.DataFrame, where: str) -> np.ndarray:
         if not isinstance(df, pd.DataFrame):
@@ -176,7 +178,7 @@ class KronosPredictor:
         series = [self._prepare(df, f"DataFrame {i}") for i, df in enumerate(df_list)]
         x_stamps = [time_features(pd.DatetimeIndex(ts).values) for ts in x_timestamp_list]
         y_stamps = [time_features(pd.DatetimeIndex(ts).values) for ts in y_timestamp_list]
-        for i, (values, stamps, future) in enumerate(zip(series, x_stamps, y_stamps)):
+        for i, (values, stamps, future) in enumerate(zip(series, x_stamps, y_stamps, strict=True)):
             if len(values) != len(stamps):
                 raise ValueError(f"series {i}: {len(values)} rows but {len(stamps)} x timestamps")
             if len(future) != pred_len:

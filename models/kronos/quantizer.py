@@ -28,6 +28,8 @@ class BinarySphericalQuantizer(nn.Module):
     the entropies of groups of `group_size` bits.
     """
 
+    group_codebook: torch.Tensor  # registered buffer (2^g, g)
+
     def __init__(self, bits: int, beta: float, gamma0: float, gamma: float, zeta: float, group_size: int):
         super().__init__()
         assert bits % group_size == 0, "the code length must be divisible by group_size"
@@ -76,6 +78,7 @@ class BSQuantizer(nn.Module):
     def forward(self, z: torch.Tensor, half: bool = False, with_loss: bool = True):
         """z: (B, T, bits) -> (loss, codes (B, T, bits), ids: (B, T) or [s1 (B, T), s2 (B, T)])."""
         codes, loss = self.bsq(F.normalize(z, dim=-1), with_loss)
+        ids: torch.Tensor | list[torch.Tensor]
         if half:
             ids = [self.bits_to_ids(codes[..., : self.s1_bits]), self.bits_to_ids(codes[..., self.s1_bits :])]
         else:

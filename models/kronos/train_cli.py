@@ -40,6 +40,7 @@ def train(task_name: str, split_dir: Path, out_dir: Path, spec: dict) -> dict:
     world = init_world(settings.device)
     split = Split.load(split_dir)
     torch.manual_seed(settings.seed)  # a model trained from scratch starts from the same weights whatever ran before
+    task: TokenizerTask | PredictorTask
     if task_name == "tokenizer":
         model = build(KronosTokenizer, spec["architecture"], spec.get("pretrained", ""))
         task = TokenizerTask()

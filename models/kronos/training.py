@@ -18,6 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from data_prep.errors import DataError
+from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
 from models.device import pick_device
 from models.kronos.batches import DeviceWindows, draw_context
@@ -149,7 +150,7 @@ class PredictorTask:
 
 def fit(
     task,
-    model: torch.nn.Module,
+    model: Kronos | KronosTokenizer,
     train: WindowSet,
     valid: WindowSet,
     settings: KronosTrainSettings,
@@ -174,13 +175,13 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=0.03, div_factor=10
     )
-    state = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
+    state: dict[str, Any] = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
     last = out_dir / "last.pt"
     if last.is_file():
         try:  # never unpickle code from a cache folder someone may have handed over
             saved = torch.load(last, map_location=world.device, weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise DataError(
+            raise CheckpointError(
                 f"{last} holds objects other than tensors and plain values, so this pipeline's training did not "
                 f"write it; it is not loaded. Delete {out_dir} to train from scratch"
             ) from exc

@@ -4,11 +4,11 @@
         --segments SEGMENTS.json --params PARAMS.json --mlflow-uri URI --out predictions.parquet
 
 Uses Qlib's own `Alpha158` handler, `DatasetH` and `LGBModel`: trained on the train segment,
-early-stopped on valid, scored on test; the scores are written as (datetime, instrument, score). Alpha158's label is the return from the close of t+1 to
-the close of t+2, so the train and valid segments end two trading days early (purge). The score
-for day t uses features up to day t. It runs as its own process because Qlib's recorder opens
-MLflow runs of its own (in the same store, experiment "qlib"), which cannot nest inside the
-pipeline's active run.
+early-stopped on valid, scored on test; the scores are written as (datetime, instrument, score).
+Alpha158's label is the return from the close of t+1 to the close of t+2, so the train and valid
+segments end two trading days early (purge). The score for day t uses features up to day t. It
+runs as its own process because Qlib's recorder opens MLflow runs of its own (in the same store,
+experiment "qlib"), which cannot nest inside the pipeline's active run.
 """
 
 from __future__ import annotations

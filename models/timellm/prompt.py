@@ -11,6 +11,8 @@ tests and `bench/timellm_step.py` compare against; both give identical ids.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -84,6 +86,9 @@ def start_token(tokenizer) -> str:
 
 class PromptBuilder(nn.Module):
     """(N, L) normalised series -> left-padded prompt ids (N, T) and mask (N, T), all tensor ops."""
+
+    table: torch.Tensor  # registered buffers
+    lengths: torch.Tensor
 
     def __init__(self, tokenizer, description: str, seq_len: int, pred_len: int, style: str = "compact"):
         super().__init__()
@@ -175,7 +180,7 @@ class LoopPromptBuilder(nn.Module):
 
     def text(self, series: torch.Tensor) -> str:
         row = series.float().unsqueeze(0)
-        stats = {key: value[0].tolist() for key, value in input_statistics(row).items()}
+        stats: dict[str, Any] = {key: value[0].tolist() for key, value in input_statistics(row).items()}
         *fixed, comma, stop = self.fixed
         lags = comma.join(f" {lag}" for lag in stats["lags"])
         return (

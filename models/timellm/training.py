@@ -84,7 +84,7 @@ def evaluate(
         naive = normalised_errors(x[:, -1:].expand_as(y), y, x)
         sums += torch.stack([errors.pow(2).sum(), errors.abs().sum(), naive.pow(2).sum(), naive.abs().sum()]).double()
     count = len(items) * windows.horizon * len(channels)
-    return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist()))
+    return dict(zip(("mse", "mae", "persistence_mse", "persistence_mae"), (sums / count).tolist(), strict=True))
 
 
 def accumulate_gradients(
@@ -173,6 +173,7 @@ def fit(
             if stale >= settings.patience:
                 log.info("%s: no validation improvement for %d epochs, stopping", label, stale)
                 break
+    assert best_state is not None, "no epoch improved on an infinite validation MSE (NaN losses?)"
     model.load_state_dict(best_state, strict=False)
     seconds = time.perf_counter() - started
     report = {

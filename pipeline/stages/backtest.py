@@ -22,10 +22,10 @@ from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
 from evaluation.evaluate import Evaluation, evaluate, run_in_processes
-from evaluation.rules import RULE_BASELINES, rule_baseline
-from evaluation.signal_table import make_signal_table
 from evaluation.vbt_backtest import vbt_sweep
 from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
+from strategies.rules import RULE_BASELINES, rule_baseline
+from strategies.signal_table import make_signal_table
 
 if TYPE_CHECKING:
     from evaluation.comparison import Strategy
@@ -82,7 +82,7 @@ def per_strategy(
 ) -> dict[str, tuple[int | None, pd.DataFrame]]:
     """Strategy name -> (seed, table): one per seed (the source's own name with a single seed), and
     with several seeds and `ensemble` the mean of every numeric column across seeds (seed None)."""
-    named = {
+    named: dict[str, tuple[int | None, pd.DataFrame]] = {
         source if len(history) == 1 else f"{source} [seed {seed}]": (seed, table) for seed, table in history.items()
     }
     if len(history) > 1 and ensemble:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data_prep.errors import ConfigError
 from data_prep.windows import ForecastInputs
-from evaluation.signal_table import make_signal_table, write_signal_table
-from pipeline.config import ConfigError
+from models.interface import Forecast
 from pipeline.contract import (
     CHECKPOINT,
     FORECASTS,
@@ -30,34 +30,12 @@ from pipeline.contract import (
     quantile_path,
     signal_path,
 )
+from pipeline.signals import write_forecast
 
 if TYPE_CHECKING:
     import torch
 
 TIMING_SERIES = 1024  # test series both models forecast for the speed-up figure
-
-
-class ChronosSeries:
-    """The forecast inputs in the layout Chronos-2 takes: the close as target, other fields as covariates."""
-
-    def __init__(self, series: ForecastInputs, covariates: bool):
-        self.series = series
-        self.target = series.fields.index("close")
-        self.covariates = [i for i in range(len(series.fields)) if i != self.target] if covariates else []
-
-    def forecast(self, pipeline, batch_size: int, label: str, rows: slice = slice(None)) -> np.ndarray:
-        from models.chronos.forecasting import pipeline_quantiles
-
-        return pipeline_quantiles(
-            pipeline,
-            self.series.values[rows],
-            self.target,
-            self.covariates,
-            self.series.fields,
-            self.series.split.horizon,
-            batch_size,
-            label,
-        )
 
 
 def load_teacher(config: ConfigView, device: torch.device):
@@ -73,24 +51,9 @@ def load_teacher(config: ConfigView, device: torch.device):
         ) from exc
 
 
-def write_outputs(series: ForecastInputs, quantiles: np.ndarray, levels: list[float], source: str, out: Path) -> None:
-    from evaluation.probabilistic import quantile_table, quantiles_from_levels
-    from models.chronos.forecasting import scores_from_quantiles
-
-    score, spread = scores_from_quantiles(quantiles, levels, series.last("close"))
-    write_signal_table(
-        make_signal_table(series.days, series.instruments, score, spread, source), out / signal_path(source)
-    )
-    np.savez_compressed(out / FORECASTS, quantiles=quantiles.astype(np.float32), levels=np.array(levels))
-    (out / "quantiles").mkdir()
-    horizon_quantiles = quantiles_from_levels(quantiles, levels, series.last("close"))
-    quantile_table(series.days, series.instruments, horizon_quantiles).to_parquet(
-        out / quantile_path(source), index=False
-    )
-
-
-def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    from models.chronos.forecasting import quantile_levels
+def chronos2(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from models.chronos import forecast
+    from models.chronos.api import channels
     from models.chronos.student import parameter_count
     from models.device import pick_device
 
@@ -98,12 +61,13 @@ def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     device = pick_device(config.chronos.device)
     pipeline = load_teacher(config, device)
     series = split.forecast_inputs(*config.split.test)
-    chronos_inputs = ChronosSeries(series, config.chronos.covariates)
-    levels = quantile_levels(pipeline.model)
     started = time.perf_counter()
-    quantiles = chronos_inputs.forecast(pipeline, config.chronos.batch_size, "Chronos-2 teacher forecast")
+    teacher_forecast = forecast(
+        pipeline, series, config.chronos.covariates, config.chronos.batch_size, "Chronos-2 teacher forecast"
+    )
     seconds = time.perf_counter() - started
-    write_outputs(series, quantiles, levels, "chronos2", out)
+    write_forecast(teacher_forecast, "chronos2", out)
+    _, covariate_channels = channels(series.fields, config.chronos.covariates)
     metrics = {
         "parameters": parameter_count(pipeline.model),
         "forecast_series": len(series),
@@ -112,9 +76,7 @@ def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     }
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
     covariates = (
-        f"past covariates {[series.fields[c] for c in chronos_inputs.covariates]}"
-        if chronos_inputs.covariates
-        else "close only"
+        f"past covariates {[series.fields[c] for c in covariate_channels]}" if covariate_channels else "close only"
     )
     summary = [
         f"Chronos-2 {config.chronos.teacher} ({metrics['parameters'] / 1e6:.1f}M parameters, {device}, {covariates}): "
@@ -123,10 +85,10 @@ def chronos(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / REPORT])
 
 
-def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    from models.chronos.distill import distil
-    from models.chronos.forecasting import pipeline_for, prediction_length, quantile_levels
-    from models.chronos.student import build_student, parameter_count
+def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from models.chronos import fit, forecast
+    from models.chronos.forecasting import load_pipeline, prediction_length
+    from models.chronos.student import parameter_count
     from models.device import pick_device
 
     section = config.chronos
@@ -139,32 +101,29 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
             "forecasts in one pass; distillation needs a shorter horizon (or a teacher with more max_output_patches)"
         )
     series = split.forecast_inputs(*config.split.test)
-    chronos_inputs = ChronosSeries(series, section.covariates)
-    student = build_student(teacher.model, section.student.architecture, config.seed)
-    history, report = distil(
-        student,
-        teacher.model,
+    fitted = fit(
+        teacher,
         split.segment("train"),
         split.segment("valid"),
-        chronos_inputs.target,
-        chronos_inputs.covariates,
+        series.fields,
+        section.covariates,
+        section.student.architecture,
         section.student.settings(config.seed),
         device,
+        out / CHECKPOINT,
     )
-    student_pipeline = pipeline_for(student)
-    student_pipeline.save_pretrained(out / CHECKPOINT)
-
-    levels = quantile_levels(student)
-    quantiles = chronos_inputs.forecast(student_pipeline, section.batch_size, "Chronos-2 student forecast")
-    write_outputs(series, quantiles, levels, "chronos2_student", out)
+    report, history = fitted.report, fitted.history
+    student = load_pipeline(str(fitted.checkpoint), device)
+    student_forecast = forecast(student, series, section.covariates, section.batch_size, "Chronos-2 student forecast")
+    write_forecast(student_forecast, "chronos2_student", out)
     with np.load(inputs.forecasts("chronos2")) as saved:
         teacher_quantiles = saved["quantiles"]
-    agreement = forecast_agreement(chronos_inputs, quantiles, teacher_quantiles, levels)
-    timing = time_both(chronos_inputs, teacher, student_pipeline, section.batch_size)
+    agreement = forecast_agreement(series, student_forecast, teacher_quantiles)
+    timing = time_both(series, section.covariates, teacher, student, section.batch_size)
 
     metrics = {
         "teacher_parameters": parameter_count(teacher.model),
-        "student_parameters": parameter_count(student),
+        "student_parameters": parameter_count(student.model),
         **{f"distill_{key}": value for key, value in report.items()},
         **agreement,
         **timing,
@@ -184,32 +143,32 @@ def chronos_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stage
     )
 
 
-def forecast_agreement(
-    series: ChronosSeries, student: np.ndarray, teacher: np.ndarray, levels: list[float]
-) -> dict[str, float]:
-    """How closely the student's test forecasts follow the teacher's."""
-    from models.chronos.forecasting import scores_from_quantiles
-
-    middle = levels.index(0.5)
-    scale = np.nanstd(series.series.values[..., series.target], axis=1)[:, None] + 1e-8
-    last_close = series.series.last("close")
-    student_score, _ = scores_from_quantiles(student, levels, last_close)
-    teacher_score, _ = scores_from_quantiles(teacher, levels, last_close)
+def forecast_agreement(series: ForecastInputs, student: Forecast, teacher_quantiles: np.ndarray) -> dict[str, float]:
+    """How closely the student's test forecasts follow the teacher's quantile forecasts (N, Q, horizon)."""
+    assert student.close_quantiles is not None
+    middle = student.levels.index(0.5)
+    scale = np.nanstd(series.values[..., series.fields.index("close")], axis=1)[:, None] + 1e-8
+    teacher = Forecast.from_quantiles(
+        series.days, series.instruments, teacher_quantiles, student.levels, series.last("close")
+    )
+    quantiles = student.close_quantiles
     return {
-        "median_mae_scaled": float(np.mean(np.abs(student[:, middle] - teacher[:, middle]) / scale)),
-        "quantile_mae_scaled": float(np.mean(np.abs(student - teacher) / scale[:, None])),
-        "score_correlation": float(np.corrcoef(student_score, teacher_score)[0, 1]),
+        "median_mae_scaled": float(np.mean(np.abs(quantiles[:, middle] - teacher_quantiles[:, middle]) / scale)),
+        "quantile_mae_scaled": float(np.mean(np.abs(quantiles - teacher_quantiles) / scale[:, None])),
+        "score_correlation": float(np.corrcoef(student.score, teacher.score)[0, 1]),
     }
 
 
-def time_both(series: ChronosSeries, teacher, student, batch_size: int) -> dict[str, float]:
+def time_both(series: ForecastInputs, covariates: bool, teacher, student, batch_size: int) -> dict[str, float]:
     """Forecast time of teacher and student on the same test series, in this run."""
-    rows = slice(0, min(TIMING_SERIES, len(series.series)))
+    from models.chronos import forecast
+
+    rows = slice(0, min(TIMING_SERIES, len(series)))
     seconds = {}
     for name, pipeline in (("teacher", teacher), ("student", student)):
-        series.forecast(pipeline, batch_size, f"warm-up {name}", slice(0, min(batch_size, rows.stop)))
+        forecast(pipeline, series, covariates, batch_size, f"warm-up {name}", slice(0, min(batch_size, rows.stop)))
         started = time.perf_counter()
-        series.forecast(pipeline, batch_size, f"timing {name}", rows)
+        forecast(pipeline, series, covariates, batch_size, f"timing {name}", rows)
         seconds[name] = time.perf_counter() - started
     count = rows.stop
     return {
@@ -223,22 +182,22 @@ def time_both(series: ChronosSeries, teacher, student, batch_size: int) -> dict[
 STAGES = (
     StageSpec(
         "chronos2",
-        chronos,
+        chronos2,
         needs=("split",),
         reads=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
         outputs=(signal_path("chronos2"), FORECASTS, REPORT, quantile_path("chronos2")),
-        version=2,  # 2: horizon-return quantiles
+        version=3,  # 2: horizon-return quantiles; 3: forecasts.npz names its rows and last closes
         signal_sources=("chronos2",),
         description="Chronos-2 zero-shot quantile forecasts of the test segment",
     ),
     StageSpec(
         "chronos2_student",
-        chronos_student,
+        chronos2_student,
         needs=("chronos2", "split"),
         reads=("chronos", "split.test", "seed"),
         outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
         models=(CHECKPOINT,),
-        version=2,  # 2: horizon-return quantiles
+        version=3,  # 2: horizon-return quantiles; 3: forecasts.npz names its rows and last closes
         signal_sources=("chronos2_student",),
         description="distil Chronos-2 into a smaller Chronos-2 and forecast with it",
     ),

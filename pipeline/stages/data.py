@@ -31,7 +31,7 @@ def ingest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         summary = replace(write_qlib_folder(bars, out / QLIB_FOLDER, data.instruments), jump_rejects=rejects)
     seconds = time.perf_counter() - started
     (out / "ingest_summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
-    metrics = {
+    metrics: dict[str, float] = {
         "instruments": summary.instruments,
         "days": summary.days,
         "rows": summary.rows,

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
+from models.interface import Fitted
 from pipeline.contract import (
     CHECKPOINT,
     FORECASTS,
@@ -31,44 +28,17 @@ from pipeline.contract import (
     quantile_path,
     signal_path,
 )
+from pipeline.signals import write_forecast
 
 
-def run_training(task: str, split_dir: Path, out: Path, spec: dict, nproc: int) -> dict:
-    """Train in-process, or launch `nproc` processes with torchrun, and return the report."""
-    if nproc <= 1:
-        from models.kronos import train_cli
-
-        return train_cli.train(task, split_dir, out, spec)
-    spec_path = out / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "models.kronos.train_cli",
-        "--task",
-        task,
-        "--split",
-        str(split_dir),
-        "--out",
-        str(out),
-        "--spec",
-        str(spec_path),
-    ]
-    subprocess.run(command, check=True)
-    return json.loads((out / REPORT).read_text())
-
-
-def _result(report: dict, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
+def _result(fitted: Fitted, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
+    report = fitted.report
     metrics = {
         key: value for key, value in report.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     metrics.update(extra)
     return StageResult(
-        metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT], history=report["history"]
+        metrics=metrics, summary=summary, artifacts=[out / REPORT, fitted.checkpoint], history=fitted.history
     )
 
 
@@ -78,19 +48,25 @@ def _spec(config: ConfigView, part: str) -> dict:
     return {"settings": asdict(settings), "architecture": section.architecture, "pretrained": section.pretrained}
 
 
-def tokenizer(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    report = run_training("tokenizer", inputs.folder("split"), out, _spec(config, "tokenizer"), config.kronos.nproc)
+def kronos_tokenizer(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    from models.kronos import fit
+
+    fitted = fit("tokenizer", inputs.folder("split"), out, _spec(config, "tokenizer"), config.kronos.nproc)
+    report = fitted.report
     summary = [
         f"tokenizer: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
         f"validation fine reconstruction MSE {report['best_val_recon_fine']:.4f}, "
         f"s1 codebook usage {report['best_val_s1_code_usage']:.1%}",
     ]
-    return _result(report, out, {}, summary)
+    return _result(fitted, out, {}, summary)
 
 
-def predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+def kronos_predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     spec = {**_spec(config, "predictor"), "tokenizer": str(inputs.checkpoint("kronos_tokenizer"))}
-    report = run_training("predictor", inputs.folder("split"), out, spec, config.kronos.nproc)
+    from models.kronos import fit
+
+    fitted = fit("predictor", inputs.folder("split"), out, spec, config.kronos.nproc)
+    report = fitted.report
     tokenizer_config = json.loads((inputs.checkpoint("kronos_tokenizer") / "config.json").read_text())
     uniform = math.log(2 ** tokenizer_config["s1_bits"])  # CE of guessing s1 codes uniformly
     summary = [
@@ -99,57 +75,13 @@ def predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult
         f"code frequencies {report['best_val_marginal_ce_s1']:.3f}), "
         f"CE_s2 {report['best_val_ce_s2']:.3f}, s1 accuracy {report['best_val_acc_s1']:.1%}",
     ]
-    return _result(report, out, {"uniform_ce_s1": uniform}, summary)
+    return _result(fitted, out, {"uniform_ce_s1": uniform}, summary)
 
 
-def forecast_paths(history, x_stamps, y_stamps, seeds, spec: dict, nproc: int, work: Path) -> np.ndarray:
-    """Sample paths (N, samples, horizon, fields) in this process, or sharded over torchrun."""
-    from models.kronos.forecast_cli import load_predictor, merge_shards
-    from models.kronos.generation import Sampling
-
-    if nproc <= 1:
-        predictor = load_predictor(spec, spec["device"])
-        return predictor.forecast(
-            list(history),
-            list(x_stamps),
-            list(y_stamps),
-            spec["pred_len"],
-            Sampling(**spec["sampling"]),
-            spec["sample_count"],
-            seeds.tolist(),
-            spec["batch_size"],
-            verbose=True,
-        ).paths
-    work.mkdir(parents=True, exist_ok=True)
-    np.savez(work / "inputs.npz", history=history, x_stamps=x_stamps, y_stamps=y_stamps, seeds=seeds)
-    (work / "spec.json").write_text(json.dumps(spec, indent=2))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "models.kronos.forecast_cli",
-        "--inputs",
-        str(work / "inputs.npz"),
-        "--out",
-        str(work),
-        "--spec",
-        str(work / "spec.json"),
-    ]
-    subprocess.run(command, check=True)
-    paths = merge_shards(work, len(history))
-    shutil.rmtree(work)  # the merged result is what the stage keeps
-    return paths
-
-
-def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     """Forecast every test day and instrument with Kronos; score = expected horizon return."""
-    from evaluation.probabilistic import quantile_table, quantiles_from_paths
-    from models.kronos.batches import time_features
+    from models.kronos import forecast
     from models.kronos.generation import Sampling
-    from models.kronos.predictor import FIELDS
 
     split = inputs.split()
     settings = config.kronos.inference
@@ -173,31 +105,9 @@ def signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         "compile_decoding": settings.compile_decoding,
     }
     started = time.perf_counter()
-    paths = forecast_paths(
-        series.values,
-        time_features(series.input_dates()),
-        time_features(series.future_days()),
-        np.array(seeds),
-        spec,
-        settings.nproc,
-        out / "shards",
-    )
+    kronos_forecast = forecast(series, np.array(seeds), spec, settings.nproc, out / "shards")
     seconds = time.perf_counter() - started
-    close = paths[..., FIELDS.index("close")]  # (N, samples, horizon)
-    last_close = series.last("close")
-    path_returns = expected_return(close, last_close[:, None])  # (N, samples)
-    table = make_signal_table(series.days, series.instruments, path_returns.mean(1), path_returns.std(1), "kronos")
-    write_signal_table(table, out / signal_path("kronos"))
-    np.savez_compressed(
-        out / FORECASTS,
-        decision_days=series.days.astype("datetime64[D]"),
-        instruments=series.instruments,
-        close_paths=close.astype(np.float32),
-        last_close=last_close,
-    )
-    quantiles = quantile_table(series.days, series.instruments, quantiles_from_paths(close, last_close))
-    (out / "quantiles").mkdir()
-    quantiles.to_parquet(out / quantile_path("kronos"), index=False)
+    table = write_forecast(kronos_forecast, "kronos", out)
     metrics = {
         "series": len(table),
         "series_per_second": len(table) / seconds,
@@ -216,7 +126,7 @@ TRAINING_READS = ("kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", 
 STAGES = (
     StageSpec(
         "kronos_tokenizer",
-        tokenizer,
+        kronos_tokenizer,
         needs=("split",),
         reads=("kronos.tokenizer", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
@@ -226,7 +136,7 @@ STAGES = (
     ),
     StageSpec(
         "kronos_predictor",
-        predictor,
+        kronos_predictor,
         needs=("kronos_tokenizer", "split"),
         reads=("kronos.predictor", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
@@ -237,7 +147,7 @@ STAGES = (
     ),
     StageSpec(
         "kronos_signals",
-        signals,
+        kronos_signals,
         needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
         outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),

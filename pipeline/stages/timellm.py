@@ -14,18 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.signal_table import expected_return, make_signal_table, write_signal_table
-from pipeline.config import TIMELLM_VARIANTS, ConfigError, timellm_source
+from data_prep.errors import ConfigError
+from models.interface import expected_return
+from models.timellm.variants import VARIANTS, timellm_source
 from pipeline.contract import REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
+from pipeline.signals import write_forecast
 
 
 def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     import torch  # model code loads when the stage runs, not when the graph is planned
 
     from models.device import bf16_is_fast, pick_device
-    from models.timellm import TimeLLM, TimeLLMConfig
+    from models.timellm import TimeLLM, TimeLLMConfig, fit, forecast
     from models.timellm.backbone import DEFAULT_BACKBONE, bf16_backbone, int8_backbone, load_backbone
-    from models.timellm.training import fit, forecast, normalised_errors
+    from models.timellm.training import normalised_errors
 
     section = config.timellm
     split = inputs.split()
@@ -39,7 +41,7 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     base = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, **model_options)
     backbone = load_backbone(base.backbone, base.llm_layers, base.trust_remote_code, base.load_in_4bit, device)
     cheaper = forecast_backbone(section.forecast_backbone, device, bf16, base.load_in_4bit)
-    make_cheaper = {"int8": int8_backbone, "bf16": bf16_backbone}.get(cheaper)
+    make_cheaper = {"int8": int8_backbone, "bf16": bf16_backbone}[cheaper] if cheaper else None
 
     series = split.forecast_inputs(*config.split.test)
     known = series.segment_rows("test")
@@ -72,17 +74,28 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
             TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, variant=variant, **model_options), backbone
         ).to(device)
         counts = model.parameter_counts()
-        steps, report = fit(
-            model, split.segment("train"), split.segment("valid"), channels, settings, device, bf16, name
+        fitted = fit(
+            model,
+            split.segment("train"),
+            split.segment("valid"),
+            channels,
+            settings,
+            device,
+            bf16,
+            out / "models" / name,
+            name,
         )
-        history += steps
-        cheaper_forecasts = make_cheaper and variant == "llm"  # the only variant that runs the backbone's layers
-        forecaster = model.with_backbone(make_cheaper(backbone)) if cheaper_forecasts else model
+        history += fitted.history
+        report = fitted.report
+        cheaper_forecasts = make_cheaper is not None and variant == "llm"  # the only variant running the backbone
+        forecaster = model.with_backbone(make_cheaper(backbone)) if make_cheaper and cheaper_forecasts else model
         started = time.perf_counter()
-        predicted = forecast(
-            forecaster, series.values[..., channels], device, bf16, section.batch_size, label=f"{name} forecast"
-        )  # (N, H, C)
+        variant_forecast = forecast(
+            forecaster, series, channels, device, bf16, section.batch_size, label=f"{name} forecast"
+        )
         seconds = time.perf_counter() - started
+        assert variant_forecast.point is not None
+        predicted = variant_forecast.point  # (N, H, C)
         if cheaper_forecasts:
             change = forecast_change(
                 model, predicted[..., close_channel], series, channels, close_channel, section.batch_size, device
@@ -95,12 +108,8 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
                 f"{change['score_correlation']:.4f} with fp32's",
             )
         errors = normalised_errors(torch.from_numpy(predicted[known]), test_targets, test_inputs)
-        score = expected_return(predicted[..., close_channel], series.last("close"))
-        write_signal_table(
-            make_signal_table(series.days, series.instruments, score, None, name), out / signal_path(name)
-        )
-        model.save_pretrained(out / "models" / name)
-        artifacts.append(out / "models" / name / "config.json")
+        write_forecast(variant_forecast, name, out)
+        artifacts.append(fitted.checkpoint / "config.json")
         results = {
             "trainable_params": counts["trainable"],
             "frozen_params": counts["frozen"],
@@ -194,7 +203,7 @@ STAGES = (
         reads=("timellm", "split.test", "seed"),
         outputs=timellm_outputs,
         models=timellm_models,
-        signal_sources=tuple(timellm_source(variant) for variant in TIMELLM_VARIANTS),
+        signal_sources=tuple(timellm_source(variant) for variant in VARIANTS),
         # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws);
         # 3: the backbone's last block runs for the patch positions only (int8 forecasts move)
         version=3,

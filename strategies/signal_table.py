@@ -17,14 +17,6 @@ from data_prep.errors import DataError
 SIGNAL_COLUMNS = ("datetime", "instrument", "score", "score_std", "model")
 
 
-def expected_return(forecast_close: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """Score from a price forecast: mean forecast close over the horizon / last close - 1.
-
-    forecast_close: (..., horizon) prices; last_close: (...) the close at the decision day.
-    """
-    return forecast_close.mean(axis=-1) / last_close - 1.0
-
-
 def make_signal_table(dates, instruments, score, score_std, model: str) -> pd.DataFrame:
     table = pd.DataFrame(
         {

@@ -10,7 +10,7 @@ import datetime as dt
 import pandas as pd
 
 from data_prep.panel import Panel
-from evaluation.signal_table import make_signal_table
+from strategies.signal_table import make_signal_table
 
 RULE_BASELINES = ("momentum", "reversal")
 

@@ -1,0 +1,54 @@
+"""Time-LLM behind the shared model interface: `fit` trains one variant and saves it, `forecast`
+predicts the horizon for forecast inputs and scores the close."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from data_prep.windows import ForecastInputs, WindowSet
+from models.interface import Fitted, Forecast
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.timellm.model import TimeLLM
+    from models.timellm.training import TimeLLMTrainSettings
+
+
+def fit(
+    model: TimeLLM,
+    train: WindowSet,
+    valid: WindowSet,
+    channels: list[int],
+    settings: TimeLLMTrainSettings,
+    device: torch.device,
+    bf16: bool,
+    out: Path,
+    label: str,
+) -> Fitted:
+    """Train `model` in place on the `channels` of the train windows, keep its best weights on the
+    valid windows and save them to `out` (save_pretrained)."""
+    from models.timellm import training
+
+    history, report = training.fit(model, train, valid, channels, settings, device, bf16, label)
+    model.save_pretrained(out)
+    return Fitted(out, report, history)
+
+
+def forecast(
+    model: TimeLLM,
+    series: ForecastInputs,
+    channels: list[int],
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+    label: str = "forecast",
+) -> Forecast:
+    """The model's point forecast of every series (kept in `Forecast.point`, (N, horizon, channels)),
+    scored by the expected return of its close."""
+    from models.timellm import training
+
+    predicted = training.forecast(model, series.values[..., channels], device, bf16, batch_size, label=label)
+    close = channels.index(series.fields.index("close"))
+    return Forecast.from_point(series.days, series.instruments, predicted, close, series.last("close"))
