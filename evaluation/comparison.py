@@ -66,10 +66,10 @@ def comparison_table(
 ) -> pd.DataFrame:
     """One row per (strategy, engine): the engines' metrics with t-statistics, intervals and paired tests."""
     lags = hac_lags(horizon)
-    rules = [(s, e) for s, e in zip(strategies, evaluations) if s.rule]
+    rules = [(s, e) for s, e in zip(strategies, evaluations, strict=True) if s.rule]
     best_rule = max(rules, key=lambda pair: pair[1].rank_ic.mean(), default=None)
     rows = []
-    for strategy, evaluation in zip(strategies, evaluations):
+    for strategy, evaluation in zip(strategies, evaluations, strict=True):
         signal = signal_statistics(evaluation.ic, evaluation.rank_ic, horizon)
         for engine in ENGINES:
             row = {
@@ -123,7 +123,7 @@ def breakdown(
         for year in range(first.year, last.year + 1)
     ]
     rows = []
-    for strategy, evaluation in zip(strategies, evaluations):
+    for strategy, evaluation in zip(strategies, evaluations, strict=True):
         for engine in ENGINES:
             excess = excess_after_cost(evaluation, engine)
             for period, start, end in periods:

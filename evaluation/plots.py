@@ -54,7 +54,8 @@ def comparison_plots(evaluations: list[Evaluation], folder: Path) -> list[Path]:
 def uncertainty_plots(
     comparison: pd.DataFrame, periods: pd.DataFrame, evaluations: list[Evaluation], folder: Path
 ) -> list[Path]:
-    """Rank IC by fold and year; cumulative excess return after cost with the band of its bootstrap interval (Qlib engine)."""
+    """Rank IC by fold and year; cumulative excess return after cost with the band of its bootstrap
+    interval (Qlib engine)."""
     paths = []
     figure = Figure(figsize=(10, 4))
     axis = figure.subplots()

@@ -25,7 +25,8 @@ def _quantstats():
 
 
 def portfolio_statistics(evaluations: list[Evaluation]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(statistics per strategy and engine, monthly returns in long form, rolling Sharpe per strategy on the Qlib engine)."""
+    """(statistics per strategy and engine, monthly returns in long form, rolling Sharpe per strategy on
+    the Qlib engine)."""
     stats = _quantstats().stats
     rows, monthly, rolling = [], [], {}
     for evaluation in evaluations:

@@ -1,9 +1,9 @@
 """Probabilistic forecasts of the horizon return: quantile tables, interval coverage and pinball loss.
 
 Sources with sample paths (Kronos) or quantiles (Chronos-2 and its student) write the quantiles
-(models.interface.Forecast.return_quantiles at LEVELS) of the return from the close of the decision day to the close `horizon` days later. They are
-judged beside a baseline every quant has: a normal return with each instrument's trailing
-20-day volatility scaled by sqrt(horizon).
+(models.interface.Forecast.return_quantiles at LEVELS) of the return from the close of the decision
+day to the close `horizon` days later. They are judged beside a baseline every quant has: a normal
+return with each instrument's trailing 20-day volatility scaled by sqrt(horizon).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def quantile_table(days, instruments, quantiles: np.ndarray) -> pd.DataFrame:
 def trailing_volatility_quantiles(close: pd.DataFrame, horizon: int) -> dict[str, pd.DataFrame]:
     """Baseline quantiles (datetime x instrument per level): N(0, sigma_20d * sqrt(horizon))."""
     sigma = np.log(close).diff().rolling(VOLATILITY_DAYS, min_periods=VOLATILITY_DAYS).std() * np.sqrt(horizon)
-    return {column: sigma * stats.norm.ppf(level) for column, level in zip(COLUMNS, LEVELS)}
+    return {column: sigma * stats.norm.ppf(level) for column, level in zip(COLUMNS, LEVELS, strict=True)}
 
 
 def interval_scores(table: pd.DataFrame, close: pd.DataFrame, horizon: int) -> dict[str, float]:

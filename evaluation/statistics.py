@@ -124,7 +124,8 @@ def expected_max_sharpe(variance: float, trials: int) -> float:
 
 
 def probabilistic_sharpe(sharpe: float, benchmark: float, days: int, skew: float, kurtosis: float) -> float:
-    """P(true Sharpe > benchmark) for a per-period Sharpe estimated on `days` returns with this skew and (non-excess) kurtosis."""
+    """P(true Sharpe > benchmark) for a per-period Sharpe estimated on `days` returns with this skew and
+    (non-excess) kurtosis."""
     spread = np.sqrt(1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2)
     return float(stats.norm.cdf((sharpe - benchmark) * np.sqrt(days - 1) / spread))
 

@@ -81,7 +81,10 @@ def vbt_sweep(
     size = np.concatenate([targets[(topk, n_drop)] for topk, n_drop, _ in grid], axis=1)
     cost = np.repeat([cost for _, _, cost in grid], scores.shape[1])
     fees = settings.costs.fees(size, cost)
-    wide = lambda values: pd.DataFrame(values, index=scores.index)  # noqa: E731
+
+    def wide(values: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(values, index=scores.index)
+
     import vectorbt as vbt
 
     # init_cash as one contiguous value per group: a scalar would reach numba as a strided array,

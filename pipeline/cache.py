@@ -60,7 +60,8 @@ class StageCache:
         damaged = [name for name, entry in recorded.get("files", {}).items() if file_entry(folder / name) != entry]
         if damaged:
             log.warning(
-                "stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): running the stage again",
+                "stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): "
+                "running the stage again",
                 stage,
                 folder,
                 len(damaged),
@@ -76,7 +77,8 @@ class StageCache:
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
-        """Hold (stage, key) for this process; another run of the same stage waits here instead of repeating the work."""
+        """Hold (stage, key) for this process; another run of the same stage waits here instead of
+        repeating the work."""
         folder = self.root / ".locks"
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{stage}-{key}", "a") as handle:

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,7 +80,8 @@ class DataConfig(StrictModel):
     def _source_needs_location(self) -> DataConfig:
         if self.source == "csv" and self.path is None:
             raise ValueError(
-                "data.source is 'csv' but data.path is not set: point it at a CSV/Parquet file or a folder of per-symbol files"
+                "data.source is 'csv' but data.path is not set: point it at a CSV/Parquet file "
+                "or a folder of per-symbol files"
             )
         if self.source == "qlib" and self.provider_uri is None:
             raise ValueError("data.source is 'qlib' but data.provider_uri is not set: point it at a Qlib data folder")
@@ -122,7 +124,8 @@ def check_segments(train: DateRange, valid: DateRange, test: DateRange) -> None:
             raise ValueError(f"{name} starts after it ends ({start} > {end})")
     if not train[1] < valid[0] <= valid[1] < test[0]:
         raise ValueError(
-            "segments must be in time order without overlap: train ends before valid starts, valid ends before test starts"
+            "segments must be in time order without overlap: train ends before valid starts, "
+            "valid ends before test starts"
         )
 
 
@@ -199,7 +202,7 @@ class EvaluationConfig(StrictModel):
         if self.walk_forward is not None and self.folds:
             raise ValueError("set evaluation.walk_forward or evaluation.folds, not both")
         folds = self.walk_forward.fold_dates() if self.walk_forward else list(self.folds)
-        for earlier, later in zip(folds, folds[1:]):
+        for earlier, later in pairwise(folds):
             if not earlier.test[1] < later.test[0]:
                 raise ValueError(
                     f"fold test segments must be in time order without overlap: {earlier.test} then {later.test}"
@@ -540,7 +543,8 @@ class PipelineConfig(StrictModel):
         d_in = self.kronos.tokenizer.architecture.get("d_in")
         if not self.kronos.tokenizer.pretrained and d_in is not None and d_in != len(self.data.fields):
             raise ValueError(
-                f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: make them agree"
+                f"kronos.tokenizer.architecture.d_in is {d_in} but data.fields has {len(self.data.fields)} fields: "
+                "make them agree"
             )
         return self
 
@@ -562,7 +566,8 @@ class PipelineConfig(StrictModel):
         ]
         if missing:
             raise ValueError(
-                f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} does not train them: add the variant or drop the source"
+                f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} "
+                "does not train them: add the variant or drop the source"
             )
         return self
 

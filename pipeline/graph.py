@@ -144,7 +144,7 @@ def upstream_keys(stage: StageSpec, runs: list[Instance], keys: list[dict[str, s
         return {name: instance_keys[name] for name in needs(stage, instance.config)}
     return {
         f"{name} [{instance.label}]": instance_keys[name]
-        for instance, instance_keys in zip(runs, keys)
+        for instance, instance_keys in zip(runs, keys, strict=True)
         for name in needs(stage, instance.config)
     }
 

@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config keys, values parsed as YAML, e.g. --set split.lookback=90 'split.test=[2022-01-01,2022-12-30]'",
+        help=(
+            "override config keys, values parsed as YAML, e.g. --set split.lookback=90 "
+            "'split.test=[2022-01-01,2022-12-30]'"
+        ),
     )
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
     parser.add_argument(

@@ -47,7 +47,8 @@ class StageOutcome:
 
 
 def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
-    """Run `target` and the stages it needs, once per (fold, seed) where they differ; `force` reruns the target even if cached.
+    """Run `target` and the stages it needs, once per (fold, seed) where they differ; `force` reruns the
+    target even if cached.
 
     A stage instance is identified by its cache key, so a stage that reads no seed runs once per
     fold, ingest once in all, and the backtest once over the outputs of every instance.
@@ -75,7 +76,7 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
             groups = (
                 [(runs, per_instance)]
                 if stage.consumes_signals
-                else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance)]
+                else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance, strict=True)]
             )
             for group, group_outcomes in groups:
                 stage_config = config if stage.consumes_signals else group[0].config
@@ -91,7 +92,7 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
                             InstanceOutputs(
                                 run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()}
                             )
-                            for run, outcomes in zip(group, group_outcomes)
+                            for run, outcomes in zip(group, group_outcomes, strict=True)
                         ],
                         SIGNAL_PRODUCERS,
                         uri,
@@ -150,7 +151,8 @@ def _run_or_reuse(
 
 
 def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
-    """Each stage under this config (its first fold and seed): cached or not, when and by which run, where its outputs are."""
+    """Each stage under this config (its first fold and seed): cached or not, when and by which run,
+    where its outputs are."""
     cache = StageCache(config.cache_dir)
     client = mlflow.MlflowClient(tracking.tracking_uri(config))
     runs = instances(config)
@@ -160,7 +162,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
         if stage.consumes_signals:
             key = cache_key(stage, config, upstream_keys(stage, runs, keys))
         else:
-            for run, run_keys in zip(runs, keys):
+            for run, run_keys in zip(runs, keys, strict=True):
                 run_keys[stage.name] = cache_key(stage, run.config, upstream_keys(stage, [run], [run_keys]))
             key = keys[0][stage.name]
         manifest = cache.lookup(stage.name, key)

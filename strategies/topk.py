@@ -16,7 +16,8 @@ from strategies.costs import TradingCosts
 
 @dataclass(frozen=True)
 class TopkSettings:
-    """TopkDropout settings of both engines; the values come from pipeline.config (BacktestConfig), where the defaults live."""
+    """TopkDropout settings of both engines; the values come from pipeline.config (BacktestConfig), where
+    the defaults live."""
 
     topk: int
     n_drop: int

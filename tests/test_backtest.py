@@ -235,7 +235,7 @@ def test_strategies_backtested_in_processes_equal_one_process(tiny_split_dir, pa
         "random 5",
         "random 6",
     ]  # job order kept
-    for (one, sweep_one, returns_one), (other, sweep_other, returns_other) in zip(alone, side_by_side):
+    for (one, sweep_one, returns_one), (other, sweep_other, returns_other) in zip(alone, side_by_side, strict=True):
         assert one.rows == other.rows
         for engine in ("qlib", "vectorbt"):
             pd.testing.assert_frame_equal(one.daily[engine], other.daily[engine])

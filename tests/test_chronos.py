@@ -7,22 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra: pip install -e ".[chronos]"')
+from data_prep.windows import Split
+from models.chronos.distill import distil, random_length_inputs
+from models.chronos.forecasting import load_pipeline, model_quantiles, pipeline_quantiles
+from models.chronos.student import build_student, parameter_count, student_config
+from models.interface import Forecast
+from pipeline.config import ChronosStudentConfig
 
-from chronos import BaseChronosPipeline, Chronos2Pipeline  # noqa: E402
-
-from data_prep.windows import Split  # noqa: E402
-from models.chronos.distill import distil, random_length_inputs  # noqa: E402
-from models.chronos.forecasting import load_pipeline, model_quantiles, pipeline_quantiles, scores_from_quantiles  # noqa: E402
-from models.chronos.student import build_student, parameter_count, student_config  # noqa: E402
-from pipeline.config import ChronosStudentConfig  # noqa: E402
+chronos = pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra: pip install -e ".[chronos]"')
 
 DEVICE = torch.device("cpu")
 STUDENT = {"num_layers": 1, "d_model": 16, "d_ff": 32, "num_heads": 2}
 
 
 def test_tiny_model_loads_through_the_package_entry_points(teacher_dir):
-    assert isinstance(BaseChronosPipeline.from_pretrained(teacher_dir), Chronos2Pipeline)
+    assert isinstance(chronos.BaseChronosPipeline.from_pretrained(teacher_dir), chronos.Chronos2Pipeline)
     pipeline = load_pipeline(str(teacher_dir), DEVICE)
     values = np.cumsum(np.random.default_rng(0).normal(size=(5, 40, 3)), axis=1).astype(np.float32) + 50
     quantiles = pipeline_quantiles(pipeline, values, 0, [], ["close", "open", "volume"], horizon=7, batch_size=2)
@@ -41,11 +40,12 @@ def test_tiny_model_loads_through_the_package_entry_points(teacher_dir):
 def test_scores_use_the_median_and_the_spread():
     levels = [0.1, 0.5, 0.9]
     quantiles = np.array([[[9.0, 9.0], [11.0, 12.0], [13.0, 15.0]]])  # (1, 3 levels, 2 steps)
-    score, spread = scores_from_quantiles(quantiles, levels, np.array([10.0]))
-    assert score[0] == pytest.approx(11.5 / 10 - 1)
-    assert spread[0] == pytest.approx((4 + 6) / 2 / 10 / (2 * 1.2816))
-    crossed = quantiles[:, ::-1]  # 90% below 10%: sorted back before use
-    assert np.allclose(scores_from_quantiles(crossed, levels, np.array([10.0])), (score, spread))
+    rows = (np.array(["2021-01-04"], dtype="datetime64[ns]"), np.array(["A"]))
+    forecast = Forecast.from_quantiles(*rows, quantiles, levels, np.array([10.0]))
+    assert forecast.score[0] == pytest.approx(11.5 / 10 - 1)
+    assert forecast.score_std[0] == pytest.approx((4 + 6) / 2 / 10 / (2 * 1.2816))
+    crossed = Forecast.from_quantiles(*rows, quantiles[:, ::-1], levels, np.array([10.0]))  # 90% below 10%
+    assert np.allclose((crossed.score, crossed.score_std), (forecast.score, forecast.score_std))
 
 
 def test_student_inherits_everything_but_its_size(teacher_dir):
@@ -113,8 +113,8 @@ def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config
         f"chronos.teacher={teacher_dir}",
         "chronos.covariates=true",
         "chronos.batch_size=16",
-        "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, steps: 10, batch_size: 8, "
-        "train_windows: 64, val_windows: 16, eval_every: 5}",
+        "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, "
+        "steps: 10, batch_size: 8, train_windows: 64, val_windows: 16, eval_every: 5}",
         "signals.sources=[chronos2, chronos2_student, momentum]",
         "backtest.topk=2",
         "backtest.n_drop=1",
@@ -129,7 +129,7 @@ def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config
     for stage, name in ((teacher_stage, "chronos2"), (student_stage, "chronos2_student")):
         table = pd.read_parquet(stage.output / "signals" / f"{name}.parquet")
         assert len(table) > 0 and table["score"].notna().all() and (table["score_std"] > 0).all()
-    reloaded = BaseChronosPipeline.from_pretrained(student_stage.output / "best")
+    reloaded = chronos.BaseChronosPipeline.from_pretrained(student_stage.output / "best")
     assert reloaded.model.config.num_layers == 1
     comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
     assert {"chronos2", "chronos2_student", "momentum"} == set(comparison["strategy"])

@@ -43,7 +43,7 @@ def test_symbols_with_separators_stay_inside_the_folder_and_round_trip_through_q
     codes = sorted(path.name for path in (out / "qlib" / "features").iterdir())
     assert codes == ["%2e%2e", "%2ftmp%2fx", "..%2f..%2fx", "bf%2fb"]
     mapping = pd.read_csv(out / "qlib" / "instruments" / qlib_format.SYMBOL_MAP, sep="\t")
-    assert dict(zip(mapping["code"], mapping["symbol"])) == {
+    assert dict(zip(mapping["code"], mapping["symbol"], strict=True)) == {
         "%2E%2E": "..",
         "%2FTMP%2FX": "/TMP/X",
         "..%2F..%2FX": "../../X",

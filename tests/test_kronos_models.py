@@ -49,7 +49,7 @@ def test_tokenizer_round_trip(tmp_path, config):
     assert json.loads((tmp_path / "config.json").read_text()) == config
     loaded = KronosTokenizer.from_pretrained(tmp_path)
     x = torch.randn(3, 40, 6)
-    for a, b in zip(tokenizer.encode(x, half=True), loaded.encode(x, half=True)):
+    for a, b in zip(tokenizer.encode(x, half=True), loaded.encode(x, half=True), strict=True):
         assert torch.equal(a, b)
     ids = tokenizer.encode(x, half=True)
     assert torch.equal(tokenizer.decode(ids, half=True), loaded.decode(ids, half=True))
@@ -67,7 +67,7 @@ def test_predictor_round_trip(tmp_path, config):
     with torch.no_grad():
         expected = model(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
         got = loaded(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         assert torch.equal(a, b)
 
 
@@ -118,7 +118,7 @@ def test_tokenizer_is_causal():
     x = torch.randn(2, 50, 6)
     changed = x.clone()
     changed[:, 30:] = torch.randn(2, 20, 6) * 10
-    for a, b in zip(tokenizer.encode(x, half=True), tokenizer.encode(changed, half=True)):
+    for a, b in zip(tokenizer.encode(x, half=True), tokenizer.encode(changed, half=True), strict=True):
         assert torch.equal(a[:, :30], b[:, :30])
 
 
@@ -131,7 +131,7 @@ def test_decoding_paths_after_a_shared_context_equals_decoding_whole_windows():
     for context_len, new_len, paths in ((30, 5, 3), (1, 4, 1), (12, 1, 4)):
         context = [torch.randint(0, vocab, (2, context_len)) for vocab in (vocab_s1, vocab_s2)]
         new = [torch.randint(0, vocab, (2 * paths, new_len)) for vocab in (vocab_s1, vocab_s2)]
-        windows = [torch.cat([c.repeat_interleave(paths, 0), n], 1) for c, n in zip(context, new)]
+        windows = [torch.cat([c.repeat_interleave(paths, 0), n], 1) for c, n in zip(context, new, strict=True)]
         expected = tokenizer.decode(windows, half=True)[:, -new_len:]
         torch.testing.assert_close(tokenizer.decode_paths(context, new, paths), expected, rtol=1e-5, atol=1e-5)
 
@@ -145,7 +145,7 @@ def test_predictor_is_causal_for_both_heads():
     with torch.no_grad():
         a = model(s1, s2, stamps, use_teacher_forcing=True, s1_targets=s1)
         b = model(later_s1, later_s2, stamps, use_teacher_forcing=True, s1_targets=later_s1)
-    for first, second in zip(a, b):
+    for first, second in zip(a, b, strict=True):
         torch.testing.assert_close(first[:, :25], second[:, :25])
 
 
@@ -210,7 +210,10 @@ def test_decode_steps_are_reused_and_replay_without_capture_on_cpu():
 
     torch.manual_seed(0)
     model = Kronos(**dict(TINY_PREDICTOR, s1_bits=6, s2_bits=6)).eval()
-    function = lambda: None  # noqa: E731
+
+    def function():
+        return None
+
     assert replayable(function, torch.device("cpu")) is function
     sampler = CachedSampler(model, 512, Sampling(top_k=1))
     for seed in range(3):  # different contexts through the same buffers

@@ -62,7 +62,7 @@ def test_batch_of_different_lengths_equals_one_by_one():
     batch = kronos.predict_batch(
         [f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames], pred_len=5, top_k=1, verbose=False
     )
-    for (df, x_time, y_time), got in zip(frames, batch):
+    for (df, x_time, y_time), got in zip(frames, batch, strict=True):
         alone = kronos.predict(df, x_time, y_time, pred_len=5, top_k=1, verbose=False)
         np.testing.assert_allclose(got.to_numpy(), alone.to_numpy(), rtol=1e-4, atol=1e-3)
 

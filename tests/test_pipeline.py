@@ -211,7 +211,7 @@ def test_backtest_stage_compares_every_source_on_both_engines(bars_csv, write_co
         "backtest",
     ]
     comparison = pd.read_csv(outcomes[-1].output / "comparison.csv")
-    assert set(zip(comparison["strategy"], comparison["engine"])) == {
+    assert set(zip(comparison["strategy"], comparison["engine"], strict=True)) == {
         (s, e) for s in ("kronos", "momentum", "reversal") for e in ("qlib", "vectorbt")
     }
     for column in (

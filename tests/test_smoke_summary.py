@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra: pip install -e ".[chronos]"')
+from pipeline.config import load_config
+from pipeline.runner import run_pipeline
+from tests.helpers import QUICK_KRONOS
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
-from tests.helpers import QUICK_KRONOS  # noqa: E402
+pytest.importorskip("chronos", reason='chronos-forecasting is an optional extra: pip install -e ".[chronos]"')
 
 SUMMARY = Path(__file__).parent / "data" / "smoke_summary.json"
 SOURCES = [
@@ -60,14 +60,15 @@ def test_every_default_source_matches_the_stored_summary(bars_csv, write_config,
     overrides = QUICK_KRONOS + [
         "kronos.inference.sample_count=2",
         # The prompt wording, description and learning rate the summary was written with (the defaults changed since).
-        f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
-        "n_heads: 2, num_tokens: 32, prompt: upstream, description: 'Daily prices of large-cap stocks, one stock per series.'}",
+        f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, "
+        "d_model: 8, d_ff: 16, n_heads: 2, num_tokens: 32, prompt: upstream, "
+        "description: 'Daily prices of large-cap stocks, one stock per series.'}",
         "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32, lr: 0.001}",
         "timellm.precision=fp32",
         f"chronos.teacher={teacher_dir}",
         "chronos.batch_size=16",
-        "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, steps: 10, batch_size: 8, "
-        "train_windows: 64, val_windows: 16, eval_every: 5}",
+        "chronos.student={architecture: {num_layers: 1, d_model: 16, d_ff: 32, num_heads: 2}, "
+        "steps: 10, batch_size: 8, train_windows: 64, val_windows: 16, eval_every: 5}",
         f"signals.sources=[{', '.join(SOURCES)}]",
         "backtest.topk=2",
         "backtest.n_drop=1",

@@ -1,4 +1,5 @@
-"""The stage contract: declared reads are all a stage sees, declared outputs must exist, stages know nothing of tracking."""
+"""The stage contract: declared reads are all a stage sees, declared outputs must exist, stages know
+nothing of tracking."""
 
 from __future__ import annotations
 

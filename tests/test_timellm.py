@@ -142,7 +142,10 @@ def test_reprogramming_equals_upstreams_einsums_with_the_same_dropout_masks(trai
     torch.manual_seed(0)
     layer = ReprogrammingAttention(d_model=8, n_heads=4, d_keys=16, d_llm=48, dropout=0.3).train(training)
     patches, prototypes = torch.randn(5, 7, 8, requires_grad=True), torch.randn(50, 48, requires_grad=True)
-    ours = lambda layer, patches, prototypes: layer(patches, *layer.keys_values(prototypes))  # noqa: E731
+
+    def ours(layer, patches, prototypes):
+        return layer(patches, *layer.keys_values(prototypes))
+
     results = []
     for attention in (einsum_reprogramming, ours):
         torch.manual_seed(1)
@@ -151,7 +154,7 @@ def test_reprogramming_equals_upstreams_einsums_with_the_same_dropout_masks(trai
         out = attention(layer, patches, prototypes)
         out.pow(2).sum().backward()
         results.append([out.detach(), patches.grad, prototypes.grad, *(p.grad for p in layer.parameters())])
-    for upstream, heads_first in zip(*results):
+    for upstream, heads_first in zip(*results, strict=True):
         assert torch.equal(upstream, heads_first)  # bit for bit: a seed trains the same model either way
     with torch.no_grad():
         without_dropout = layer.eval()(patches, *layer.keys_values(prototypes))
@@ -329,8 +332,8 @@ def test_stage_writes_every_variant_and_joins_the_backtest(backbone_dirs, bars_c
     from pipeline.runner import run_pipeline
 
     overrides = [
-        f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, d_model: 8, d_ff: 16, "
-        "n_heads: 2, num_tokens: 32}",
+        f"timellm.model={{backbone: {backbone_dirs['gpt2']}, llm_layers: 2, patch_len: 4, stride: 2, "
+        "d_model: 8, d_ff: 16, n_heads: 2, num_tokens: 32}",
         "timellm.training={epochs: 1, steps_per_epoch: 5, batch_size: 8, val_windows: 32}",
         "signals.sources=[timellm, timellm_no_llm, timellm_llm_to_attn, momentum]",
         "backtest.topk=2",

@@ -1,4 +1,5 @@
-"""Walk-forward folds and seeds: leak-free folds, per-fold caching, one history per seed, figures with their uncertainty."""
+"""Walk-forward folds and seeds: leak-free folds, per-fold caching, one history per seed, figures with
+their uncertainty."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tests.helpers import QUICK_KRONOS, make_bars
 
 # 160 business days from 2021-01-04 (to 2021-08-13): three folds testing a month each.
 FOLDS = (
-    "evaluation.folds=[{train: [2021-01-01, 2021-03-31], valid: [2021-04-01, 2021-04-30], test: [2021-05-01, 2021-05-31]}, "
+    "evaluation.folds=[{train: [2021-01-01, 2021-03-31], valid: [2021-04-01, 2021-04-30], "
+    "test: [2021-05-01, 2021-05-31]}, "
     "{train: [2021-01-01, 2021-04-30], valid: [2021-05-01, 2021-05-31], test: [2021-06-01, 2021-06-30]}, "
     "{train: [2021-01-01, 2021-05-31], valid: [2021-06-01, 2021-06-30], test: [2021-07-01, 2021-07-31]}]"
 )
@@ -67,7 +69,7 @@ def test_no_fold_trains_on_data_on_or_after_its_test_start(long_bars_csv, write_
     outcomes = run_pipeline(config, "split")
     splits = [Split.load(o.output) for o in outcomes if o.stage == "split"]
     assert len(splits) == 3
-    for fold, split in zip(config.folds(), splits):
+    for fold, split in zip(config.folds(), splits, strict=True):
         test_start = np.datetime64(fold.test[0])
         for segment in ("train", "valid"):
             windows = split.segment(segment)

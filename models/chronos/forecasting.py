@@ -97,21 +97,3 @@ def pipeline_quantiles(
         predictions = pipeline.predict(inputs, prediction_length=horizon, batch_size=batch_size * group)
         outputs.append(torch.stack([p[0] for p in predictions]).numpy())  # (B, Q, H)
     return np.concatenate(outputs)
-
-
-def scores_from_quantiles(
-    quantiles: np.ndarray, levels: list[float], last_close: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expected horizon return from the median path, and its uncertainty from the 10-90% spread.
-
-    score = mean over the horizon of the median close / last close - 1; score_std = the mean
-    10-90% spread over the horizon / last close, divided by 2 x 1.2816 (the spread of a normal
-    distribution), so it reads as a standard deviation of the return. Crossed quantiles (a
-    poorly trained model can put its 10% above its 90%) are sorted first, the monotone
-    rearrangement, so the spread is never negative.
-    """
-    quantiles = np.sort(quantiles, axis=1)
-    median, low, high = (quantiles[:, levels.index(level)] for level in (0.5, 0.1, 0.9))
-    score = median.mean(axis=-1) / last_close - 1.0
-    spread = (high - low).mean(axis=-1) / last_close / (2 * 1.2816)
-    return score, spread

@@ -140,7 +140,10 @@ def bert_block_for_last(block: BertLayer, hidden: torch.Tensor, mask: torch.Tens
     attention = cast("BertSelfAttention", block.attention.self)  # cross-attention would be .crossattention
     n, _, width = hidden.shape
     heads = attention.num_attention_heads
-    by_head = lambda x: x.view(n, x.shape[1], heads, width // heads).transpose(1, 2)  # noqa: E731  (N, heads, T, W/heads)
+
+    def by_head(x: torch.Tensor) -> torch.Tensor:  # (N, T, W) -> (N, heads, T, W / heads)
+        return x.view(n, x.shape[1], heads, width // heads).transpose(1, 2)
+
     kept = hidden[:, -keep:]  # (N, keep, W)
     mixed = F.scaled_dot_product_attention(
         by_head(attention.query(kept)),

@@ -44,7 +44,10 @@ class TimeLLMTrainSettings:
 def windows_tensor(windows: WindowSet, items: np.ndarray, channels: list[int], device: torch.device):
     """Inputs (B, L, C) and targets (B, H, C) of the chosen channels, float32 on `device`."""
     inputs, targets = windows.get(items)
-    as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array[..., channels], dtype=np.float32)).to(device)  # noqa: E731
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array[..., channels], dtype=np.float32)).to(device)
+
     return as_tensor(inputs), as_tensor(targets)
 
 

@@ -94,7 +94,8 @@ def per_strategy(
 def probabilistic_scores(
     config: ConfigView, inputs: StageInputs, close: pd.DataFrame, horizon: int, fold_tests
 ) -> pd.DataFrame:
-    """Interval coverage and pinball loss of every source with quantiles (per seed and for the ensemble), beside the trailing-volatility baseline."""
+    """Interval coverage and pinball loss of every source with quantiles (per seed and for the ensemble),
+    beside the trailing-volatility baseline."""
     from evaluation.probabilistic import interval_scores
 
     rows = []
@@ -120,7 +121,8 @@ def evaluate_strategy(
     last_day: pd.Timestamp,
     grid: tuple,
 ) -> tuple[Evaluation, pd.DataFrame, pd.DataFrame]:
-    """One strategy through IC analysis, both engines and the vectorbt sweep (in a worker process of run_in_processes)."""
+    """One strategy through IC analysis, both engines and the vectorbt sweep (in a worker process of
+    run_in_processes)."""
     evaluation = evaluate(table, name, close, horizon, settings, benchmark, last_day)
     summary, returns = vbt_sweep(evaluation.scores, close, settings, *grid)
     return evaluation, summary, returns
@@ -234,13 +236,15 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     headline = comparison[list(HEADLINE)]
     calibration = [
         f"{row.strategy}: 80%/90% intervals cover {row.coverage_80:.1%}/{row.coverage_90:.1%} of outcomes, pinball "
-        f"{row.pinball:.5f} (trailing-volatility baseline {row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
+        f"{row.pinball:.5f} (trailing-volatility baseline "
+        f"{row.baseline_coverage_80:.1%}/{row.baseline_coverage_90:.1%}, "
         f"{row.baseline_pinball:.5f})"
         for row in probabilistic.itertuples(index=False)
     ]
     summary = [
         f"comparison over {len(fold_tests)} test segment(s) ({segments}, {test_days} days); t: Newey-West, "
-        f"low/high: 95% block-bootstrap interval, vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
+        "low/high: 95% block-bootstrap interval, "
+        f"vs_rule: paired against {comparison['best_rule'].iloc[0] or 'no rule'}:",
         *markdown_table(headline).splitlines(),
         *calibration,
     ]

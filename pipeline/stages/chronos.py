@@ -131,12 +131,14 @@ def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
     metrics["compression"] = metrics["teacher_parameters"] / metrics["student_parameters"]
     (out / REPORT).write_text(json.dumps(metrics, indent=2))
     summary = [
-        f"Chronos-2 student: {metrics['student_parameters'] / 1e6:.2f}M parameters vs teacher {metrics['teacher_parameters'] / 1e6:.2f}M "
+        f"Chronos-2 student: {metrics['student_parameters'] / 1e6:.2f}M parameters "
+        f"vs teacher {metrics['teacher_parameters'] / 1e6:.2f}M "
         f"({metrics['compression']:.1f}x smaller), {report['steps']} steps in {report['train_seconds']:.0f} s",
         f"validation pinball: student {report['best_val_pinball']:.4f}, teacher {report['teacher_val_pinball']:.4f}; "
         f"teacher-matching loss {report['best_val_match']:.4f}",
         f"test agreement with the teacher: median MAE {agreement['median_mae_scaled']:.4f} (scaled), score correlation "
-        f"{agreement['score_correlation']:.3f}; inference {timing['speedup']:.1f}x faster on {timing['timing_series']} series",
+        f"{agreement['score_correlation']:.3f}; inference {timing['speedup']:.1f}x faster "
+        f"on {timing['timing_series']} series",
     ]
     return StageResult(
         metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT / "config.json"], history=history

@@ -42,13 +42,15 @@ def ingest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     if summary.rows:
         metrics["rows_per_second"] = summary.rows / seconds
     lines = [
-        f"Qlib folder: {summary.instruments} instruments x {summary.days} days ({summary.first_day} .. {summary.last_day})"
+        f"Qlib folder: {summary.instruments} instruments x {summary.days} days "
+        f"({summary.first_day} .. {summary.last_day})"
     ]
     if summary.missing_rows:
         lines.append(f"{summary.missing_rows:,} rows with a missing price or volume kept as missing days")
     if summary.jump_rejects.count:
         lines.append(
-            f"data.max_daily_move rejected {summary.jump_rejects.count:,} price jumps, e.g. {summary.jump_rejects.places[0]} "
+            f"data.max_daily_move rejected {summary.jump_rejects.count:,} price jumps, "
+            f"e.g. {summary.jump_rejects.places[0]} "
             "(the first ones are in ingest_summary.json and the log)"
         )
     if summary.encoded_symbols:

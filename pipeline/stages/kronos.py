@@ -54,7 +54,8 @@ def kronos_tokenizer(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
     fitted = fit("tokenizer", inputs.folder("split"), out, _spec(config, "tokenizer"), config.kronos.nproc)
     report = fitted.report
     summary = [
-        f"tokenizer: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
+        f"tokenizer: {report['epochs_run']} epochs, {report['steps']} steps, "
+        f"{report['windows_per_second']:.0f} windows/s",
         f"validation fine reconstruction MSE {report['best_val_recon_fine']:.4f}, "
         f"s1 codebook usage {report['best_val_s1_code_usage']:.1%}",
     ]
@@ -70,7 +71,8 @@ def kronos_predictor(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
     tokenizer_config = json.loads((inputs.checkpoint("kronos_tokenizer") / "config.json").read_text())
     uniform = math.log(2 ** tokenizer_config["s1_bits"])  # CE of guessing s1 codes uniformly
     summary = [
-        f"predictor: {report['epochs_run']} epochs, {report['steps']} steps, {report['windows_per_second']:.0f} windows/s",
+        f"predictor: {report['epochs_run']} epochs, {report['steps']} steps, "
+        f"{report['windows_per_second']:.0f} windows/s",
         f"validation CE_s1 {report['best_val_ce_s1']:.3f} (uniform codes {uniform:.3f}, "
         f"code frequencies {report['best_val_marginal_ce_s1']:.3f}), "
         f"CE_s2 {report['best_val_ce_s2']:.3f}, s1 accuracy {report['best_val_acc_s1']:.1%}",
@@ -89,7 +91,7 @@ def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageR
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
     seeds = [
         config.seed * 1_000_003 + int(i) * 10_007 + int(day)
-        for i, day in zip(series.windows.index[:, 0], series.windows.end_days())
+        for i, day in zip(series.windows.index[:, 0], series.windows.end_days(), strict=True)
     ]
     spec = {
         "predictor": str(inputs.checkpoint("kronos_predictor")),
@@ -117,7 +119,8 @@ def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageR
     }
     summary = [
         f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
-        f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s in {settings.nproc} process(es)",
+        f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s "
+        f"in {settings.nproc} process(es)",
     ]
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / signal_path("kronos"), out / FORECASTS])
 

@@ -103,7 +103,8 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
             metrics.update({f"{name}_{cheaper}_{key}": value for key, value in change.items()})
             summary.insert(
                 1,
-                f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series the forecast moves by "
+                f"{name} forecasts with the {cheaper} backbone: on {CHANGE_CHECK_SERIES} test series "
+                "the forecast moves by "
                 f"{change['mean_abs_change']:.4f} (normalised close) from fp32 and its score correlates "
                 f"{change['score_correlation']:.4f} with fp32's",
             )
