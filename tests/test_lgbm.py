@@ -1,5 +1,7 @@
 """LightGBM on Alpha158 through Qlib's own handler and model, on a small real Qlib folder."""
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -17,8 +19,15 @@ def test_train_and_valid_end_before_their_labels_cross():
             "test": ("2021-06-01", "2021-06-30"),
         },
     )
+    # The gap Qlib's own label needs: Alpha158's label looks as far ahead as its furthest Ref($close, -n).
+    from qlib.contrib.data.handler import Alpha158
+
+    (label,), _ = Alpha158.get_label_config(None)
+    lookahead = max(int(days) for days in re.findall(r"Ref\(\$close,\s*-(\d+)\)", label))
     last_train = calendar[calendar <= "2021-04-30"][-1]
-    assert calendar.get_loc(last_train) - calendar.get_loc(purged["train"][1]) == LABEL_DAYS
+    assert calendar.get_loc(last_train) - calendar.get_loc(purged["train"][1]) == lookahead == LABEL_DAYS
+    last_valid = calendar[calendar <= "2021-05-31"][-1]
+    assert calendar.get_loc(last_valid) - calendar.get_loc(purged["valid"][1]) == lookahead
     assert purged["test"][1] == calendar[calendar <= "2021-06-30"][-1]
 
 

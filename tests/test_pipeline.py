@@ -110,14 +110,35 @@ def test_cli_runs_and_lists(bars_csv, write_config, capsys):
 
 
 def test_same_config_gives_identical_outputs(bars_csv, write_config, tmp_path):
-    import numpy as np
+    """Every file the split and the Kronos stages write (panel, windows, checkpoints, signals, paths),
+    byte for byte, when each stage is forced to run again."""
+    import hashlib
+    import json
 
-    config = load_config(write_config(bars_csv, experiment="repro"))
-    first = run_pipeline(config, "split", force=True)[1].output
-    copy = {p.name: np.load(p) for p in first.glob("windows_*.npy")}
-    second = run_pipeline(config, "split", force=True)[1].output
-    for name, array in copy.items():
-        np.testing.assert_array_equal(np.load(second / name), array)
+    from pipeline.cache import MANIFEST
+
+    def digests(folder):
+        files = {}
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or path.name == MANIFEST:  # the manifest records when and by which run
+                continue
+            if path.name == "report.json":  # its figures, less the clock's (seconds, windows per second)
+                report = json.loads(path.read_text())
+                files["report.json"] = {key: value for key, value in report.items() if "second" not in key}
+            else:
+                files[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return files
+
+    config = load_config(write_config(bars_csv, experiment="repro"), QUICK_KRONOS)
+    stages = ("split", "kronos_tokenizer", "kronos_predictor", "kronos_signals")
+    first = {o.stage: digests(o.output) for o in run_pipeline(config, "kronos_signals") if o.stage in stages}
+    for stage in stages:
+        again = run_pipeline(config, stage, force=True)[-1]
+        assert not again.reused and digests(again.output) == first[stage], stage
+    assert {"panel/values.npy", "windows_test.npy"} <= set(first["split"])
+    assert {"best/model.safetensors", "signals/kronos.parquet", "forecasts.npz"} <= set(
+        first["kronos_predictor"]
+    ) | set(first["kronos_signals"])
 
 
 @pytest.mark.slow
@@ -151,9 +172,46 @@ def test_signals_stage_scores_every_test_day_and_instrument(bars_csv, write_conf
     assert np.isfinite(table["score"]).all() and (table["score_std"] > 0).all()
     forecasts = np.load(outcome.output / "forecasts.npz")
     assert forecasts["close_paths"].shape == (len(table), 3, 3)
-    # score = mean over paths of mean forecast close / last close - 1, recomputed here
-    expected = (forecasts["close_paths"].mean(axis=2) / forecasts["last_close"][:, None] - 1).mean(axis=1)
-    np.testing.assert_allclose(np.sort(table["score"]), np.sort(expected), rtol=1e-5)
+
+
+def test_a_kronos_score_equals_the_predictor_run_by_hand_on_the_raw_bars(bars_csv, write_config):
+    """One (day, instrument) score, recomputed without the pipeline's data path: the window cut from
+    the CSV itself, the checkpoints loaded through the upstream-style API, greedy decoding."""
+    import numpy as np
+    import pandas as pd
+
+    from models.kronos import Kronos, KronosPredictor, KronosTokenizer
+    from models.kronos.batches import time_features
+    from models.kronos.generation import Sampling
+    from strategies.signal_table import read_signal_table
+
+    greedy = QUICK_KRONOS + ["kronos.inference.sample_count=1", "kronos.inference.top_k=1"]
+    config = load_config(write_config(bars_csv, experiment="greedy"), greedy)
+    outcomes = {outcome.stage: outcome.output for outcome in run_pipeline(config, "kronos_signals")}
+    table = read_signal_table(outcomes["kronos_signals"] / "signals" / "kronos.parquet")
+    predictor = KronosPredictor(
+        Kronos.from_pretrained(outcomes["kronos_predictor"] / "best"),
+        KronosTokenizer.from_pretrained(outcomes["kronos_tokenizer"] / "best"),
+        device="cpu",
+        clip=config.split.clip,
+    )
+    bars = pd.read_csv(bars_csv, parse_dates=["date"])
+    calendar = pd.DatetimeIndex(sorted(bars["date"].unique()))
+    for day, instrument in [(pd.Timestamp("2021-04-01"), "S002"), (pd.Timestamp("2021-04-15"), "S005")]:
+        window = bars[(bars["symbol"] == instrument) & (bars["date"] <= day)].tail(config.split.lookback)
+        window = window.assign(amount=window["volume"] * window[["open", "high", "low", "close"]].mean(axis=1))
+        values = window[["open", "high", "low", "close", "volume", "amount"]].to_numpy(np.float32)  # Qlib's storage
+        future = calendar[calendar > day][: config.split.horizon]
+        paths = predictor.forecast(
+            [values.astype(np.float64)],
+            [time_features(window["date"].to_numpy())],
+            [time_features(future.to_numpy())],
+            config.split.horizon,
+            Sampling(top_k=1),
+        ).paths  # (1, 1, horizon, fields)
+        expected = paths[0, 0, :, 3].mean() / values[-1, 3] - 1
+        row = table[(table["datetime"] == day) & (table["instrument"] == instrument)]
+        assert len(row) == 1 and row["score"].iloc[0] == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.slow
