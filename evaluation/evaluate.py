@@ -95,8 +95,8 @@ def evaluate(
     )
 
 
-# A spawned process costs ~8 s before its first backtest (imports, Qlib, the market's quotes) and a
-# strategy ~1.5 s after it on the default data: 7 strategies took 22 s in one process, 28 s in two.
+# A spawned process pays for imports, Qlib and the market's quotes before its first backtest, which
+# costs several strategies' worth of time: a new process pays off only for about this many.
 STRATEGIES_PER_PROCESS = 8
 
 

@@ -3,9 +3,9 @@
 Timing: Qlib's strategy trades on day t+1 using the score of day t (known at t's close), at
 `deal_price` of day t+1. Qlib must already be initialised on the data folder (init_qlib).
 
-Loading every instrument's quotes into Qlib's exchange and computing the benchmark take ~90% of
-a backtest on the default data (the order loop under a second), so both are built once per
-process and period (`market`) and shared by every strategy backtested there.
+Loading every instrument's quotes into Qlib's exchange and computing the benchmark take most of
+a backtest (the order loop is cheap), so both are built once per process and period (`market`)
+and shared by every strategy backtested there.
 """
 
 from __future__ import annotations

@@ -248,8 +248,8 @@ class KronosInferenceConfig(StrictModel):
     max_context: int = 512  # token window; longer contexts are cut from the left
     batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
     nproc: int = 1  # >1: shard the series over this many processes (torchrun) and merge
-    # torch.compile each decoding step (fused kernels, fewer operator calls): 15-25 s per batch
-    # shape on a 2-core CPU and no faster there; unmeasured on a GPU (bench/gpu_checks.sh).
+    # torch.compile each decoding step (fused kernels, fewer operator calls). Off: each batch shape
+    # pays a compile first, which only a GPU can earn back (docs/performance.md).
     compile_decoding: bool = False
 
 
@@ -317,16 +317,16 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 
 
 class TimeLLMTrainConfig(StrictModel):
-    # 3 epochs: 2 would save ~85 s of a 2-core CPU's first run but left the full model at validation MSE 1.72 (3: 1.14).
+    # 3 epochs: with 2 the full model stays clearly undertrained (validation MSEs in docs/performance.md).
     epochs: int = 3
     steps_per_epoch: int = 15  # batches per epoch, drawn at random from the training windows
     # Windows per optimiser step, run as micro-batches whose gradients add up: every step projects
-    # the 30,522-word vocabulary onto the prototypes once (~0.6 s on 2 CPU cores, whatever the
-    # batch), while the frozen model is fastest per window in micro-batches of about 32.
+    # the whole 30,522-word vocabulary onto the prototypes once, whatever the batch, so large steps
+    # amortise it, while the frozen model is fastest per window in micro-batches of about 32.
     batch_size: int = 128
     micro_batch: int = 32
-    # Upstream uses 1e-2 for ETT; here 1e-2 diverged at batch 32 (no_llm validation MSE 17 after one
-    # epoch); at batch 128, 3e-3 reached no_llm 1.03 / llm_to_attn 1.08 where 1e-3 left them at 1.25 / 1.41.
+    # Upstream uses 1e-2 for ETT; on daily bars that diverges, and 1e-3 leaves the ablations
+    # undertrained in the default budget (the comparison is in docs/performance.md).
     lr: float = 3e-3
     patience: int = 2
     val_windows: int = 512
@@ -339,7 +339,7 @@ class TimeLLMTrainConfig(StrictModel):
         return TimeLLMTrainSettings(**self.model_dump(), seed=seed)
 
 
-class TimeLLMSection(StrictModel):
+class TimeLLMStageConfig(StrictModel):
     """Time-LLM and its ablations; every variant gets the same windows, seed and budget."""
 
     variants: tuple[Variant, ...] = VARIANTS
@@ -411,7 +411,7 @@ class ChronosStudentConfig(StrictModel):
         return overrides
 
 
-class ChronosSection(StrictModel):
+class ChronosConfig(StrictModel):
     """Chronos-2 zero-shot (source chronos2) and its distilled student (source chronos2_student).
 
     Needs the optional extra: pip install -e ".[chronos]".
@@ -507,8 +507,8 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()
     kronos: KronosConfig = KronosConfig()
-    timellm: TimeLLMSection = TimeLLMSection()
-    chronos: ChronosSection = ChronosSection()
+    timellm: TimeLLMStageConfig = TimeLLMStageConfig()
+    chronos: ChronosConfig = ChronosConfig()
     signals: SignalsConfig = SignalsConfig()
     lgbm: LGBMConfig = LGBMConfig()
     backtest: BacktestConfig = BacktestConfig()

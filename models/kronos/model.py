@@ -209,9 +209,8 @@ class Kronos(nn.Module, StrictHubMixin):
         if use_teacher_forcing:
             condition = s1_targets
         else:
-            # The distribution torch.multinomial samples, 30-45x faster on a CPU, where multinomial
-            # draws an exponential for every vocabulary entry (~100 ms a step at Kronos-small's
-            # 1,024 codes and 5,000 positions).
+            # The distribution torch.multinomial samples, without its cost on a CPU, where
+            # multinomial draws an exponential for every vocabulary entry of every position.
             probs = F.softmax(s1_logits.detach().float(), dim=-1).reshape(-1, self.s1_vocab_size)
             condition = inverse_cdf(probs, torch.rand(len(probs), device=probs.device)).reshape(s1_ids.shape)
         return s1_logits, self.decode_s2(context, condition, padding_mask)

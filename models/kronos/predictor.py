@@ -42,8 +42,8 @@ class Forecast:
 
     @cached_property
     def quantiles(self) -> np.ndarray:  # (B, len(QUANTILES), pred_len, fields)
-        # On first use: for a CSI300 year (92,000 series x 5 paths) this is 2.9 s of host time
-        # that callers reading only the paths, like the signals stage, should not wait for.
+        # On first use: a sort over every path, which callers reading only the paths, like the
+        # signals stage, should not wait for.
         return np.quantile(self.paths, QUANTILES, axis=1).transpose(1, 0, 2, 3)
 
 
