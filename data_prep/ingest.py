@@ -136,23 +136,13 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     if not features_dir.is_dir():
         raise DataError(f"{features_dir} not found: a Qlib data folder needs features/<symbol>/<field>.day.bin")
     feature_dirs = {p.name.lower(): p for p in features_dir.iterdir() if p.is_dir()}
-    missing = sorted(set(members["symbol"].str.lower()) - set(feature_dirs))
-    if len(missing) == members["symbol"].nunique():
-        raise DataError(
-            f"none of the {len(missing)} instruments in universe '{universe}' has a folder under {features_dir}: "
-            "the universe is empty"
-        )
-    if missing:
-        log.warning(
-            "%d instruments of universe '%s' have no features and are skipped, e.g. %s",
-            len(missing),
-            universe,
-            missing[:5],
-        )
+    qlib_format.instruments_with_features(source, universe, list(members["symbol"].drop_duplicates()), feature_dirs)
+    future_calendar = source / "calendars" / "day_future.txt"
+    if future_calendar.is_file():
+        qlib_format.check_future_calendar(future_calendar, calendar)
 
     (view_dir / "calendars").mkdir(parents=True)
     os.symlink(source / "calendars" / "day.txt", view_dir / "calendars" / "day.txt")
-    future_calendar = source / "calendars" / "day_future.txt"
     if future_calendar.is_file():
         os.symlink(future_calendar, view_dir / "calendars" / "day_future.txt")
     else:
@@ -163,16 +153,21 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
 
     derived: dict[str, int] = {}
     jumps: list[str] = []
+    closes: list[np.ndarray] = []
+    starts: list[int] = []
     for name, folder in tqdm(sorted(feature_dirs.items()), desc="linking Qlib features", unit="symbol", leave=False):
         target = view_dir / "features" / name
         target.mkdir(parents=True)
         files = {p.name.lower(): p for p in folder.glob("*.bin") if p.name.lower().endswith(f".{qlib_format.FREQ}.bin")}
         for file_name, path in files.items():
             os.symlink(path, target / file_name)
-        written, rejected = _complete_fields(folder, target, files, calendar, max_daily_move)
+        written, rejected, start, close = _complete_fields(folder, target, files, calendar, max_daily_move)
         for field in written:
             derived[field] = derived.get(field, 0) + 1
         jumps += rejected
+        closes.append(close)
+        starts.append(start)
+    _check_closes(source, calendar, sorted(feature_dirs), closes, starts)
     if derived:
         log.info("derived fields missing from %s: %s (instruments per field)", source, derived)
     if jumps:
@@ -196,12 +191,28 @@ def link_qlib_folder(source: Path, view_dir: Path, universe: str, max_daily_move
     )
 
 
+def _check_closes(
+    source: Path, calendar: pd.DatetimeIndex, names: list[str], closes: list[np.ndarray], starts: list[int]
+) -> None:
+    """Warn about instruments without a usable close and about calendar days past the last close."""
+    offsets = np.concatenate([[0], np.cumsum([len(close) for close in closes])]).astype(np.int64)
+    close = np.concatenate(closes) if closes else np.empty(0)
+    _, reasons = qlib_format.unusable_closes([name.upper() for name in names], close, offsets)
+    qlib_format.warn_unusable_closes(f"Qlib folder {source}", reasons, "will be left out of the panel")
+    qlib_format.warn_trailing_days(
+        source / "calendars" / f"{qlib_format.FREQ}.txt",
+        calendar,
+        qlib_format.last_data_index(np.isfinite(close), offsets, np.array(starts, dtype=np.int64)),
+    )
+
+
 def _complete_fields(
     folder: Path, target: Path, files: dict[str, Path], calendar: pd.DatetimeIndex, max_daily_move: float | None
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], int, np.ndarray]:
     """Write the fields this instrument lacks into the view, and blank jump days in every field.
 
-    Returns the derived fields and the rejected days ("file date (close=...)").
+    Returns the derived fields, the rejected days ("file date (close=...)"), and the calendar
+    index of the first value and the close series as the source stores them.
     """
     required = PRICE_FIELDS + ("volume",)
     absent = [name for name in required if f"{name}.{qlib_format.FREQ}.bin" not in files]
@@ -234,7 +245,7 @@ def _complete_fields(
         if path.is_symlink():
             path.unlink()
         qlib_format.write_feature(path, start, values)
-    return derived_names, rejected
+    return derived_names, rejected, start, data["close"]
 
 
 def _stored_in_percent(stored: np.ndarray, fractional: np.ndarray) -> bool:

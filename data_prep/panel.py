@@ -8,6 +8,7 @@ index arithmetic and nothing is copied per window.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +90,23 @@ class Panel:
 
 
 def load_panel(qlib_dir: Path, universe: str, fields: tuple[str, ...]) -> Panel:
-    """Read the universe's instruments and fields from a Qlib folder into one Panel."""
+    """Read the universe's instruments and fields from a Qlib folder into one Panel.
+
+    The folder's health is checked on the way (see docs/data.md, Validation): the calendar is
+    refused when a line is not a date, repeats a day or is out of order; instruments without a
+    feature folder, and those whose close is NaN on every day or constant, are named in a warning
+    and left out; calendar days past the last data are named in a warning.
+    """
     calendar = qlib_format.read_calendar(qlib_dir)
     spans = qlib_format.read_instruments(qlib_dir, universe)
-    symbols = [s for s in spans["symbol"].drop_duplicates() if (qlib_dir / "features" / s.lower()).is_dir()]
-    if not symbols:
-        raise DataError(f"universe '{universe}' in {qlib_dir} has no instrument with data: the universe is empty")
+    features = qlib_dir / "features"
+    if not features.is_dir():
+        raise DataError(f"{features} not found: a Qlib data folder needs features/<symbol>/<field>.day.bin")
+    with os.scandir(features) as entries:
+        folders = {entry.name for entry in entries if entry.is_dir()}
+    symbols = qlib_format.instruments_with_features(
+        qlib_dir, universe, list(spans["symbol"].drop_duplicates()), folders
+    )
 
     blocks, starts = [], []
     for symbol in tqdm(symbols, desc="loading instruments", unit="symbol", leave=False):
@@ -108,9 +120,33 @@ def load_panel(qlib_dir: Path, universe: str, fields: tuple[str, ...]) -> Panel:
         blocks.append(np.stack([data[field] for field in fields], axis=1).astype(np.float32))
         starts.append(start)
 
-    lengths = np.array([len(block) for block in blocks])
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = _offsets(blocks)
+    values = np.concatenate(blocks)
+    if "close" in fields:
+        unusable, reasons = qlib_format.unusable_closes(symbols, values[:, fields.index("close")], offsets)
+        where = f"universe '{universe}' in {qlib_dir}"
+        if unusable.all():
+            raise DataError(
+                f"{where}: no instrument has a usable close, so the universe is empty: {qlib_format.name_list(reasons)}"
+            )
+        qlib_format.warn_unusable_closes(where, reasons, "are left out of the panel")
+        if unusable.any():
+            symbols = [symbol for symbol, bad in zip(symbols, unusable, strict=True) if not bad]
+            blocks = [block for block, bad in zip(blocks, unusable, strict=True) if not bad]
+            starts = [start for start, bad in zip(starts, unusable, strict=True) if not bad]
+            offsets = _offsets(blocks)
+            values = np.concatenate(blocks)
+        has_data = np.isfinite(values[:, fields.index("close")])
+    else:  # a day holds data where any field is known
+        has_data = np.count_nonzero(np.isfinite(values), axis=1) > 0
     starts_arr = np.array(starts, dtype=np.int64)
+    qlib_format.warn_trailing_days(
+        qlib_dir / "calendars" / f"{qlib_format.FREQ}.txt",
+        calendar,
+        qlib_format.last_data_index(has_data, offsets, starts_arr),
+    )
+
+    lengths = np.diff(offsets)
     member = np.zeros(offsets[-1], dtype=bool)
     symbol_id = {symbol: i for i, symbol in enumerate(symbols)}
     for symbol, start_day, end_day in spans.itertuples(index=False):  # one loop step per membership span
@@ -125,8 +161,12 @@ def load_panel(qlib_dir: Path, universe: str, fields: tuple[str, ...]) -> Panel:
         instruments=symbols,
         fields=tuple(fields),
         calendar=calendar,
-        values=np.concatenate(blocks),
+        values=values,
         offsets=offsets,
         starts=starts_arr,
         member=member,
     )
+
+
+def _offsets(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(block) for block in blocks])]).astype(np.int64)

@@ -10,7 +10,9 @@ features/<symbol>/<field>.day.bin
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,12 @@ import pandas as pd
 
 from data_prep.errors import DataError
 
+log = logging.getLogger(__name__)
+
 FREQ = "day"
 FUTURE_DAYS = 30
+MAX_LINES = 5  # calendar lines named in one message
+MAX_NAMED = 20  # instruments named in one message
 
 
 SYMBOL_MAP = "symbol_map.tsv"  # instruments/: code<TAB>symbol for every symbol whose code differs
@@ -67,13 +73,87 @@ def write_future_calendar(path: Path, calendar: pd.DatetimeIndex) -> None:
 
 
 def read_calendar(qlib_dir: Path) -> pd.DatetimeIndex:
+    """calendars/day.txt, checked: every line a valid date, each day once, in increasing order."""
     path = qlib_dir / "calendars" / f"{FREQ}.txt"
     if not path.is_file():
         raise DataError(f"{path} not found: a Qlib data folder needs calendars/{FREQ}.txt")
-    calendar = pd.DatetimeIndex(pd.to_datetime(path.read_text().split()))
+    calendar = parse_calendar(path)
     if calendar.empty:
         raise DataError(f"{path} is empty: the Qlib calendar needs at least one trading day")
     return calendar
+
+
+def parse_calendar(path: Path) -> pd.DatetimeIndex:
+    """A calendar file's days; a DataError names the lines at fault (blank lines are skipped).
+
+    Feature files index the calendar by line, so a duplicated day shifts every later bar by one
+    day and days out of order put bars on the wrong dates: both are refused, as are lines that
+    are not dates (such as 2019-02-30).
+    """
+    text = pd.Series(path.read_text().splitlines(), dtype=object).str.strip()
+    text = text[text != ""]
+    lines = text.index.to_numpy() + 1  # 1-based line numbers of the non-blank lines
+    days = pd.to_datetime(text, format="ISO8601", errors="coerce")
+
+    invalid = np.flatnonzero(days.isna().to_numpy())
+    if invalid.size:
+        raise DataError(
+            f"{path}: {invalid.size} line(s) are not dates (expected YYYY-MM-DD): "
+            + "; ".join(f"line {lines[i]} {text.iloc[i]!r}" for i in invalid[:MAX_LINES])
+            + _more(invalid.size, MAX_LINES)
+            + ". Correct each to the trading day it stands for (removing a line shifts every later bar one day)"
+        )
+    values = days.to_numpy(dtype="datetime64[ns]")
+    dates = values.astype("datetime64[D]")  # a daily calendar holds each date once, whatever its time of day
+    repeated = np.flatnonzero(pd.Index(dates).duplicated(keep="first"))
+    if repeated.size:
+        first_line = pd.Series(lines, index=dates).groupby(level=0).first()
+        shown = repeated[:MAX_LINES]
+        raise DataError(
+            f"{path}: {repeated.size} day(s) appear more than once, which shifts every later bar by one day: "
+            + "; ".join(f"line {lines[i]} repeats {_day(values[i])} of line {first_line[dates[i]]}" for i in shown)
+            + _more(repeated.size, MAX_LINES)
+            + ". Remove the duplicate line(s) "
+            + ", ".join(str(lines[i]) for i in shown)
+        )
+    backwards = np.flatnonzero(np.diff(values) < np.timedelta64(0, "ns")) + 1
+    if backwards.size:
+        raise DataError(
+            f"{path}: the days are not in increasing order, so bars would be read on the wrong dates: "
+            + "; ".join(
+                f"line {lines[i]} ({_day(values[i])}) comes after line {lines[i - 1]} ({_day(values[i - 1])})"
+                for i in backwards[:MAX_LINES]
+            )
+            + _more(backwards.size, MAX_LINES)
+            + ". Put the lines in date order if the feature files were written for that order, "
+            "otherwise re-export the folder"
+        )
+    return pd.DatetimeIndex(values)
+
+
+def check_future_calendar(path: Path, calendar: pd.DatetimeIndex) -> None:
+    """calendars/day_future.txt must be a valid calendar holding every day of day.txt."""
+    future = parse_calendar(path)
+    absent = calendar[~calendar.isin(future)]
+    if len(absent):
+        raise DataError(
+            f"{path} lacks {len(absent)} day(s) of {path.with_name(f'{FREQ}.txt')}, e.g. "
+            f"{', '.join(_day(day) for day in absent[:MAX_LINES])}: it must extend that calendar. "
+            "Delete it (the view then writes one) or re-export it"
+        )
+
+
+def _day(value: Any) -> str:
+    return str(pd.Timestamp(value).date())
+
+
+def _more(count: int, shown: int) -> str:
+    return f" and {count - shown} more" if count > shown else ""
+
+
+def name_list(names: list[str]) -> str:
+    """The first MAX_NAMED names, comma-separated, and how many more."""
+    return ", ".join(names[:MAX_NAMED]) + _more(len(names), MAX_NAMED)
 
 
 def write_instruments(qlib_dir: Path, universe: str, spans: pd.DataFrame) -> None:
@@ -104,6 +184,104 @@ def read_instruments(qlib_dir: Path, universe: str) -> pd.DataFrame:
         ) from exc
     spans["symbol"] = spans["symbol"].str.strip().str.upper()
     return spans
+
+
+def instruments_with_features(qlib_dir: Path, universe: str, listed: list[str], folders: Container[str]) -> list[str]:
+    """The universe's instruments that have a feature folder (`folders`: folder names in lower case).
+
+    An instrument listed without a folder has no data at all: it is named in a warning and left
+    out; a universe none of whose instruments has a folder is refused.
+    """
+    have = [symbol for symbol in listed if symbol.lower() in folders]
+    missing = [symbol for symbol in listed if symbol.lower() not in folders]
+    universe_file = qlib_dir / "instruments" / f"{universe}.txt"
+    features = qlib_dir / "features"
+    if not have:
+        raise DataError(
+            f"universe file {universe_file}: none of its {len(listed)} instruments ({name_list(missing)}) has a folder "
+            f"under {features}, so the universe is empty: check data.instruments, or that the folder holds "
+            "features/<instrument in lower case>/<field>.day.bin"
+        )
+    if missing:
+        log.warning(
+            "universe file %s: %d of its %d instruments have no folder under %s (no data at all) and are left out: %s",
+            universe_file,
+            len(missing),
+            len(listed),
+            features,
+            name_list(missing),
+        )
+    return have
+
+
+def unusable_closes(names: list[str], close: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Instruments whose close is NaN on every day or constant (zero variance): a mask and one line each.
+
+    `close` holds every instrument's series one after another, instrument i in rows
+    `offsets[i]:offsets[i + 1]`. A constant series (two or more days, one value) cannot be
+    normalised; a single day is only a short series and passes.
+    """
+    count = len(names)
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(count), lengths)
+    finite = np.isfinite(close)
+    days = np.bincount(owner[finite], minlength=count)
+    low = np.full(count, np.inf)
+    high = np.full(count, -np.inf)
+    filled = lengths > 0
+    if filled.any():  # reduceat over the non-empty series only: an empty one would take its neighbour's row
+        low[filled] = np.minimum.reduceat(np.where(finite, close, np.inf), offsets[:-1][filled])
+        high[filled] = np.maximum.reduceat(np.where(finite, close, -np.inf), offsets[:-1][filled])
+    all_nan = days == 0
+    unusable = all_nan | ((days >= 2) & (low == high))
+    reasons = [
+        f"{names[i]} (close is NaN on all {lengths[i]} days)"
+        if all_nan[i]
+        else f"{names[i]} (close is {low[i]:g} on all {days[i]} days with data)"
+        for i in np.flatnonzero(unusable)
+    ]
+    return unusable, reasons
+
+
+def warn_unusable_closes(where: str, reasons: list[str], consequence: str) -> None:
+    if reasons:
+        log.warning(
+            "%s: %d instrument(s) have no usable close (NaN on every day, or one constant value that cannot be "
+            "normalised) and %s: %s",
+            where,
+            len(reasons),
+            consequence,
+            name_list(reasons),
+        )
+
+
+def warn_trailing_days(path: Path, calendar: pd.DatetimeIndex, last_index: int | None) -> None:
+    """Warn when the calendar runs past `last_index`, the last calendar day on which any instrument has data."""
+    if last_index is None or last_index >= len(calendar) - 1:
+        return
+    trailing = len(calendar) - 1 - last_index
+    log.warning(
+        "%s runs %d trading day(s) past the last data: no instrument has data after %s (the calendar ends %s). "
+        "Segments and backtests that reach past %s see no bars: end them by that day, or add the missing data",
+        path,
+        trailing,
+        _day(calendar[last_index]),
+        _day(calendar[-1]),
+        _day(calendar[last_index]),
+    )
+
+
+def last_data_index(has_data: np.ndarray, offsets: np.ndarray, starts: np.ndarray) -> int | None:
+    """The last calendar index on which any row marked `has_data` lies (rows laid out as in a Panel)."""
+    filled = np.diff(offsets) > 0
+    if not filled.any():
+        return None
+    marked = np.where(has_data, np.arange(len(has_data)), -1)
+    last_row = np.maximum.reduceat(marked, offsets[:-1][filled])  # per non-empty series; -1 where it has none
+    found = last_row >= 0
+    if not found.any():
+        return None
+    return int((starts[filled][found] + last_row[found] - offsets[:-1][filled][found]).max())
 
 
 def write_feature(path: Path, start_index: int, values: np.ndarray) -> None:
@@ -163,7 +341,9 @@ def init_qlib(provider_uri: Path, region: str, mlflow_uri: str | None = None, ke
     """qlib.init on a folder; Qlib's own recorder writes to the project's MLflow store.
 
     Qlib computes expressions (Alpha158) in `kernels` processes and defaults to two fewer than the
-    CPUs, which is one process on a 2-core machine; here the default is every CPU.
+    CPUs, which is one process on a 2-core machine; here the default is every CPU. Qlib forks those
+    processes: in a process that already runs threads (MLflow's, torch's) pass 1, since a fork can
+    copy a lock another thread holds and hang.
     """
     import qlib
 

@@ -88,12 +88,19 @@ def read_bars(path: Path, bars_format: BarsFormat) -> tuple[pd.DataFrame, Reject
 
 
 def _read_csv(path: Path, bars_format: BarsFormat) -> pd.DataFrame:
-    header = pd.read_csv(path, sep=bars_format.delimiter, nrows=0, engine="python").columns
+    # The header as written: pandas renames a repeated name (close, close.1), which would hide it.
+    header = (
+        pd.read_csv(path, sep=bars_format.delimiter, header=None, nrows=1, engine="python", dtype=str)
+        .iloc[0]
+        .fillna("")
+        .tolist()
+    )
     if len(header) == 1 and bars_format.delimiter == "," and ";" in str(header[0]):
         raise DataError(
             f"{path}: the header {str(header[0])!r} is separated by ';', not ','. Set data.delimiter=';' "
             "(and data.decimal=',' if numbers are written like 12,5)"
         )
+    _one_column_per_field(header, path, bars_format.columns)
     # Symbols and dates stay text: codes such as 000001 keep their zeros, dates are parsed below.
     names = {
         "symbol",
@@ -115,6 +122,9 @@ def _read_one(path: Path, bars_format: BarsFormat, symbol_from_name: bool) -> pd
             raw = _read_csv(path, bars_format)
             unit, first_line = "line", 2  # line 1 is the header
         elif suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            _one_column_per_field(pq.read_schema(path).names, path, bars_format.columns)
             raw = pd.read_parquet(path)
             unit, first_line = "row", 1
         else:
@@ -129,6 +139,50 @@ def _read_one(path: Path, bars_format: BarsFormat, symbol_from_name: bool) -> pd
     bars["_where"] = pd.Categorical.from_codes(np.zeros(len(bars), dtype=np.int8), categories=[f"{path} {unit}"])
     bars["_line"] = np.arange(first_line, first_line + len(bars))
     return bars
+
+
+def _one_column_per_field(names: list, path: Path, column_map: dict[str, str]) -> None:
+    """Refuse a file where two columns would be read as one field (the first would win silently).
+
+    `names` is the header as written. Two columns collide when they carry one name (a repeated
+    header, which pandas renames `close.1`), names that differ only in case or surrounding spaces
+    (`Close` and `close`), or when data.columns maps a field to one column while another column
+    carries the field's own name.
+    """
+    keys = [str(name).strip().lower() for name in names]
+    positions: dict[str, list[int]] = {}
+    for position, key in enumerate(keys):
+        positions.setdefault(key, []).append(position)
+    for field in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+        if field in column_map:
+            wanted = column_map[field].strip().lower()
+            same = positions.get(wanted, [])
+            other = positions.get(field, []) if wanted != field else []
+            if same and other:
+                raise DataError(
+                    f"{path}: data.columns maps '{field}' to column {_column(names, same[0])}, but the file also has "
+                    f"column {_column(names, other[0])}, which is read as '{field}' otherwise: two columns for one "
+                    f"field. Remove or rename column {names[other[0]]!r} (or map '{field}' to it)"
+                )
+        else:
+            wanted = next((c for c in (field,) + ALIASES.get(field, ()) if c in positions), "")
+            same = positions.get(wanted, [])
+        if len(same) > 1:
+            if len({str(names[i]) for i in same}) > 1:
+                how = "differ only in case or spaces (column names are matched case-insensitively)"
+            elif path.suffix.lower() == ".csv":
+                how = f"carry the same name (pandas reads the repeat as {str(names[same[1]]) + '.1'!r} and ignores it)"
+            else:
+                how = "carry the same name"
+            raise DataError(
+                f"{path}: columns {' and '.join(_column(names, i) for i in same)} "
+                f"{'both' if len(same) == 2 else 'all'} read as '{field}': they {how}. "
+                f"Keep one column for '{field}': remove or rename the other{'s' if len(same) > 2 else ''}"
+            )
+
+
+def _column(names: list, position: int) -> str:
+    return f"{str(names[position])!r} (column {position + 1})"
 
 
 def _canonical_columns(

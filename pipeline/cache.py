@@ -1,11 +1,14 @@
 """Stage output cache: one folder per (stage, key), complete or absent.
 
 A stage writes into a temporary sibling folder; only after it returns is a manifest written and
-the folder renamed to its final name in one step. An interrupted stage therefore leaves at most
-a `.tmp-*` folder, which no lookup ever takes as a result. The manifest lists every output file
-with its size (and a content hash for small files); a lookup checks them, so an output that was
-deleted or changed since is produced again instead of failing a later stage. A lock per
-(stage, key) makes a second run wait for the first instead of doing the same work.
+the folder renamed to its final name in one step, so no lookup ever takes an interrupted attempt
+as a result. A resumable stage (training) writes into `.partial-<key>` instead, a name the next
+attempt finds however the last one ended (an exception, Ctrl-C, SIGTERM, `kill -9`, a lost
+node), and resumes from the checkpoints in it. The manifest lists every output file with its size
+and a content hash; a lookup checks them, so an output deleted, changed or damaged since is
+produced again instead of failing a later stage, and a manifest that cannot be read means "not
+cached". A lock per (stage, key) makes a second run wait for the first instead of doing the same
+work, and keeps two runs from writing one partial folder.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 from data_prep.errors import ConfigError
 
 MANIFEST = "_stage.json"
-HASHED_BELOW = 1 << 20  # files smaller than this are hashed into the manifest, larger ones by size only
+# What a runner writes into every manifest; one without them was not written by this pipeline.
+MANIFEST_KEYS = ("files", "run_id", "params", "metrics", "summary")
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,21 @@ class StageCache:
         manifest = folder / MANIFEST
         if not manifest.is_file():
             return None
-        recorded = json.loads(manifest.read_text())
-        damaged = [name for name, entry in recorded.get("files", {}).items() if file_entry(folder / name) != entry]
+        try:
+            recorded = json.loads(manifest.read_text())
+            missing = [name for name in MANIFEST_KEYS if name not in recorded]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            recorded, missing = None, [f"unreadable: {exc}"]
+        if recorded is None or missing or not isinstance(recorded["files"], dict):
+            log.warning(
+                "stage %s: the manifest %s is damaged (%s): treating the output as not cached and running "
+                "the stage again",
+                stage,
+                manifest,
+                "; ".join(missing) or "its file list is not a mapping",
+            )
+            return None
+        damaged = [name for name, entry in recorded["files"].items() if file_entry(folder / name) != entry]
         if damaged:
             log.warning(
                 "stage %s: cached output %s lost or changed %d file(s) since it was written (e.g. %s): "
@@ -93,62 +110,64 @@ class StageCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
-    def writing(self, stage: str, key: str, keep_partial: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """Yield (temporary folder, manifest dict); publish both if the block succeeds.
+    def writing(self, stage: str, key: str, resumable: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield (folder to write into, manifest dict); publish both if the block succeeds.
 
-        With keep_partial, a failed or interrupted attempt leaves its folder as `.partial-<key>`
-        and the next attempt starts from it (e.g. to resume training from a checkpoint); a
-        partial folder is never taken as a complete output.
+        A resumable stage writes into `.partial-<key>`, which stays after any failure or kill for
+        the next attempt to resume from; it is never taken as a complete output. Call inside
+        `lock(stage, key)`.
         """
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".tmp-{key}-*"):
             if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
                 shutil.rmtree(stale, ignore_errors=True)
-        temporary = final.parent / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        partial = final.parent / f".partial-{key}"
-        if keep_partial and partial.is_dir():
-            partial.rename(temporary)
+        partial = self.partial(stage, key)
+        if resumable:
+            working = partial
+            if partial.is_dir():
+                log.info("stage %s: resuming from the partial output of an earlier attempt in %s", stage, partial)
+            partial.mkdir(exist_ok=True)
         else:
             shutil.rmtree(partial, ignore_errors=True)
-            temporary.mkdir()
+            working = final.parent / f".tmp-{key}-{os.getpid()}"
+            shutil.rmtree(working, ignore_errors=True)
+            working.mkdir()
         manifest: dict[str, Any] = {"stage": stage, "key": key}
         try:
-            yield temporary, manifest
+            yield working, manifest
             manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             manifest["files"] = {
-                str(path.relative_to(temporary)): file_entry(path)
-                for path in sorted(temporary.rglob("*"))
+                str(path.relative_to(working)): file_entry(path)
+                for path in sorted(working.rglob("*"))
                 if path.is_file() and path.name != MANIFEST
             }
-            _write_json_atomic(temporary / MANIFEST, manifest)
+            _write_json_atomic(working / MANIFEST, manifest)
             if final.exists():  # --force: replace the old output only once the new one is whole
                 retired = final.parent / f".old-{key}-{os.getpid()}"
                 final.rename(retired)
-                temporary.rename(final)
+                working.rename(final)
                 shutil.rmtree(retired, ignore_errors=True)
             else:
-                temporary.rename(final)
-        except BaseException:
-            if keep_partial and temporary.is_dir():
-                temporary.rename(partial)
-            raise
+                working.rename(final)
         finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            if not resumable:
+                shutil.rmtree(working, ignore_errors=True)
+
+    def partial(self, stage: str, key: str) -> Path:
+        """Where a resumable stage's unfinished output waits for the next attempt."""
+        return self.path(stage, key).parent / f".partial-{key}"
 
 
 def file_entry(path: Path) -> dict[str, Any] | None:
-    """What the manifest records of one output file: its size, and a content hash when it is small."""
+    """What the manifest records of one output file: its size and a hash of its contents."""
     try:
         size = path.stat().st_size
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
     except OSError:
         return None
-    entry: dict[str, Any] = {"size": size}
-    if size < HASHED_BELOW:
-        with open(path, "rb") as handle:
-            entry["blake2b"] = hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
-    return entry
+    return {"size": size, "blake2b": digest}
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -1,22 +1,30 @@
 """Typed run configuration: pydantic models, YAML loading and `--set key=value` overrides.
 
-Every default lives in the models below; a YAML file under `configs/` only states what a run
-changes. Validation happens once, at start-up, and errors name the offending key.
+Every default and its valid range lives in the models below (`Field(ge=..., gt=..., le=..., lt=...)`
+on the field; the numeric entries of free-form dicts in the *_BOUNDS tables beside them); a YAML
+file under `configs/` only states what a run changes. Validation happens once, at start-up, and
+errors name the offending key, the value and the valid range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import importlib.util
 import json
+import re
+import types
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from data_prep.errors import ConfigError
 from models.kronos import configs as kronos_sizes
@@ -29,10 +37,54 @@ MODEL_FIELDS = ("open", "high", "low", "close", "volume", "amount")
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf and nan are refused in every float field (they pass `gt=0`-style bounds otherwise).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 DateRange = tuple[dt.date, dt.date]
+
+# Bounds of the numeric entries of the free-form dicts (model sizes passed on to constructors); an
+# entry not listed is passed through unchecked.
+COUNT_ENTRY = Annotated[int, Field(ge=1)]
+DROPOUT_ENTRY = Annotated[float, Field(ge=0, lt=1)]
+KRONOS_ARCHITECTURE_BOUNDS: dict[str, Any] = {
+    **dict.fromkeys(
+        ("d_in", "d_model", "n_heads", "ff_dim", "n_enc_layers", "n_dec_layers", "n_layers", "s1_bits", "s2_bits"),
+        COUNT_ENTRY,
+    ),
+    "group_size": COUNT_ENTRY,
+    **dict.fromkeys(("ffn_dropout_p", "attn_dropout_p", "resid_dropout_p", "token_dropout_p"), DROPOUT_ENTRY),
+}
+TIMELLM_MODEL_BOUNDS: dict[str, Any] = {
+    **dict.fromkeys(("llm_layers", "patch_len", "stride", "d_model", "d_ff", "n_heads", "num_tokens"), COUNT_ENTRY),
+    "dropout": DROPOUT_ENTRY,
+}
+CHRONOS_STUDENT_BOUNDS: dict[str, Any] = {
+    **dict.fromkeys(("num_layers", "d_model", "d_ff", "num_heads", "d_kv"), COUNT_ENTRY),
+    "dropout_rate": DROPOUT_ENTRY,
+}
+
+
+def keyed_error(key: str, message: str) -> PydanticCustomError:
+    """A validation error about `key` inside the section being validated (a dict entry, or one field
+    of a rule that spans several): describe_errors prints it under the section's path + `key`."""
+    return PydanticCustomError("keyed", "{key}: {message}", {"key": key, "message": message})
+
+
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter:
+    return TypeAdapter(kind)
+
+
+def check_entries(values: dict[str, Any], bounds: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a dict entry outside its bounds (the tables above); returns `values` unchanged."""
+    for key, kind in bounds.items():
+        if key in values:
+            try:
+                _adapter(kind).validate_python(values[key])
+            except ValidationError as exc:
+                raise keyed_error(key, describe_value_error(exc.errors()[0], constraints_of(kind)[1])) from None
+    return values
 
 
 class DataConfig(StrictModel):
@@ -54,7 +106,7 @@ class DataConfig(StrictModel):
     decimal: str = "."
     # Reject bars whose close moves more than this fraction from the previous close (a data error
     # where prices have a daily limit: 0.21 for A-shares); the rejects are listed at ingest. None: off.
-    max_daily_move: float | None = None
+    max_daily_move: Annotated[float | None, Field(gt=0)] = None
 
     def bars_format(self):
         """How data_prep reads the bars source (data_prep.sources.BarsFormat)."""
@@ -67,13 +119,6 @@ class DataConfig(StrictModel):
     def _one_character(cls, value: str) -> str:
         if len(value) != 1:
             raise ValueError(f"must be one character, got {value!r}")
-        return value
-
-    @field_validator("max_daily_move")
-    @classmethod
-    def _positive_move(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError("must be a positive fraction such as 0.21, or null to turn the filter off")
         return value
 
     @model_validator(mode="after")
@@ -96,21 +141,14 @@ class DataConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    lookback: int = 60
-    horizon: int = 5
+    lookback: Annotated[int, Field(ge=1)] = 60  # trading days
+    horizon: Annotated[int, Field(ge=1)] = 5
     # The defaults fit the embedded S&P 500 sample (2009-08-21 .. 2010-08-20).
     train: DateRange = (dt.date(2009, 8, 21), dt.date(2010, 4, 30))
     valid: DateRange = (dt.date(2010, 5, 1), dt.date(2010, 6, 15))
     test: DateRange = (dt.date(2010, 6, 16), dt.date(2010, 8, 20))
     # Normalised inputs are clipped to +-clip standard deviations (Kronos uses 5).
-    clip: float = 5.0
-
-    @field_validator("lookback", "horizon")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be a positive number of trading days")
-        return value
+    clip: Annotated[float, Field(gt=0)] = 5.0
 
     @model_validator(mode="after")
     def _ordered_segments(self) -> SplitConfig:
@@ -150,16 +188,14 @@ class WalkForwardConfig(StrictModel):
     window: Literal["expanding", "rolling"] = "expanding"
     train_start: dt.date
     first_test: dt.date
-    folds: int = 3
-    test_months: int = 12
-    valid_months: int = 12
-    step_months: int | None = None  # None: test_months, so the test segments tile
-    train_months: int | None = None  # rolling window length; required with window: rolling
+    folds: Annotated[int, Field(ge=1)] = 3
+    test_months: Annotated[int, Field(ge=1)] = 12
+    valid_months: Annotated[int, Field(ge=1)] = 12
+    step_months: Annotated[int | None, Field(ge=1)] = None  # None: test_months, so the test segments tile
+    train_months: Annotated[int | None, Field(ge=1)] = None  # rolling window length; required with window: rolling
 
     @model_validator(mode="after")
     def _lengths(self) -> WalkForwardConfig:
-        if min(self.folds, self.test_months, self.valid_months, self.step_months or 1) < 1:
-            raise ValueError("folds, test_months, valid_months and step_months must be positive")
         if self.window == "rolling" and not self.train_months:
             raise ValueError("window: rolling needs train_months (the length of each fold's train segment)")
         return self
@@ -193,9 +229,10 @@ class EvaluationConfig(StrictModel):
 
     walk_forward: WalkForwardConfig | None = None
     folds: tuple[FoldDates, ...] = ()  # explicit folds, instead of walk_forward; neither: the split's segments
-    seeds: tuple[int, ...] = ()  # seeds for the learned stages; empty: `seed` only
+    # seeds for the learned stages, each in the range of `seed`; empty: `seed` only
+    seeds: tuple[Annotated[int, Field(ge=0, le=2**31 - 1)], ...] = ()
     seed_ensemble: bool = True  # with several seeds, also backtest the mean score across seeds
-    bootstrap_reps: int = 1000  # stationary block-bootstrap resamples per interval
+    bootstrap_reps: Annotated[int, Field(ge=1)] = 1000  # stationary block-bootstrap resamples per interval
 
     @model_validator(mode="after")
     def _one_way(self) -> EvaluationConfig:
@@ -219,19 +256,22 @@ class TrackingConfig(StrictModel):
 
 
 class KronosTrainConfig(StrictModel):
-    epochs: int = 3
-    steps_per_epoch: int = 100  # batches per epoch, drawn at random from the training windows
-    batch_size: int = 32  # per process
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW
-    grad_clip: float = 3.0
-    patience: int = 2
-    val_windows: int = 512
-    min_context: int = 16
-    random_context_share: float = 0.3  # share of batches trained on a shorter, random context
+    epochs: Annotated[int, Field(ge=1)] = 3
+    steps_per_epoch: Annotated[int, Field(ge=1)] = 100  # batches per epoch, drawn at random from the training windows
+    batch_size: Annotated[int, Field(ge=1)] = 32  # per process
+    lr: Annotated[float, Field(gt=0)] = 1e-3  # peak of the one-cycle schedule
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)  # AdamW
+    grad_clip: Annotated[float, Field(gt=0)] = 3.0  # max gradient norm (0 would zero every gradient)
+    # Epochs without validation improvement before stopping (0 would stop after the first epoch).
+    patience: Annotated[int, Field(ge=1)] = 2
+    val_windows: Annotated[int, Field(ge=1)] = 512
+    min_context: Annotated[int, Field(ge=1)] = 16  # shortest random context (capped at split.lookback)
+    # share of batches trained on a shorter, random context
+    random_context_share: Annotated[float, Field(ge=0, le=1)] = 0.3
     teacher_forcing: bool = False  # predictor: condition s2 on the true s1 token while training
-    log_every: PositiveInt = 10  # steps between reads of the training loss: each read waits for the GPU
+    # steps between reads of the training loss: each read waits for the GPU
+    log_every: Annotated[int, Field(ge=1)] = 10
 
     def settings(self, clip: float, seed: int, device: str, bf16: bool):
         """The model layer's settings (models.kronos.training.KronosTrainSettings)."""
@@ -241,13 +281,14 @@ class KronosTrainConfig(StrictModel):
 
 
 class KronosInferenceConfig(StrictModel):
-    sample_count: int = 5  # sample paths per series and day
-    temperature: float = 1.0
-    top_k: int = 0  # 1: greedy
-    top_p: float = 0.9
-    max_context: int = 512  # token window; longer contexts are cut from the left
-    batch_size: int = 512  # series per forward pass; halved automatically on out-of-memory
-    nproc: int = 1  # >1: shard the series over this many processes (torchrun) and merge
+    sample_count: Annotated[int, Field(ge=1)] = 5  # sample paths per series and day
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0  # 0: off; 1: greedy
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.9  # 1: off
+    # token window, > split.horizon; longer contexts are cut from the left
+    max_context: Annotated[int, Field(ge=1)] = 512
+    batch_size: Annotated[int, Field(ge=1)] = 512  # series per forward pass; halved automatically on out-of-memory
+    nproc: Annotated[int, Field(ge=1)] = 1  # >1: shard the series over this many processes (torchrun) and merge
     # torch.compile each decoding step (fused kernels, fewer operator calls). Off: each batch shape
     # pays a compile first, which only a GPU can earn back (docs/performance.md).
     compile_decoding: bool = False
@@ -259,8 +300,13 @@ class KronosPartConfig(StrictModel):
     # Hub id (e.g. NeoQuasar/Kronos-small) or local folder to fine-tune; "" trains from scratch
     # with `architecture` (constructor arguments; ignored when fine-tuning).
     pretrained: str = ""
-    architecture: dict[str, Any] = {}
+    architecture: dict[str, Any] = {}  # numeric entries bounded by KRONOS_ARCHITECTURE_BOUNDS
     training: KronosTrainConfig = KronosTrainConfig()
+
+    @field_validator("architecture")
+    @classmethod
+    def _sizes(cls, architecture: dict[str, Any]) -> dict[str, Any]:
+        return check_entries(architecture, KRONOS_ARCHITECTURE_BOUNDS)
 
 
 class KronosConfig(StrictModel):
@@ -269,7 +315,7 @@ class KronosConfig(StrictModel):
     inference: KronosInferenceConfig = KronosInferenceConfig()
     device: str = "auto"  # cuda, then mps, then cpu
     bf16: bool = True  # on CUDA: autocast for training, bf16 weights for forecasting
-    nproc: int = 1  # >1: train under torchrun with DistributedDataParallel
+    nproc: Annotated[int, Field(ge=1)] = 1  # >1: train under torchrun with DistributedDataParallel
 
 
 # Model sizes and training budgets per `profile`; a config's `kronos:` section overrides them.
@@ -318,19 +364,21 @@ KRONOS_PROFILES: dict[str, dict[str, Any]] = {
 
 class TimeLLMTrainConfig(StrictModel):
     # 3 epochs: with 2 the full model stays clearly undertrained (validation MSEs in docs/performance.md).
-    epochs: int = 3
-    steps_per_epoch: int = 15  # batches per epoch, drawn at random from the training windows
+    epochs: Annotated[int, Field(ge=1)] = 3
+    steps_per_epoch: Annotated[int, Field(ge=1)] = 15  # batches per epoch, drawn at random from the training windows
     # Windows per optimiser step, run as micro-batches whose gradients add up: every step projects
     # the whole 30,522-word vocabulary onto the prototypes once, whatever the batch, so large steps
     # amortise it, while the frozen model is fastest per window in micro-batches of about 32.
-    batch_size: int = 128
-    micro_batch: int = 32
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    # Also the batch of validation forecasts. Not bounded by batch_size: a larger micro_batch runs each
+    # batch in one pass, with the same gradient, so `batch_size: 8` alone stays valid.
+    micro_batch: Annotated[int, Field(ge=1)] = 32
     # Upstream uses 1e-2 for ETT; on daily bars that diverges, and 1e-3 leaves the ablations
     # undertrained in the default budget (the comparison is in docs/performance.md).
-    lr: float = 3e-3
-    patience: int = 2
-    val_windows: int = 512
-    log_every: int = 5  # steps between reads of the training loss: each read waits for the GPU
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    patience: Annotated[int, Field(ge=1)] = 2  # epochs without validation improvement before stopping
+    val_windows: Annotated[int, Field(ge=1)] = 512
+    log_every: Annotated[int, Field(ge=1)] = 5  # steps between reads of the training loss: each read waits for the GPU
 
     def settings(self, seed: int):
         """The model layer's settings (models.timellm.training.TimeLLMTrainSettings)."""
@@ -345,8 +393,8 @@ class TimeLLMStageConfig(StrictModel):
     variants: tuple[Variant, ...] = VARIANTS
     # Overrides of models.timellm.TimeLLMConfig, where the model's defaults live: backbone (hub id
     # or folder; default the bundled all-MiniLM-L6-v2), llm_layers, patch_len, stride, d_model,
-    # d_ff, n_heads, num_tokens, dropout, description, trust_remote_code, load_in_4bit.
-    # seq_len and pred_len come from split.lookback and split.horizon.
+    # d_ff, n_heads, num_tokens, dropout, description, trust_remote_code, load_in_4bit (numeric entries
+    # bounded by TIMELLM_MODEL_BOUNDS). seq_len and pred_len come from split.lookback and split.horizon.
     model: dict[str, Any] = {}
     channels: Literal["close", "all"] = "close"  # forecast the close only, or every field (channel-independent)
     device: str = "auto"
@@ -356,7 +404,8 @@ class TimeLLMStageConfig(StrictModel):
     # where the run is fp32, bf16 on a GPU that runs bf16. Training always uses the float backbone,
     # and the stage reports how far the cheaper backbone moves the forecasts from fp32 ones.
     forecast_backbone: Literal["auto", "int8", "bf16", "float"] = "auto"
-    batch_size: int = 32  # series per forward pass when forecasting (2 CPU cores: 32 is 17% faster than 256)
+    # series per forward pass when forecasting (2 CPU cores: 32 is 17% faster than 256)
+    batch_size: Annotated[int, Field(ge=1)] = 32
     training: TimeLLMTrainConfig = TimeLLMTrainConfig()
 
     @field_validator("model")
@@ -373,26 +422,29 @@ class TimeLLMStageConfig(StrictModel):
                 f"unknown Time-LLM model key(s) {unknown}: choose from {allowed} "
                 "(seq_len/pred_len follow split.lookback/split.horizon, variants are set in timellm.variants)"
             )
-        return overrides
+        return check_entries(overrides, TIMELLM_MODEL_BOUNDS)
 
 
 class ChronosStudentConfig(StrictModel):
     """Distillation of the Chronos-2 teacher into a smaller Chronos-2 (models/chronos/distill.py)."""
 
     # Size overrides of the teacher's config; patches, rope_theta, context length and quantile
-    # levels are inherited. Keys: num_layers, d_model, d_ff, num_heads, d_kv, dropout_rate.
+    # levels are inherited. Keys: num_layers, d_model, d_ff, num_heads, d_kv, dropout_rate (bounded by
+    # CHRONOS_STUDENT_BOUNDS).
     architecture: dict[str, Any] = {"num_layers": 3, "d_model": 384, "d_ff": 1536, "num_heads": 6}
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    target_weight: float = 0.5  # weight of the true-target pinball loss beside matching the teacher
-    min_context: int = 16  # shortest random training context
-    train_windows: int = 8192  # training windows the teacher labels once
-    val_windows: int = 512
-    eval_every: int = 50
-    log_every: int = 10  # steps between reads of the training losses: each read waits for the GPU
-    patience: int = 3
+    steps: Annotated[int, Field(ge=1)] = 300
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    # weight of the true-target pinball loss beside matching the teacher (0: match the teacher only)
+    target_weight: Annotated[float, Field(ge=0)] = 0.5
+    min_context: Annotated[int, Field(ge=1)] = 16  # shortest random training context
+    train_windows: Annotated[int, Field(ge=1)] = 8192  # training windows the teacher labels once
+    val_windows: Annotated[int, Field(ge=1)] = 512
+    eval_every: Annotated[int, Field(ge=1)] = 50  # steps between validations
+    # steps between reads of the training losses: each read waits for the GPU
+    log_every: Annotated[int, Field(ge=1)] = 10
+    patience: Annotated[int, Field(ge=1)] = 3  # validations without improvement before stopping
 
     def settings(self, seed: int):
         """The model layer's settings (models.chronos.distill.DistillSettings)."""
@@ -408,7 +460,7 @@ class ChronosStudentConfig(StrictModel):
         unknown = sorted(set(overrides) - set(SIZE_KEYS))
         if unknown:
             raise ValueError(f"unknown Chronos-2 student key(s) {unknown}: choose from {list(SIZE_KEYS)}")
-        return overrides
+        return check_entries(overrides, CHRONOS_STUDENT_BOUNDS)
 
 
 class ChronosConfig(StrictModel):
@@ -420,7 +472,7 @@ class ChronosConfig(StrictModel):
     teacher: str = "amazon/chronos-2"  # hub id or local folder (Chronos2Pipeline.from_pretrained)
     covariates: bool = False  # the other data.fields as past-only covariates of the close
     device: str = "auto"
-    batch_size: int = 256  # series per forecast batch
+    batch_size: Annotated[int, Field(ge=1)] = 256  # series per forecast batch
     student: ChronosStudentConfig = ChronosStudentConfig()
 
 
@@ -471,22 +523,45 @@ class SignalsConfig(StrictModel):
 class BacktestConfig(StrictModel):
     # TopkDropout settings shared by the Qlib and vectorbt engines. The defaults suit the
     # 524-stock US sample (no price limits); configs/cn_csi300.yaml uses Qlib's CSI300 setting.
-    topk: int = 20
-    n_drop: int = 2
-    hold_thresh: int = 1
+    # topk: names held (at most the universe: check_topk, once it is known). n_drop: names replaced a day, at
+    # most topk (n_drop = topk holds each day's top k; more trades the same); 0: never replace.
+    topk: Annotated[int, Field(ge=1)] = 20
+    n_drop: Annotated[int, Field(ge=0)] = 2
+    hold_thresh: Annotated[int, Field(ge=1)] = 1  # days a name is held before it may be sold (Qlib; 0 acts as 1)
     deal_price: Literal["close", "open"] = "close"
-    open_cost: float = 0.0005
-    close_cost: float = 0.0015
-    min_cost: float = 5.0
-    limit_threshold: float | None = None
-    account: float = 100_000_000.0
+    open_cost: Annotated[float, Field(ge=0, lt=1)] = 0.0005  # fraction of the traded value, on buys
+    close_cost: Annotated[float, Field(ge=0, lt=1)] = 0.0015  # on sells
+    min_cost: Annotated[float, Field(ge=0)] = 5.0  # minimum fee per order, in account currency
+    # daily price limit as a fraction, e.g. 0.095 for A-shares; None: no limits
+    limit_threshold: Annotated[float | None, Field(gt=0, lt=1)] = None
+    account: Annotated[float, Field(gt=0)] = 100_000_000.0
     # Processes that backtest strategies side by side (Qlib's backtest is single-threaded). None: one
     # per STRATEGIES_PER_PROCESS strategies, at most one per CPU (evaluation.evaluate.default_workers).
-    workers: PositiveInt | None = None
-    # vectorbt sweep grid: every (topk, n_drop, cost multiplier) in one vectorised run
-    sweep_topk: tuple[int, ...] = (10, 20, 30, 40, 50)
-    sweep_n_drop: tuple[int, ...] = (1, 2, 3, 4, 5)
-    sweep_cost: tuple[float, ...] = (0.5, 1.0)
+    workers: Annotated[int | None, Field(ge=1)] = None
+    # vectorbt sweep grid: every (topk, n_drop, cost multiplier) in one vectorised run, each pair with
+    # n_drop <= topk (a larger n_drop trades as n_drop = topk and would count as another trial).
+    sweep_topk: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (10, 20, 30, 40, 50)
+    sweep_n_drop: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)] = (1, 2, 3, 4, 5)
+    # multipliers of open_cost and close_cost
+    sweep_cost: Annotated[tuple[Annotated[float, Field(ge=0)], ...], Field(min_length=1)] = (0.5, 1.0)
+
+    @model_validator(mode="after")
+    def _drops_within_topk(self) -> BacktestConfig:
+        if self.n_drop > self.topk:
+            raise keyed_error(
+                "n_drop",
+                f"must be <= backtest.topk ({self.topk}), got {self.n_drop}: n_drop = topk already replaces "
+                "every holding each day",
+            )
+        pairs = [(topk, n_drop) for topk in self.sweep_topk for n_drop in self.sweep_n_drop if n_drop > topk]
+        if pairs:
+            raise keyed_error(
+                "sweep_n_drop",
+                f"must be <= every backtest.sweep_topk {list(self.sweep_topk)}, got {list(self.sweep_n_drop)}: "
+                f"the (topk, n_drop) pairs {pairs} trade exactly as n_drop = topk and would inflate the sweep's "
+                "trial count; lower sweep_n_drop or raise sweep_topk",
+            )
+        return self
 
     def topk_settings(self):
         """The strategy's settings (strategies.topk.TopkSettings), without the sweep grid."""
@@ -501,7 +576,8 @@ class BacktestConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
-    seed: int = 42
+    # numpy's default_rng refuses negative seeds, and LightGBM's `seed` is a C int
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     cache_dir: Path = Path(".cache/pipeline")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
@@ -598,7 +674,7 @@ def stable_hash(payload: Any) -> str:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ['a.b=1', 'c=[x, y]'] into a nested dict; values are parsed as YAML."""
+    """Turn ['a.b=1', 'c=[x, y]'] into a nested dict; each value as parse_override_value reads it."""
     nested: dict[str, Any] = {}
     for item in items:
         key, sep, raw_value = item.partition("=")
@@ -610,11 +686,51 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is set to a value and also used as a section")
-        try:
-            node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else None
-        except (yaml.YAMLError, ValueError) as exc:  # YAML raises ValueError on dates such as 2010-13-01
-            raise ConfigError(f"--set {item!r}: the value cannot be read ({exc}); dates are YYYY-MM-DD") from exc
+        node[leaf] = parse_override_value(raw_value, item)
     return nested
+
+
+# Plain scalars YAML reads as these are taken as YAML; any other text is kept as it is.
+_YAML_SCALAR_TAGS = {f"tag:yaml.org,2002:{kind}" for kind in ("bool", "int", "float", "null", "timestamp")}
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # 1e-4, which YAML 1.1 reads as text
+
+
+def parse_override_value(raw: str, item: str = "") -> Any:
+    """The value of one `--set key=value`, with nothing cut: `[...]` and `{...}` (lists, mappings) and a
+    quoted scalar are read as YAML, and so is a plain scalar YAML reads as a bool, number, null or date
+    (`true`, `7`, `0.5`, `null`, `2022-01-01`; also `1e-4`); anything else is the text itself, `#`
+    included (`run #3`, `/tmp/a #b.csv`). Surrounding whitespace is dropped; an empty value is null."""
+    text = raw.strip()
+    if not text:
+        return None
+    if text[0] in "[{" or (len(text) > 1 and text[0] == text[-1] and text[0] in "'\""):
+        return _read_yaml_whole(text, item or text)
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False))
+    if tag in _YAML_SCALAR_TAGS:  # the resolver matched the whole text, so there is no comment to cut
+        return _read_yaml_whole(text, item or text)
+    if _EXPONENT_FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def _read_yaml_whole(text: str, item: str) -> Any:
+    comment = " '#' after a space starts a YAML comment: quote the item that holds it" if "#" in text else ""
+    try:
+        value = yaml.safe_load(text)
+        tokens = list(yaml.scan(text))
+    except (yaml.YAMLError, ValueError) as exc:  # YAML raises ValueError on dates such as 2010-13-01
+        problem = str(exc)
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+            problem = f"{exc.problem} at character {exc.problem_mark.column + 1}"  # one line, not YAML's drawing
+        raise ConfigError(
+            f"--set {item!r}: the value cannot be read ({problem}); dates are YYYY-MM-DD.{comment}"
+        ) from exc
+    last = tokens[-2] if len(tokens) > 1 else None  # tokens[-1] ends the stream
+    if last is not None and last.end_mark.index != len(text):  # YAML skipped a trailing comment
+        raise ConfigError(
+            f"--set {item!r}: YAML would drop {text[last.end_mark.index :].strip()!r} after the value;{comment}"
+        )
+    return value
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -648,18 +764,129 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
 # Keys renamed with the stage contract (README "Renames" lists every one).
 RENAMED_KEYS = {"baselines": "lgbm (baselines.lgbm is now lgbm.params)"}
 
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
 
 def describe_errors(exc: ValidationError) -> str:
+    """One line per error: the dotted key, what is wrong, and for a bound its valid range and the value,
+    e.g. `kronos.predictor.training.epochs: must be >= 1, got 0`."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors:
         key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "too_short" and any(
+            other["loc"][: len(error["loc"])] == error["loc"] and other["loc"] != error["loc"] for other in errors
+        ):
+            continue  # a tuple whose items were refused counts as too short too: name the items only
         if error["type"] == "extra_forbidden" and key.split(".")[0] in RENAMED_KEYS:
             lines.append(f"  - '{key}' was renamed: use {RENAMED_KEYS[key.split('.')[0]]}")
         elif error["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}': check the spelling against pipeline/config.py")
+        elif error["type"] == "keyed":  # keyed_error: a key inside the section at `loc`
+            lines.append(f"  - {'.'.join(filter(None, (key, error['ctx']['key'])))}: {error['ctx']['message']}")
+        elif error["type"] == "value_error":  # our validators' messages name their keys and what they got
+            lines.append(f"  - {key + ': ' if key else ''}{error['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  - '{key or '<root>'}': {error['msg']} (got {error.get('input')!r})")
+            metadata, nullable = _metadata_at(error["loc"])
+            lines.append(f"  - {key or '<root>'}: {describe_value_error(error, metadata, nullable)}")
     return "\n".join(lines)
+
+
+def describe_value_error(error: Any, metadata: list[Any], nullable: bool = False) -> str:
+    """`must be in (0, 1], got 1.5` for a bound (the field's whole range where `metadata` holds it), else
+    pydantic's message and the value."""
+    if error["type"] not in _BOUND_ERRORS:
+        return f"{error['msg']} (got {error.get('input')!r})"
+    valid = range_text(metadata) or range_text([_BOUND_CLASSES[name](value) for name, value in error["ctx"].items()])
+    return f"must be {valid}{' or null' if nullable else ''}, got {error.get('input')!r}"
+
+
+_BOUND_CLASSES: dict[str, Any] = {
+    "ge": annotated_types.Ge,
+    "gt": annotated_types.Gt,
+    "le": annotated_types.Le,
+    "lt": annotated_types.Lt,
+}
+
+
+def range_text(metadata: list[Any]) -> str:
+    """'>= 1', '> 0', 'in [0, 1)', ... from a field's Ge/Gt/Le/Lt constraints; '' without any."""
+
+    def number(value: Any) -> str:
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    lower = next((("[", ">=", c.ge) if hasattr(c, "ge") else ("(", ">", c.gt) for c in metadata if _is_lower(c)), None)
+    upper = next((("]", "<=", c.le) if hasattr(c, "le") else (")", "<", c.lt) for c in metadata if _is_upper(c)), None)
+    if lower and upper:
+        return f"in {lower[0]}{number(lower[2])}, {number(upper[2])}{upper[0]}"
+    if lower:
+        return f"{lower[1]} {number(lower[2])}"
+    if upper:
+        return f"{upper[1]} {number(upper[2])}"
+    return ""
+
+
+def _is_lower(constraint: Any) -> bool:
+    return isinstance(constraint, annotated_types.Ge | annotated_types.Gt)
+
+
+def _is_upper(constraint: Any) -> bool:
+    return isinstance(constraint, annotated_types.Le | annotated_types.Lt)
+
+
+def constraints_of(annotation: Any) -> tuple[Any, list[Any], bool]:
+    """(type, constraints, nullable) of an annotation, through Annotated[...] and `X | None`."""
+    metadata: list[Any] = []
+    nullable = False
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            for item in extra:
+                metadata += item.metadata if isinstance(item, FieldInfo) else [item]
+        elif get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
+            rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(rest) != 1:
+                return annotation, metadata, True
+            annotation, nullable = rest[0], True
+        else:
+            return annotation, metadata, nullable
+
+
+def _metadata_at(loc: tuple[Any, ...]) -> tuple[list[Any], bool]:
+    """The constraints of the PipelineConfig field at `loc` and whether it may be null; ([], False) if unknown."""
+    node: Any = PipelineConfig
+    metadata: list[Any] = []
+    nullable = False
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            info = node.model_fields[part]
+            node, metadata, nullable = constraints_of(info.annotation)
+            metadata = list(info.metadata) + metadata
+        elif get_origin(node) is tuple and isinstance(part, int) and get_args(node):
+            args = get_args(node)
+            element = args[0] if len(args) == 2 and args[1] is Ellipsis else args[min(part, len(args) - 1)]
+            node, metadata, nullable = constraints_of(element)
+        else:
+            return [], False
+    return metadata, nullable
+
+
+def check_topk(backtest: BacktestConfig, universe_size: int, universe: str | None = None) -> None:
+    """Refuse a `backtest.topk` (or a `backtest.sweep_topk` entry) larger than the universe, which is known
+    only after ingest: call it with the number of instruments the backtest trades. `universe` names it in
+    the message (e.g. data.instruments)."""
+    named = f"universe {universe!r}" if universe else "the universe"
+    if backtest.topk > universe_size:
+        raise ConfigError(
+            f"backtest.topk {backtest.topk} is larger than the {universe_size} instruments of {named}: "
+            f"a portfolio of topk names needs at least topk instruments; set backtest.topk to at most {universe_size}"
+        )
+    too_large = [topk for topk in backtest.sweep_topk if topk > universe_size]
+    if too_large:
+        raise ConfigError(
+            f"backtest.sweep_topk holds {too_large}, larger than the {universe_size} instruments of {named}: "
+            f"keep every sweep_topk at most {universe_size}"
+        )
 
 
 def _anchor_data_paths(raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:

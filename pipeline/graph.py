@@ -8,6 +8,7 @@ stage, and everything downstream of it, runs again; change nothing and its outpu
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,16 +57,36 @@ def data_fingerprint(config: PipelineConfig) -> str:
     return fingerprint(location, hash_contents=False)
 
 
-def teacher_fingerprint(config: PipelineConfig) -> str:
-    """A local Chronos-2 folder by its files; a hub id stands for itself."""
-    teacher = Path(config.chronos.teacher)
-    return fingerprint(teacher) if teacher.is_dir() else config.chronos.teacher
+@functools.lru_cache(maxsize=32)
+def model_fingerprint(source: str) -> str | None:
+    """A pretrained model by its files when it is a local folder; a hub id stands for itself ("" for none).
+    Hashed once per process: every (fold, seed) instance asks again."""
+    if not source:
+        return None
+    folder = Path(source)
+    return fingerprint(folder) if folder.is_dir() else source
 
 
-# Stages that read inputs from outside the graph, and the identity of those inputs.
-EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str]] = {
+def teacher_fingerprint(config: PipelineConfig) -> str | None:
+    return model_fingerprint(config.chronos.teacher)
+
+
+def backbone_fingerprint(config: PipelineConfig) -> str | None:
+    from models.timellm.bundled import DEFAULT_BACKBONE, bundled_minilm_path
+
+    backbone = config.timellm.model.get("backbone", DEFAULT_BACKBONE)
+    return model_fingerprint(str(bundled_minilm_path()) if backbone == DEFAULT_BACKBONE else backbone)
+
+
+# Stages that read inputs from outside the graph, and the identity of those inputs: a changed file at
+# the same path changes the stage's key.
+EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str | None]] = {
     "ingest": data_fingerprint,
     "chronos2": teacher_fingerprint,
+    "chronos2_student": teacher_fingerprint,
+    "kronos_tokenizer": lambda config: model_fingerprint(config.kronos.tokenizer.pretrained),
+    "kronos_predictor": lambda config: model_fingerprint(config.kronos.predictor.pretrained),
+    "timellm": backbone_fingerprint,
 }
 
 # Stage names before the stage contract; still accepted on the command line.

@@ -1,20 +1,39 @@
 """Command line: `python -m pipeline.run --stage NAME [--config FILE] [--set key=value ...]`.
 
 Runs NAME and every stage it needs, reusing the cached outputs of stages whose inputs did not
-change. Exit code 0 on success, 2 on bad input or config (with a message saying what to fix).
+change. Every failure a user can cause or meet ends with one line saying what to fix (the
+traceback only with --debug) and an exit code:
+
+    0    done
+    1    an unexpected error (a bug: rerun with --debug and report the traceback)
+    2    bad input or config: the message names the file, row or key
+    3    a service does not answer: the tracking server (the message names it)
+    4    an output could not be written: disk full, file-size limit, read-only folder (names the path)
+    130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM. Rerun to resume: finished stages
+         are reused and training continues from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from data_prep.errors import CheckpointError, ConfigError, DataError
+from data_prep.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    ServiceError,
+    StorageError,
+    storage_problem,
+)
 from pipeline.config import DEFAULT_CONFIG_PATH, load_config
 
 log = logging.getLogger("pipeline")
@@ -40,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "'split.test=[2022-01-01,2022-12-30]'"
         ),
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
     parser.add_argument(
         "--list",
@@ -93,26 +113,60 @@ def print_outcomes(console: Console, outcomes) -> None:
         console.print(f"report: {report}", soft_wrap=True, highlight=False)
 
 
+EXIT_CODES: dict[type[BaseException], int] = {
+    ConfigError: 2,
+    DataError: 2,
+    CheckpointError: 2,
+    ServiceError: 3,
+    StorageError: 4,
+}
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     console = Console()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a scheduler's stop ends the run like Ctrl-C
     try:
-        config = load_config(args.config, args.overrides)
-        if args.list:
-            print_graph(console, config)
-            return 0
-        from pipeline.runner import run_pipeline, stage_status  # heavy imports (torch, mlflow) after validation
+        return run(args, console)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if args.debug:
+            raise
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        stage = exc.stage if isinstance(exc, Interrupted) and exc.stage else ""
+        where = f"during stage {stage}" if stage else "before any stage ran"
+        console.print(f"interrupted {where}; rerun to resume", highlight=False, soft_wrap=True)
+        return 128 + signum
+    except Exception as exc:
+        if args.debug:
+            raise
+        code = next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), 1)
+        message = str(exc)
+        if code == 1 and (cause := storage_problem(exc, Path.cwd())):  # e.g. the tracking store's disk
+            code, message = 4, f"could not write: {cause} ({exc}); make room and rerun, finished stages are reused"
+        elif code == 1:
+            message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # paths stay whole
+        return code
 
-        if args.status:
-            print_status(console, stage_status(config))
-            return 0
-        outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # paths stay whole
-        return 2
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.list:
+        print_graph(console, config)
+        return 0
+    from pipeline.runner import run_pipeline, stage_status  # heavy imports (torch, mlflow) after validation
+
+    if args.status:
+        print_status(console, stage_status(config))
+        return 0
+    outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     print_outcomes(console, outcomes)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import mlflow
 import numpy as np
 
+from data_prep.errors import Interrupted, StorageError, storage_problem
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
@@ -97,15 +99,20 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
                         SIGNAL_PRODUCERS,
                         uri,
                     )
-                    done[(stage.name, key)] = _run_or_reuse(
-                        stage,
-                        key,
-                        stage_config,
-                        cache,
-                        inputs,
-                        RunContext(parent.info.run_id, dataset, tags),
-                        force and stage.name == target,
-                    )
+                    try:
+                        done[(stage.name, key)] = _run_or_reuse(
+                            stage,
+                            key,
+                            stage_config,
+                            cache,
+                            inputs,
+                            RunContext(parent.info.run_id, dataset, tags),
+                            force and stage.name == target,
+                        )
+                    except KeyboardInterrupt:
+                        raise Interrupted(signal.SIGINT, stage.name) from None
+                    except Interrupted as exc:
+                        raise Interrupted(exc.signum, exc.stage or stage.name) from None
                 for outcomes in group_outcomes:
                     outcomes[stage.name] = done[(stage.name, key)]
         mlflow.log_metric("stages_run", sum(not o.reused for o in done.values()))
@@ -144,7 +151,7 @@ def _run_or_reuse(
         manifest = cache.lookup(stage.name, key)
         if manifest is None or force:
             return _execute(stage, key, config, cache, inputs, context)
-        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, context)
+        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, context, config)
         if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
             cache.update(stage.name, key, run_id=outcome.produced_by)
         return outcome
@@ -195,12 +202,14 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
     return rows
 
 
-def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, context: RunContext) -> StageOutcome:
+def _reuse(
+    stage: StageSpec, key: str, output: Path, manifest: dict, context: RunContext, config: PipelineConfig
+) -> StageOutcome:
     """Log the cached output as a run of this invocation.
 
     When the run that produced it is not in the current tracking store (another store, or a
-    cleared one), this run logs the output's artifacts again and stands as its producer, so the
-    UI and the notebook find them.
+    cleared one), this run logs the output's artifacts and its checkpoints (as LoggedModels) again
+    and stands as its producer, so the UI and the notebook find them.
     """
     produced_in_store = tracking.run_exists(manifest["run_id"])
     log.info(
@@ -213,7 +222,11 @@ def _reuse(stage: StageSpec, key: str, output: Path, manifest: dict, context: Ru
     tags = {"cache_key": key, "reused": "true", **context.tags}
     tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
     with tracking.stage_run(stage.name, manifest["params"], tags, context.dataset) as run:
-        tracking.log_metrics(manifest["metrics"])
+        linked: set[str] = set()
+        if not produced_in_store:  # the new store's Models page lists this run's checkpoints too
+            models = {name: output / path for name, path in stage.models_for(config).items()}
+            linked = tracking.log_models(run.info.run_id, models, manifest["params"], manifest["metrics"])
+        tracking.log_metrics({name: value for name, value in manifest["metrics"].items() if name not in linked})
         tracking.log_children(manifest.get("children", []))
         tracking.log_to_run(context.parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
         if not produced_in_store:
@@ -233,30 +246,40 @@ def _execute(
     with tracking.stage_run(
         stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy
     ) as run:
-        with cache.writing(stage.name, key, keep_partial=stage.resumable) as (folder, manifest):
-            started = time.perf_counter()
-            result = stage.run(stage.view(config), inputs, folder)
-            seconds = time.perf_counter() - started
-            check_outputs(stage, config, folder)
-            metrics = {**result.metrics, "seconds": seconds}
-            linked = tracking.log_models(
-                run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics
-            )
-            tracking.log_metrics({name: value for name, value in metrics.items() if name not in linked})
-            tracking.log_history(result.history)
-            tracking.log_artifacts(result.artifacts)
-            children = [asdict(child) for child in result.children]
-            tracking.log_children(children)
-            tracking.log_to_run(context.parent_run_id, result.parent_artifacts)
-            manifest.update(
-                run_id=run.info.run_id,
-                params=params,
-                metrics=metrics,
-                summary=result.summary,
-                children=children,
-                parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],
-                artifacts=[str(path.relative_to(folder)) for path in result.artifacts],
-            )
+        try:
+            with cache.writing(stage.name, key, resumable=stage.resumable) as (folder, manifest):
+                started = time.perf_counter()
+                result = stage.run(stage.view(config), inputs, folder)
+                seconds = time.perf_counter() - started
+                check_outputs(stage, config, folder)
+                metrics = {**result.metrics, "seconds": seconds}
+                linked = tracking.log_models(
+                    run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics
+                )
+                tracking.log_metrics({name: value for name, value in metrics.items() if name not in linked})
+                tracking.log_history(result.history)
+                tracking.log_artifacts(result.artifacts)
+                children = [asdict(child) for child in result.children]
+                tracking.log_children(children)
+                tracking.log_to_run(context.parent_run_id, result.parent_artifacts)
+                manifest.update(
+                    run_id=run.info.run_id,
+                    params=params,
+                    metrics=metrics,
+                    summary=result.summary,
+                    children=children,
+                    parent_artifacts=[str(path.relative_to(folder)) for path in result.parent_artifacts],
+                    artifacts=[str(path.relative_to(folder)) for path in result.artifacts],
+                )
+        except (OSError, RuntimeError) as exc:
+            cause = storage_problem(exc, cache.root)
+            if cause is None:
+                raise
+            where = getattr(exc, "filename", None) or cache.path(stage.name, key)
+            raise StorageError(
+                f"stage {stage.name} could not write {where}: {cause} ({exc}). Nothing half-written was kept: "
+                "make room (or raise the limit) and rerun; finished stages are reused"
+            ) from exc
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)
     log.info("stage %s: done in %.1fs", stage.name, seconds)

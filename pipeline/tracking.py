@@ -22,7 +22,7 @@ import yaml
 from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric
 
-from data_prep.errors import ConfigError
+from data_prep.errors import ConfigError, ServiceError
 from pipeline.config import REPO_ROOT, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,31 @@ def tracking_uri(config: PipelineConfig) -> str:
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
+SERVER_TIMEOUT = 5.0  # seconds to wait for a tracking server before refusing to start
+
+
+def check_server(uri: str) -> None:
+    """Refuse to start, naming the server, when a tracking server does not answer: MLflow's own
+    client retries for minutes before it fails, in the middle of a run."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT):
+            pass
+    except urllib.error.HTTPError as exc:
+        raise ServiceError(
+            f"the tracking server {uri} answered {exc.code} {exc.reason} to a health check: is it an MLflow server? "
+            "Check tracking.uri (or MLFLOW_TRACKING_URI)"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServiceError(
+            f"the tracking server {uri} does not answer ({reason}): start it, or point tracking.uri (or "
+            "MLFLOW_TRACKING_URI) at one that runs, e.g. --set tracking.uri=sqlite:///mlruns/mlflow.db"
+        ) from exc
+
+
 def setup(config: PipelineConfig) -> str:
     """Point MLflow at the store and select (or create) the experiment; returns the URI.
 
@@ -46,6 +71,8 @@ def setup(config: PipelineConfig) -> str:
     try to create its tables.
     """
     uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     if "://" not in uri:
         raise ConfigError(
             f"tracking.uri {uri!r} is a plain path, which MLflow 3 does not take as a store: use "

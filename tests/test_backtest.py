@@ -133,7 +133,7 @@ def test_topk_dropout_orders_equal_the_pandas_rule_with_ties_and_gaps(topk, n_dr
 
 @pytest.mark.slow
 def test_qlib_and_vectorbt_agree_without_limits(tiny_split_dir, panel, tmp_path):
-    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}", kernels=1)
     close = panel.field_frame("close").astype(float)
     scores = random_scores(close, seed=2).loc["2021-03-01":"2021-05-31"]
     settings = BacktestConfig(topk=3, n_drop=1, min_cost=0.0, limit_threshold=None, account=1e7).topk_settings()
@@ -159,7 +159,7 @@ def test_engines_stay_close_under_a_share_price_limits_and_minimum_cost(tmp_path
     from pipeline.config import REPO_ROOT
 
     qlib_dir = require_shared_data()
-    init_qlib(qlib_dir, "cn", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_qlib(qlib_dir, "cn", f"sqlite:///{tmp_path / 'mlflow.db'}", kernels=1)
     cn = yaml.safe_load((REPO_ROOT / "configs" / "cn_csi300.yaml").read_text())["backtest"]
     settings = BacktestConfig(**cn).topk_settings()
     assert settings.costs.min_cost > 0 and settings.limit_threshold == 0.095
@@ -217,7 +217,7 @@ def qlib_backtest_unshared(scores: pd.DataFrame, settings, benchmark: list[str],
 def test_strategies_sharing_a_market_get_qlibs_own_results(tiny_split_dir, panel, tmp_path):
     from evaluation.qlib_backtest import market
 
-    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    init_qlib(tiny_split_dir.parent / "qlib", "us", f"sqlite:///{tmp_path / 'mlflow.db'}", kernels=1)
     market.cache_clear()
     close = panel.field_frame("close").astype(float)
     settings = BacktestConfig(topk=3, n_drop=1, account=1e7).topk_settings()

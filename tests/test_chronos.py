@@ -102,6 +102,45 @@ def test_distillation_moves_the_student_towards_the_teacher_and_is_seeded(teache
     assert [row["step"] for row in history if "distill_loss" in row] == list(range(1, report["steps"] + 1))
 
 
+def test_an_interrupted_distillation_resumes_to_the_same_student(teacher_dir, tiny_split_dir, tmp_path, monkeypatch):
+    from models.chronos import distill as distill_module
+
+    split = Split.load(tiny_split_dir)
+    teacher = load_pipeline(str(teacher_dir), DEVICE).model
+    settings = ChronosStudentConfig(
+        steps=30, batch_size=16, lr=3e-3, train_windows=128, val_windows=32, eval_every=10, log_every=5, patience=5
+    ).settings(seed=5)
+
+    def run(progress=None):
+        student = build_student(teacher, STUDENT, seed=0)
+        args = (student, teacher, split.segment("train"), split.segment("valid"), 3, [0, 1], settings, DEVICE)
+        history, report = distil(*args, progress)
+        return student, history, report
+
+    straight, straight_history, straight_report = run()
+
+    class Killed(BaseException):
+        pass
+
+    evaluate, calls = distill_module.evaluate, []
+
+    def dies_at_the_third_check(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the initial check, step 10, then step 20: dies there, after step 10's save
+            raise Killed
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "evaluate", dies_at_the_third_check)
+    with pytest.raises(Killed):
+        run(tmp_path / "last.pt")
+    monkeypatch.setattr(distill_module, "evaluate", evaluate)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 10
+    resumed, history, report = run(tmp_path / "last.pt")
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+    assert history == straight_history and report["best_val_loss"] == straight_report["best_val_loss"]
+
+
 @pytest.mark.slow
 def test_stages_join_the_backtest_comparison(teacher_dir, bars_csv, write_config):
     import mlflow

@@ -52,7 +52,7 @@ def test_symbols_with_separators_stay_inside_the_folder_and_round_trip_through_q
 
     from qlib.data import D
 
-    qlib_format.init_qlib(out / "qlib", region="us")
+    qlib_format.init_qlib(out / "qlib", region="us", kernels=1)  # no forked workers in a threaded test process
     frame = D.features(D.instruments("test"), ["$close"], start_time="2000-01-01", end_time="2030-01-01")
     assert set(frame.index.get_level_values("instrument")) == set(mapping["code"])
 

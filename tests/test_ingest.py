@@ -13,7 +13,7 @@ def read_back(qlib_dir, universe, fields):
     """Read a folder through Qlib's own data API."""
     from qlib.data import D
 
-    qlib_format.init_qlib(qlib_dir, region="us")
+    qlib_format.init_qlib(qlib_dir, region="us", kernels=1)  # no forked workers in a threaded test process
     instruments = D.instruments(universe)
     frame = D.features(instruments, [f"${f}" for f in fields], start_time="2000-01-01", end_time="2030-01-01")
     frame.columns = list(fields)
@@ -147,7 +147,7 @@ def test_shared_a_share_folder_reads_through_qlib(tmp_path, universe):
     assert summary.instruments == 462 and summary.days == 1215
     from qlib.data import D
 
-    qlib_format.init_qlib(tmp_path / "view", region="cn")
+    qlib_format.init_qlib(tmp_path / "view", region="cn", kernels=1)
     frame = D.features(["SH600000"], ["$close", "$change", "$amount"], start_time="2022-01-01", end_time="2022-12-30")
     close = frame["$close"].to_numpy()
     np.testing.assert_allclose(frame["$change"].to_numpy()[1:], close[1:] / close[:-1] - 1, atol=1e-4)

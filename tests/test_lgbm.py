@@ -50,6 +50,7 @@ def test_lgbm_alpha158_scores_the_test_segment(tiny_split_dir, tmp_path):
         },
         params,
         f"sqlite:///{tmp_path / 'mlflow.db'}",
+        kernels=1,  # no forked workers in a threaded test process
     )
     days = scores.index.get_level_values("datetime")
     assert days.min() >= pd.Timestamp("2021-06-01") and days.max() <= pd.Timestamp("2021-06-30")

@@ -42,3 +42,18 @@ def test_every_run_names_its_data_set(bars_csv, write_config, tmp_path):
     other = tmp_path / "other.csv"
     other.write_text(bars_csv.read_text().replace("S000", "S999"))
     assert data_fingerprint(load_config(write_config(other)))[:32] != dataset.digest
+
+
+def test_a_cached_reuse_into_another_store_registers_its_models_there(bars_csv, write_config, tmp_path):
+    config = load_config(write_config(bars_csv, experiment="models-moved"), QUICK_KRONOS)
+    run_pipeline(config, "kronos_predictor")
+    other_uri = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    moved = load_config(write_config(bars_csv, experiment="models-moved"), [*QUICK_KRONOS, f"tracking.uri={other_uri}"])
+    outcomes = {o.stage: o for o in run_pipeline(moved, "kronos_predictor")}
+    assert all(o.reused for o in outcomes.values())
+    client = mlflow.MlflowClient(other_uri)
+    experiment = client.get_experiment_by_name("models-moved")
+    models = {model.name: model for model in client.search_logged_models([experiment.experiment_id])}
+    assert set(models) == {"kronos_tokenizer", "kronos_predictor"}
+    assert models["kronos_predictor"].source_run_id == outcomes["kronos_predictor"].run_id
+    assert "best_val_ce_s1" in {metric.key for metric in models["kronos_predictor"].metrics}

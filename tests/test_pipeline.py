@@ -1,11 +1,13 @@
 """Stage graph: reuse of unchanged stages, atomic outputs, MLflow parent and nested runs."""
 
 import dataclasses
+import signal
 
 import mlflow
 import pandas as pd
 import pytest
 
+from data_prep.errors import Interrupted
 from pipeline import graph
 from pipeline.config import load_config
 from pipeline.run import main
@@ -80,8 +82,9 @@ def test_interrupted_stage_leaves_nothing_a_rerun_would_reuse(bars_csv, write_co
 
     real = graph.STAGES["split"]
     monkeypatch.setitem(graph.STAGES, "split", dataclasses.replace(real, run=interrupted))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as interrupted_run:
         run_pipeline(config, "split")
+    assert interrupted_run.value.stage == "split" and interrupted_run.value.signum == signal.SIGINT
     split_dir = config.cache_dir / "split"
     assert not any(split_dir.iterdir())  # no final folder, no temporary left behind
 

@@ -320,6 +320,47 @@ def test_training_beats_the_untrained_model_and_is_seeded(backbone_dirs, tiny_sp
     assert forecast(model, history_values[..., close], DEVICE, bf16=False, batch_size=2).shape == (5, 4, 1)
 
 
+def test_an_interrupted_training_resumes_to_the_same_weights(backbone_dirs, tiny_split_dir, tmp_path, monkeypatch):
+    from models.timellm import training
+
+    split = Split.load(tiny_split_dir)
+    backbone = load_backbone(backbone_dirs["gpt2"], 2)
+    settings = TimeLLMTrainConfig(
+        epochs=3, steps_per_epoch=6, batch_size=16, lr=1e-2, val_windows=32, log_every=4, patience=3
+    ).settings(seed=3)
+    close = [list(split.panel.fields).index("close")]
+
+    def run(progress=None):
+        torch.manual_seed(0)
+        model = TimeLLM(tiny_config(backbone_dirs["gpt2"]), backbone)
+        args = (model, split.segment("train"), split.segment("valid"), close, settings, DEVICE, False, "timellm")
+        history, report = fit(*args, progress)
+        return model, history, report
+
+    straight, straight_history, straight_report = run()
+
+    class Killed(BaseException):
+        pass
+
+    real, calls = training.evaluate, []
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's validation: epoch 1 is saved, epoch 2's steps are lost
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", dies_in_epoch_two)
+    with pytest.raises(Killed):
+        run(tmp_path / "last.pt")
+    monkeypatch.setattr(training, "evaluate", real)
+    resumed, history, report = run(tmp_path / "last.pt")
+    for name, tensor in straight.trainable_state().items():
+        assert torch.equal(resumed.trainable_state()[name], tensor), name
+    assert history == straight_history and report["best_val_mse"] == straight_report["best_val_mse"]
+    assert report["epochs_run"] == straight_report["epochs_run"] == 3
+
+
 def split_dates(split: Split):
     days = split.segment("test").dates(np.array([0]))[0]
     return pd.Timestamp(days[split.lookback - 1]).date(), pd.Timestamp(days[-1]).date()

@@ -57,15 +57,19 @@ def fit(
     settings: DistillSettings,
     device: torch.device,
     out: Path,
+    progress: Path | None = None,
 ) -> Fitted:
     """Distil the `teacher` pipeline into a student of `architecture` (its changes to the teacher's
-    config) on the train windows, early-stopped on the valid windows; save it to `out` as a pipeline."""
+    config) on the train windows, early-stopped on the valid windows; save it to `out` as a pipeline.
+    With `progress`, a file to save the distillation's progress to and resume it from."""
     from models.chronos.distill import distil
     from models.chronos.forecasting import pipeline_for
     from models.chronos.student import build_student
 
     target, covariate_channels = channels(fields, covariates)
     student = build_student(teacher.model, architecture, settings.seed)
-    history, report = distil(student, teacher.model, train, valid, target, covariate_channels, settings, device)
+    history, report = distil(
+        student, teacher.model, train, valid, target, covariate_channels, settings, device, progress
+    )
     pipeline_for(student).save_pretrained(out)
     return Fitted(out, report, history)

@@ -17,13 +17,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
 from models.chronos.forecasting import model_quantiles
 
@@ -153,8 +157,10 @@ def distil(
     covariates: list[int],
     settings: DistillSettings,
     device: torch.device,
+    checkpoint: Path | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Train `student` in place; returns the per-step history and a report."""
+    """Train `student` in place; returns the per-step history and a report. With `checkpoint`, the
+    progress is saved there at every validation check and a later call resumes from it."""
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     train_items = np.sort(rng.choice(len(train), min(settings.train_windows, len(train)), replace=False))
@@ -183,7 +189,14 @@ def distil(
         device
     )  # every step's batch
     unread: list[torch.Tensor] = []  # (loss, match, pinball) of the steps since the last read, on the device
-    progress = tqdm(range(1, settings.steps + 1), desc="distilling Chronos-2 student", leave=False)
+    first = 1
+    if checkpoint is not None and checkpoint.is_file():
+        saved = load_progress(checkpoint, student, optimizer, schedule, device)
+        first, best, best_state, stale, history = (saved[k] for k in ("step", "best", "best_state", "stale", "history"))
+        first += 1
+        log.info("student: resuming from step %d of %d (%s)", first - 1, settings.steps, checkpoint)
+    progress = tqdm(range(first, settings.steps + 1), desc="distilling Chronos-2 student", leave=False)
+    step = first - 1
     for step in progress:
         student.train()
         match, pinball = losses(student, subset(train_data, plan[step - 1]), target, covariates)
@@ -225,9 +238,12 @@ def distil(
             best, best_state, stale = scores, copy.deepcopy(student.state_dict()), 0
         else:
             stale += 1
-            if stale >= settings.patience:
-                log.info("student: no validation improvement for %d checks, stopping at step %d", stale, step)
-                break
+        if checkpoint is not None:
+            progress_state = {"step": step, "best": best, "best_state": best_state, "stale": stale, "history": history}
+            save_progress(checkpoint, student, optimizer, schedule, progress_state)
+        if stale >= settings.patience:
+            log.info("student: no validation improvement for %d checks, stopping at step %d", stale, step)
+            break
     student.load_state_dict(best_state)
     student.eval()
     report = {
@@ -239,3 +255,37 @@ def distil(
         "teacher_val_pinball": teacher_pinball(teacher, val_data, target),
     }
     return history, report
+
+
+def save_progress(path: Path, student, optimizer, schedule, state: dict[str, Any]) -> None:
+    """Everything a resumed distillation needs, written atomically: a kill leaves the previous one."""
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "student": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **state,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def load_progress(path: Path, student, optimizer, schedule, device: torch.device) -> dict[str, Any]:
+    try:  # never unpickle code from a cache folder someone may have handed over
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, so this pipeline did not write it; "
+            f"it is not loaded. Delete {path} to distil from scratch"
+        ) from exc
+    student.load_state_dict(saved["student"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return saved

@@ -33,6 +33,7 @@ def load_predictor(spec: dict, device: str) -> KronosPredictor:
         clip=spec["clip"],
         bf16=spec["bf16"],
         compile_decoding=spec["compile_decoding"],
+        cuda_graphs=spec.get("cuda_graphs", True),  # no pipeline setting yet: on unless a spec says otherwise
     )
 
 

@@ -16,10 +16,16 @@ other devices the same functions run eagerly. With `compile` each half is first 
 (torch.compile, whole graph, static shapes), which fuses its elementwise operators: fewer
 kernels inside each CUDA graph, and far fewer operator calls where there is no graph. The
 compile costs seconds per DecodeStep shape, so it is off unless asked for.
+
+Both speed-ups are optional: when compiling or capturing fails (at construction or at a compiled
+step's first call), CachedSampler logs one warning per kind and decodes that call, and every later
+DecodeStep, without the failed speed-up: the same tokens, only slower (`SpeedupFailed`).
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,6 +34,8 @@ import torch.nn.functional as F
 
 from models.kronos.layers import LayerCache, MultiHeadAttention, TransformerBlock
 from models.kronos.model import Kronos, inverse_cdf
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,62 @@ def draw_uniforms(seeds: list[int] | None, rows: int, steps: int, device: torch.
     return seeded_uniforms(row_seeds, steps * 2).view(rows, steps, 2)
 
 
+COMPILE, GRAPHS = "compile", "graphs"  # the optional speed-ups of a DecodeStep
+HOW_TO_TURN_OFF = {
+    COMPILE: ("torch.compile of the decoding step", "kronos.inference.compile_decoding: false"),
+    GRAPHS: (
+        "CUDA graph capture of the decoding step",
+        "cuda_graphs=False (KronosPredictor, CachedSampler; no pipeline setting)",
+    ),
+}
+
+
+def describe(error: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line, cut to `limit` characters (compiler errors run to pages; the
+    cause is often on the second line, as in BackendCompilerFailed)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+class SpeedupFailed(RuntimeError):
+    """An optional speed-up of decoding (`kind`: COMPILE or GRAPHS) failed with `error`; decoding
+    without it gives the same tokens."""
+
+    def __init__(self, kind: str, error: Exception):
+        super().__init__(f"{HOW_TO_TURN_OFF[kind][0]} failed: {describe(error)}")
+        self.kind, self.error = kind, error
+
+
+@contextmanager
+def _failures_as(kind: str):
+    """Re-raise any error inside as SpeedupFailed(kind), except out-of-memory (which the predictor
+    answers by halving its batch) and a failure already classified."""
+    try:
+        yield
+    except (SpeedupFailed, torch.OutOfMemoryError):
+        raise
+    except Exception as error:
+        raise SpeedupFailed(kind, error) from error
+
+
+def compiled(function):
+    """torch.compile(function) (whole graph, static shapes), whose failures, when compiling or at
+    any call (compile errors surface at the first), raise SpeedupFailed(COMPILE)."""
+    with _failures_as(COMPILE):
+        fast = torch.compile(function, fullgraph=True, dynamic=False)
+
+    def run():
+        try:
+            return fast()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            raise SpeedupFailed(COMPILE, error) from error
+
+    return run
+
+
 def replayable(function, device: torch.device):
     """`function` captured once as a CUDA graph, returned as its replay on CUDA; itself elsewhere.
 
@@ -118,8 +182,14 @@ def replayable(function, device: torch.device):
         function()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        function()
+    stream = torch.cuda.current_stream(device)
+    try:
+        with torch.cuda.graph(graph):
+            function()
+    except BaseException:
+        # When ending a failed capture raises too, torch.cuda.graph leaves its capture stream current.
+        torch.cuda.set_stream(stream)
+        raise
     return graph.replay
 
 
@@ -151,10 +221,21 @@ class DecodeStep:
     newest position; an additive attention mask over the capacity; the sampled tokens
     (rows, steps, 2); per-step uniforms and time embeddings; `position` (the next slot) and
     `step` (the token index) as device tensors. Per block q|k|v run as one matmul, and w1|w3.
-    `compile`: compile both halves before they are captured (see the module docstring).
+    `compile`: compile both halves before they are captured (see the module docstring); `graphs`:
+    capture them as CUDA graphs on CUDA. A failure of either raises SpeedupFailed, here or (for a
+    compiled half on a CPU) at the first call.
     """
 
-    def __init__(self, model: Kronos, rows: int, capacity: int, steps: int, sampling: Sampling, compile: bool = False):
+    def __init__(
+        self,
+        model: Kronos,
+        rows: int,
+        capacity: int,
+        steps: int,
+        sampling: Sampling,
+        compile: bool = False,
+        graphs: bool = True,
+    ):
         weight = model.head.proj_s1.weight
         device, dtype, d_model = weight.device, weight.dtype, model.d_model
         self.model, self.sampling, self.rows = model, sampling, rows
@@ -195,9 +276,11 @@ class DecodeStep:
         self.cos, self.sin = torch.stack(cos, 1), torch.stack(sin, 1)  # (capacity, blocks, 3D)
         sample, advance = self._sample, self._advance
         if compile:
-            sample, advance = (torch.compile(half, fullgraph=True, dynamic=False) for half in (sample, advance))
-        self.sample = replayable(sample, device)
-        self.advance = replayable(advance, device)
+            sample, advance = compiled(sample), compiled(advance)
+        if graphs:  # a compiled half that fails in the warm-up run stays a COMPILE failure
+            with _failures_as(GRAPHS):
+                sample, advance = replayable(sample, device), replayable(advance, device)
+        self.sample, self.advance = sample, advance
 
     def begin(self, uniforms: torch.Tensor, time: torch.Tensor) -> None:
         """Per-generation inputs: uniforms (rows, steps, 2) and time embeddings (rows, steps, D)."""
@@ -273,17 +356,23 @@ class CachedSampler:
     """Cached decoding with one model and sampling; keeps its DecodeSteps (and CUDA graphs) for reuse.
 
     A DecodeStep holds fused copies of the weights as they were when it was built: make a new
-    sampler after changing the model's weights. `compile`: see DecodeStep.
+    sampler after changing the model's weights. `compile`, `cuda_graphs`: see DecodeStep. When one
+    of them fails, the sampler logs one warning (per kind, over its life), decodes the call again
+    without it and builds every later DecodeStep without it; the attributes `compile` and
+    `cuda_graphs` say what is still on.
     """
 
-    def __init__(self, model: Kronos, max_context: int, sampling: Sampling, keep: int = 2, compile: bool = False):
-        self.model, self.max_context, self.sampling, self.keep, self.compile = (
-            model,
-            max_context,
-            sampling,
-            keep,
-            compile,
-        )
+    def __init__(
+        self,
+        model: Kronos,
+        max_context: int,
+        sampling: Sampling,
+        keep: int = 2,
+        compile: bool = False,
+        cuda_graphs: bool = True,
+    ):
+        self.model, self.max_context, self.sampling, self.keep = model, max_context, sampling, keep
+        self.compile, self.cuda_graphs = compile, cuda_graphs
         self._steps: dict[tuple[int, int, int], DecodeStep] = {}
 
     def _decode_step(self, rows: int, capacity: int, steps: int) -> DecodeStep:
@@ -291,8 +380,33 @@ class CachedSampler:
         if key not in self._steps:
             while len(self._steps) >= self.keep:  # their buffers hold a full cache each
                 self._steps.pop(next(iter(self._steps)))
-            self._steps[key] = DecodeStep(self.model, rows, capacity, steps, self.sampling, self.compile)
+            while True:  # each failure turns one speed-up off, so this ends with a plain DecodeStep
+                try:
+                    self._steps[key] = DecodeStep(
+                        self.model, rows, capacity, steps, self.sampling, self.compile, self.cuda_graphs
+                    )
+                    break
+                except SpeedupFailed as failure:
+                    if not self._give_up(failure):  # not one that was on: nothing left to turn off
+                        raise
         return self._steps[key]
+
+    def _give_up(self, failure: SpeedupFailed) -> bool:
+        """Turn the failed speed-up off for this sampler's later DecodeSteps, with one warning;
+        False if it was off already (a step built before it was turned off: warned already)."""
+        attribute = {COMPILE: "compile", GRAPHS: "cuda_graphs"}[failure.kind]
+        if not getattr(self, attribute):
+            return False
+        setattr(self, attribute, False)
+        what, setting = HOW_TO_TURN_OFF[failure.kind]
+        log.warning(
+            "Kronos decoding: %s failed (%s); decoding without it from now on (same tokens, slower). "
+            "To skip the attempt: %s",
+            what,
+            describe(failure.error),
+            setting,
+        )
+        return True
 
     def _prefill(self, s1, s2, stamps, end: int, capacity: int) -> tuple[list[LayerCache], LayerCache, torch.Tensor]:
         """The model's own forward over the window ending at `end`: caches and the newest hidden state."""
@@ -317,11 +431,21 @@ class CachedSampler:
         """
         model, (series, context_len) = self.model, s1.shape
         rows, capacity = series * samples, min(self.max_context, context_len + pred_len)
-        decoder = self._decode_step(rows, capacity, pred_len)
         future = model.time_emb(stamps[:, context_len : context_len + pred_len]).repeat_interleave(
             samples, 0
         )  # (rows, pred_len, D)
-        decoder.begin(draw_uniforms(seeds, rows, pred_len, s1.device), future)
+        uniforms = draw_uniforms(seeds, rows, pred_len, s1.device)  # once: a retry decodes the same draws
+        while True:
+            decoder = self._decode_step(rows, capacity, pred_len)
+            try:
+                return self._decode(decoder, s1, s2, stamps, pred_len, samples, uniforms, future)
+            except SpeedupFailed as failure:  # a compiled half failing at its first call (CPU)
+                self._give_up(failure)
+                del self._steps[(rows, capacity, pred_len)]  # rebuilt without it; its buffers may be half written
+
+    def _decode(self, decoder: DecodeStep, s1, s2, stamps, pred_len: int, samples: int, uniforms, future):
+        context_len, capacity = s1.shape[1], decoder.mask.shape[1]
+        decoder.begin(uniforms, future)
         decoder.load(*self._prefill(s1, s2, stamps, context_len, capacity), step=0)
         for step in range(pred_len - 1):
             decoder.sample()

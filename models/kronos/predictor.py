@@ -9,10 +9,16 @@ New on top: `forecast` takes many series at once (grouped by length, so no paddi
 returns every sample path in price space (B, samples, pred_len, fields) and quantiles, uses
 per-series seeds, and halves its batch on out-of-memory. The tokenizer's decoder is causal, so
 each series' context is decoded once for all its sample paths.
+
+bf16 weights are a speed-up that may fail on some devices: when converting the weights, or a
+forecast with them, raises, the predictor puts the fp32 weights back (it keeps a copy on the CPU),
+logs one warning and forecasts with them from then on, the same as a predictor made with
+bf16=False. Decoding's own speed-ups fall back likewise (generation.CachedSampler).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,13 +29,15 @@ from tqdm.auto import tqdm
 
 from models.device import bf16_weights, pick_device, without_cudnn_attention
 from models.kronos.batches import time_features
-from models.kronos.generation import CachedSampler, Sampling
+from models.kronos.generation import CachedSampler, Sampling, describe
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
 
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 FIELDS = PRICE_COLUMNS + ["volume", "amount"]
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,20 +65,59 @@ class KronosPredictor:
         clip: float = 5,
         bf16: bool | None = None,
         compile_decoding: bool = False,
+        cuda_graphs: bool = True,
     ):
-        """bf16: run both models with bf16 weights; None = on CUDA GPUs that support bf16.
-        compile_decoding: compile each decoding step (generation.DecodeStep), seconds per batch shape."""
+        """bf16: run both models with bf16 weights (converted in place); None = on CUDA GPUs that
+        support bf16. compile_decoding: compile each decoding step (generation.DecodeStep), seconds
+        per batch shape. cuda_graphs: replay each decoding step as a CUDA graph (on CUDA)."""
         self.device = pick_device("auto" if device is None else str(device))
         if bf16 is None:
             bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
+        self.max_context, self.clip = max_context, clip
+        self.compile_decoding, self.cuda_graphs = compile_decoding, cuda_graphs
+        self._samplers: dict[Sampling, CachedSampler] = {}  # their buffers (and CUDA graphs) are reused across batches
+        self._fp32_weights: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # while bf16: to go back to
         if bf16:
+            self._to_bf16()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.head.proj_s1.weight.dtype
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the weights are bf16 (False after a bf16 failure put the fp32 ones back)."""
+        return bool(self._fp32_weights)
+
+    def _to_bf16(self) -> None:
+        """bf16 weights for both models, keeping the fp32 ones on the CPU: on a CPU the very same
+        tensors (no copy), on a GPU one copy in host memory."""
+        self._fp32_weights = [
+            (parameter, parameter.detach().cpu())
+            for module in (self.model, self.tokenizer)
+            for parameter in module.parameters()
+        ]
+        try:
             bf16_weights(self.model)
             bf16_weights(self.tokenizer)
-        self.dtype = self.model.head.proj_s1.weight.dtype
-        self.max_context, self.clip, self.compile_decoding = max_context, clip, compile_decoding
-        self._samplers: dict[Sampling, CachedSampler] = {}  # their buffers (and CUDA graphs) are reused across batches
+        except Exception as error:
+            self._back_to_fp32("converting the weights to bf16", error)
+
+    def _back_to_fp32(self, what: str, error: Exception) -> None:
+        """Put the fp32 weights back (decoding steps hold fused copies of the old ones, so the
+        samplers go too), with a warning."""
+        for parameter, weight in self._fp32_weights:
+            parameter.data = weight.to(parameter.device)
+        self._fp32_weights = []
+        self._samplers.clear()
+        log.warning(
+            "Kronos: %s failed (%s); forecasting with the fp32 weights from now on. To skip the attempt: kronos.bf16: "
+            "false (KronosPredictor(bf16=False))",
+            what,
+            describe(error),
+        )
 
     def forecast(
         self,
@@ -91,6 +138,20 @@ class KronosPredictor:
                 f"pred_len {pred_len} must be shorter than max_context {self.max_context}: "
                 "every decoded window holds max_context tokens, context included"
             )
+        arguments = (series, x_stamps, y_stamps, pred_len, sampling, sample_count, seeds, batch_size, verbose)
+        if not self.bf16:
+            return self._forecast_all(*arguments)
+        try:
+            return self._forecast_all(*arguments)
+        except torch.OutOfMemoryError:  # not bf16's fault: fp32 needs more memory still
+            raise
+        except Exception as error:
+            self._back_to_fp32("forecasting with bf16 weights", error)
+        return self._forecast_all(*arguments)  # the whole call again, all of it in fp32
+
+    def _forecast_all(
+        self, series, x_stamps, y_stamps, pred_len, sampling, sample_count, seeds, batch_size, verbose
+    ) -> Forecast:
         paths = np.empty((len(series), sample_count, pred_len, len(FIELDS)), dtype=np.float32)
         groups: dict[int, list[int]] = {}
         for index, values in enumerate(series):
@@ -132,14 +193,18 @@ class KronosPredictor:
         stamps = torch.from_numpy(np.concatenate([np.stack(x_stamps), np.stack(y_stamps)], axis=1)).to(self.device)
         if sampling not in self._samplers:
             self._samplers[sampling] = CachedSampler(
-                self.model, self.max_context, sampling, compile=self.compile_decoding
+                self.model, self.max_context, sampling, compile=self.compile_decoding, cuda_graphs=self.cuda_graphs
             )
+        sampler = self._samplers[sampling]
         with without_cudnn_attention(self.device):
             s1, s2 = self.tokenizer.encode(torch.from_numpy(scaled).to(self.device, self.dtype), half=True)
             path_seeds = (
                 None if seeds is None else [seed * 1_000 + sample for seed in seeds for sample in range(sample_count)]
             )
-            new_s1, new_s2 = self._samplers[sampling](s1, s2, stamps, pred_len, path_seeds, sample_count)
+            new_s1, new_s2 = sampler(s1, s2, stamps, pred_len, path_seeds, sample_count)
+            # A speed-up that failed (and warned) in this sampler is not tried by the later ones either.
+            self.compile_decoding &= sampler.compile
+            self.cuda_graphs &= sampler.cuda_graphs
             start = max(0, s1.shape[1] + pred_len - self.max_context)  # the decoded window holds max_context tokens
             decoded = self.tokenizer.decode_paths([s1[:, start:], s2[:, start:]], [new_s1, new_s2], sample_count)
         prices = decoded.float().cpu().numpy().reshape(len(series), sample_count, pred_len, -1)

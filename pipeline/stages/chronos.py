@@ -111,6 +111,7 @@ def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
         section.student.settings(config.seed),
         device,
         out / CHECKPOINT,
+        out / "last.pt",
     )
     report, history = fitted.report, fitted.history
     student = load_pipeline(str(fitted.checkpoint), device)
@@ -199,6 +200,7 @@ STAGES = (
         reads=("chronos", "split.test", "seed"),
         outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
         models=(CHECKPOINT,),
+        resumable=True,
         version=3,  # 2: horizon-return quantiles; 3: forecasts.npz names its rows and last closes
         signal_sources=("chronos2_student",),
         description="distil Chronos-2 into a smaller Chronos-2 and forecast with it",

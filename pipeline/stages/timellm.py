@@ -84,6 +84,7 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
             bf16,
             out / "models" / name,
             name,
+            out / f"{name}.last.pt",
         )
         history += fitted.history
         report = fitted.report
@@ -204,6 +205,7 @@ STAGES = (
         reads=("timellm", "split.test", "seed"),
         outputs=timellm_outputs,
         models=timellm_models,
+        resumable=True,
         signal_sources=tuple(timellm_source(variant) for variant in VARIANTS),
         # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws);
         # 3: the backbone's last block runs for the patch positions only (int8 forecasts move)
