@@ -52,12 +52,15 @@ SHORT_WRITE = (
 
 
 def storage_problem(error: BaseException, folder: Path) -> str | None:
-    """Why a write failed when the storage is to blame: a full disk or a file-size limit (also when the
-    library reports a short write without an errno), a read-only or forbidden folder; else None."""
+    """Why a write under `folder` failed when the storage is to blame: a full disk or a file-size limit
+    (also when the library reports a short write without an errno), a read-only or forbidden folder;
+    else None (a permission error on an input elsewhere is the input's problem)."""
     number = getattr(error, "errno", None)
     if number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return "disk full or file-size limit"
-    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+    filename = getattr(error, "filename", None)
+    inside = filename is not None and Path(filename).resolve().is_relative_to(Path(folder).resolve())
+    if number == errno.EROFS or (number in (errno.EACCES, errno.EPERM) and inside):
         return "the folder is read-only or not yours to write"
     if number is None and any(words in str(error) for words in SHORT_WRITE):
         limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY

@@ -146,8 +146,8 @@ def _one_column_per_field(names: list, path: Path, column_map: dict[str, str]) -
 
     `names` is the header as written. Two columns collide when they carry one name (a repeated
     header, which pandas renames `close.1`), names that differ only in case or surrounding spaces
-    (`Close` and `close`), or when data.columns maps a field to one column while another column
-    carries the field's own name.
+    (`Close` and `close`). A field that data.columns maps reads only its mapped column, so a file
+    with `Close` and `Adj Close` reads the latter with `data.columns.close: Adj Close`.
     """
     keys = [str(name).strip().lower() for name in names]
     positions: dict[str, list[int]] = {}
@@ -156,14 +156,7 @@ def _one_column_per_field(names: list, path: Path, column_map: dict[str, str]) -
     for field in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         if field in column_map:
             wanted = column_map[field].strip().lower()
-            same = positions.get(wanted, [])
-            other = positions.get(field, []) if wanted != field else []
-            if same and other:
-                raise DataError(
-                    f"{path}: data.columns maps '{field}' to column {_column(names, same[0])}, but the file also has "
-                    f"column {_column(names, other[0])}, which is read as '{field}' otherwise: two columns for one "
-                    f"field. Remove or rename column {names[other[0]]!r} (or map '{field}' to it)"
-                )
+            same = positions.get(wanted, [])  # an explicit mapping wins over a column named like the field
         else:
             wanted = next((c for c in (field,) + ALIASES.get(field, ()) if c in positions), "")
             same = positions.get(wanted, [])

@@ -51,3 +51,11 @@ def bf16_weights(module: torch.nn.Module) -> torch.nn.Module:
         if parameter.is_floating_point():
             parameter.data = parameter.data.to(torch.bfloat16)
     return module
+
+
+def describe_failure(error: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line, cut to `limit` characters, for a fallback's warning (compiler
+    errors run to pages; the cause is often on the second line, as in BackendCompilerFailed)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."

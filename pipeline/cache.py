@@ -110,13 +110,17 @@ class StageCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
-    def writing(self, stage: str, key: str, resumable: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def writing(
+        self, stage: str, key: str, progress_files: tuple[str, ...] = ()
+    ) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Yield (folder to write into, manifest dict); publish both if the block succeeds.
 
-        A resumable stage writes into `.partial-<key>`, which stays after any failure or kill for
-        the next attempt to resume from; it is never taken as a complete output. Call inside
+        A resumable stage (one with `progress_files`, glob patterns) writes into `.partial-<key>`,
+        which stays after any failure or kill for the next attempt to resume from; it is never taken
+        as a complete output, and its progress files are dropped when it is published. Call inside
         `lock(stage, key)`.
         """
+        resumable = bool(progress_files)
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".tmp-{key}-*"):
@@ -136,6 +140,9 @@ class StageCache:
         manifest: dict[str, Any] = {"stage": stage, "key": key}
         try:
             yield working, manifest
+            for pattern in progress_files:  # only a resumed attempt needs them; a model's are large
+                for path in [*working.glob(pattern), *working.glob(f"{pattern}.partial")]:
+                    path.unlink()
             manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             manifest["files"] = {
                 str(path.relative_to(working)): file_entry(path)

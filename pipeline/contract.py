@@ -205,9 +205,15 @@ class StageSpec:
     # Reads the signal tables of every source in `signals.sources`: the graph adds the stages
     # that produce them to the needs.
     consumes_signals: bool = False
-    # An interrupted run leaves its partial output for the next run to resume from.
-    resumable: bool = False
+    # Files (glob patterns in the output folder) the stage saves its progress to: such a stage is
+    # resumable, its partial output waits for the next attempt however this one ends, and these
+    # files are dropped once it succeeds.
+    progress_files: tuple[str, ...] = ()
     description: str = ""
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.progress_files)
 
     def view(self, config: PipelineConfig) -> ConfigView:
         return ConfigView(config, self.reads, self.name)

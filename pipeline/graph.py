@@ -59,12 +59,13 @@ def data_fingerprint(config: PipelineConfig) -> str:
 
 @functools.lru_cache(maxsize=32)
 def model_fingerprint(source: str) -> str | None:
-    """A pretrained model by its files when it is a local folder; a hub id stands for itself ("" for none).
-    Hashed once per process: every (fold, seed) instance asks again."""
+    """A pretrained model by its files' names, sizes and modification times when it is a local folder
+    (a rewritten file changes them; hashing gigabytes of weights on every run would not pay); a hub id
+    stands for itself ("" for none). Once per process: every (fold, seed) instance asks again."""
     if not source:
         return None
     folder = Path(source)
-    return fingerprint(folder) if folder.is_dir() else source
+    return fingerprint(folder, hash_contents=False) if folder.is_dir() else source
 
 
 def teacher_fingerprint(config: PipelineConfig) -> str | None:

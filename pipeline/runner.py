@@ -247,7 +247,7 @@ def _execute(
         stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy
     ) as run:
         try:
-            with cache.writing(stage.name, key, resumable=stage.resumable) as (folder, manifest):
+            with cache.writing(stage.name, key, stage.progress_files) as (folder, manifest):
                 started = time.perf_counter()
                 result = stage.run(stage.view(config), inputs, folder)
                 seconds = time.perf_counter() - started
@@ -275,10 +275,13 @@ def _execute(
             cause = storage_problem(exc, cache.root)
             if cause is None:
                 raise
-            where = getattr(exc, "filename", None) or cache.path(stage.name, key)
+            if stage.resumable:
+                where, kept = cache.partial(stage.name, key), "its progress is kept there to resume from"
+            else:
+                where, kept = cache.path(stage.name, key), "nothing half-written was kept"
             raise StorageError(
-                f"stage {stage.name} could not write {where}: {cause} ({exc}). Nothing half-written was kept: "
-                "make room (or raise the limit) and rerun; finished stages are reused"
+                f"stage {stage.name} could not write {getattr(exc, 'filename', None) or where}: {cause} ({exc}); "
+                f"{kept}. Make room (or raise the limit) and rerun: finished stages are reused"
             ) from exc
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)

@@ -45,18 +45,18 @@ SERVER_TIMEOUT = 5.0  # seconds to wait for a tracking server before refusing to
 def check_server(uri: str) -> None:
     """Refuse to start, naming the server, when a tracking server does not answer: MLflow's own
     client retries for minutes before it fails, in the middle of a run."""
+    import ssl
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT):
             pass
-    except urllib.error.HTTPError as exc:
-        raise ServiceError(
-            f"the tracking server {uri} answered {exc.code} {exc.reason} to a health check: is it an MLflow server? "
-            "Check tracking.uri (or MLFLOW_TRACKING_URI)"
-        ) from exc
+    except urllib.error.HTTPError:
+        return  # it answers; whether it lets this run in (authentication) is MLflow's client's to say
     except (urllib.error.URLError, OSError) as exc:
+        if isinstance(getattr(exc, "reason", None), ssl.SSLError):
+            return  # it answers over TLS; MLflow's client applies its own certificate settings
         reason = getattr(exc, "reason", exc)
         raise ServiceError(
             f"the tracking server {uri} does not answer ({reason}): start it, or point tracking.uri (or "

@@ -103,14 +103,18 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_split_dir, tmp_pa
 def test_cache_keeps_a_partial_output_for_the_next_attempt(tmp_path):
     cache = StageCache(tmp_path)
     with pytest.raises(Interrupted):
-        with cache.writing("predictor", "k1", resumable=True) as (folder, _):
+        with cache.writing("predictor", "k1", ("last.pt",)) as (folder, _):
             (folder / "last.pt").write_text("checkpoint")
             raise Interrupted
     assert cache.lookup("predictor", "k1") is None
-    with cache.writing("predictor", "k1", resumable=True) as (folder, manifest):
+    with cache.writing("predictor", "k1", ("last.pt",)) as (folder, manifest):
         assert (folder / "last.pt").read_text() == "checkpoint"
+        (folder / "best").mkdir()
+        (folder / "last.pt.partial").write_text("a save cut short")
         manifest.update(run_id="r", params={}, metrics={}, summary=[])
-    assert cache.lookup("predictor", "k1")["run_id"] == "r"
+    published = cache.lookup("predictor", "k1")
+    assert published["run_id"] == "r" and published["files"] == {}  # progress is dropped once the stage is done
+    assert not (cache.path("predictor", "k1") / "last.pt").exists()
 
 
 @pytest.mark.slow

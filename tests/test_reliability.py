@@ -95,6 +95,7 @@ def test_sigterm_ends_with_one_line_and_exit_143_and_the_rerun_resumes(bars_csv,
     assert rerun.returncode == 0 and "resuming from epoch" in rerun.stderr
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_named_and_leaves_nothing_half_written(write_config, tmp_path):
     bars = tmp_path / "bars.csv"
     make_bars(n_symbols=600, n_days=200).to_csv(bars, index=False)  # a panel of about 3 MB
@@ -128,7 +129,7 @@ def test_a_damaged_manifest_means_not_cached(bars_csv, write_config, caplog):
 
 def test_a_same_size_change_in_a_large_file_is_caught(tmp_path, caplog):
     cache = StageCache(tmp_path)
-    with cache.writing("demo", "k", resumable=False) as (folder, manifest):
+    with cache.writing("demo", "k") as (folder, manifest):
         (folder / "values.npy").write_bytes(os.urandom(3 << 20))
         manifest.update(run_id="r", params={}, metrics={}, summary=[])
     assert cache.lookup("demo", "k") is not None

@@ -17,18 +17,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
+from models.checkpoint import load_progress, random_states, restore_random_states, save_progress
 from models.chronos.forecasting import model_quantiles
 
 log = logging.getLogger(__name__)
@@ -189,13 +187,18 @@ def distil(
         device
     )  # every step's batch
     unread: list[torch.Tensor] = []  # (loss, match, pinball) of the steps since the last read, on the device
-    first = 1
+    first, finished, earlier_seconds = 1, False, 0.0
     if checkpoint is not None and checkpoint.is_file():
-        saved = load_progress(checkpoint, student, optimizer, schedule, device)
-        first, best, best_state, stale, history = (saved[k] for k in ("step", "best", "best_state", "stale", "history"))
-        first += 1
+        saved = load_progress(checkpoint, device)
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        restore_random_states(saved)
+        best, best_state, stale, history = (saved[k] for k in ("best", "best_state", "stale", "history"))
+        first, finished, earlier_seconds = saved["step"] + 1, saved["finished"], saved["seconds"]
         log.info("student: resuming from step %d of %d (%s)", first - 1, settings.steps, checkpoint)
-    progress = tqdm(range(first, settings.steps + 1), desc="distilling Chronos-2 student", leave=False)
+    last = first - 1 if finished else settings.steps  # an early stop stays stopped
+    progress = tqdm(range(first, last + 1), desc="distilling Chronos-2 student", leave=False)
     step = first - 1
     for step in progress:
         student.train()
@@ -239,8 +242,17 @@ def distil(
         else:
             stale += 1
         if checkpoint is not None:
-            progress_state = {"step": step, "best": best, "best_state": best_state, "stale": stale, "history": history}
-            save_progress(checkpoint, student, optimizer, schedule, progress_state)
+            state = {
+                "student": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+            }
+            progress_state = {
+                "step": step, "best": best, "best_state": best_state, "stale": stale, "history": history,
+                "finished": stale >= settings.patience or step == settings.steps,
+                "seconds": earlier_seconds + time.perf_counter() - started - label_seconds,
+            }  # fmt: skip
+            save_progress(checkpoint, {**state, **random_states(), **progress_state})
         if stale >= settings.patience:
             log.info("student: no validation improvement for %d checks, stopping at step %d", stale, step)
             break
@@ -249,43 +261,9 @@ def distil(
     report = {
         "steps": step,
         "label_seconds": label_seconds,
-        "train_seconds": time.perf_counter() - started - label_seconds,
+        "train_seconds": earlier_seconds + time.perf_counter() - started - label_seconds,
         **{f"best_val_{key}": value for key, value in best.items()},
         **{f"initial_val_{key}": value for key, value in initial.items()},
         "teacher_val_pinball": teacher_pinball(teacher, val_data, target),
     }
     return history, report
-
-
-def save_progress(path: Path, student, optimizer, schedule, state: dict[str, Any]) -> None:
-    """Everything a resumed distillation needs, written atomically: a kill leaves the previous one."""
-    partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "student": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            **state,
-        },
-        partial,
-    )
-    partial.replace(path)
-
-
-def load_progress(path: Path, student, optimizer, schedule, device: torch.device) -> dict[str, Any]:
-    try:  # never unpickle code from a cache folder someone may have handed over
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values, so this pipeline did not write it; "
-            f"it is not loaded. Delete {path} to distil from scratch"
-        ) from exc
-    student.load_state_dict(saved["student"])
-    optimizer.load_state_dict(saved["optimizer"])
-    schedule.load_state_dict(saved["schedule"])
-    torch.set_rng_state(saved["torch_rng"].cpu())
-    if saved["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return saved

@@ -32,6 +32,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from models.device import describe_failure
 from models.kronos.layers import LayerCache, MultiHeadAttention, TransformerBlock
 from models.kronos.model import Kronos, inverse_cdf
 
@@ -122,20 +123,12 @@ HOW_TO_TURN_OFF = {
 }
 
 
-def describe(error: BaseException, limit: int = 200) -> str:
-    """`Type: message` on one line, cut to `limit` characters (compiler errors run to pages; the
-    cause is often on the second line, as in BackendCompilerFailed)."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
 class SpeedupFailed(RuntimeError):
     """An optional speed-up of decoding (`kind`: COMPILE or GRAPHS) failed with `error`; decoding
     without it gives the same tokens."""
 
     def __init__(self, kind: str, error: Exception):
-        super().__init__(f"{HOW_TO_TURN_OFF[kind][0]} failed: {describe(error)}")
+        super().__init__(f"{HOW_TO_TURN_OFF[kind][0]} failed: {describe_failure(error)}")
         self.kind, self.error = kind, error
 
 
@@ -403,7 +396,7 @@ class CachedSampler:
             "Kronos decoding: %s failed (%s); decoding without it from now on (same tokens, slower). "
             "To skip the attempt: %s",
             what,
-            describe(failure.error),
+            describe_failure(failure.error),
             setting,
         )
         return True

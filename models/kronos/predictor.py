@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.device import bf16_weights, pick_device, without_cudnn_attention
+from models.device import bf16_weights, describe_failure, pick_device, without_cudnn_attention
 from models.kronos.batches import time_features
-from models.kronos.generation import CachedSampler, Sampling, describe
+from models.kronos.generation import CachedSampler, Sampling
 from models.kronos.model import Kronos
 from models.kronos.tokenizer import KronosTokenizer
 
@@ -116,7 +116,7 @@ class KronosPredictor:
             "Kronos: %s failed (%s); forecasting with the fp32 weights from now on. To skip the attempt: kronos.bf16: "
             "false (KronosPredictor(bf16=False))",
             what,
-            describe(error),
+            describe_failure(error),
         )
 
     def forecast(
@@ -145,7 +145,7 @@ class KronosPredictor:
             return self._forecast_all(*arguments)
         except torch.OutOfMemoryError:  # not bf16's fault: fp32 needs more memory still
             raise
-        except Exception as error:
+        except (RuntimeError, NotImplementedError, TypeError) as error:  # an operator bf16 lacks; not bad inputs
             self._back_to_fp32("forecasting with bf16 weights", error)
         return self._forecast_all(*arguments)  # the whole call again, all of it in fp32
 

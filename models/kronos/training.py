@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
+from models.checkpoint import load_progress, random_states, restore_random_states, save_progress
 from models.device import pick_device
 from models.kronos.batches import DeviceWindows, draw_context
 from models.kronos.model import Kronos
@@ -178,19 +177,11 @@ def fit(
     state: dict[str, Any] = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "history": [], "best_metrics": {}}
     last = out_dir / "last.pt"
     if last.is_file():
-        try:  # never unpickle code from a cache folder someone may have handed over
-            saved = torch.load(last, map_location=world.device, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{last} holds objects other than tensors and plain values, so this pipeline's training did not "
-                f"write it; it is not loaded. Delete {out_dir} to train from scratch"
-            ) from exc
+        saved = load_progress(last, world.device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        restore_random_states(saved)
         state = saved["state"]
         log.info("%s: resuming from epoch %d of %d (%s)", task.name, state["epoch"], settings.epochs, last)
     wrapped = DistributedDataParallel(model) if world.size > 1 else model
@@ -326,20 +317,8 @@ def summarise(task, totals: dict[str, torch.Tensor], count: float) -> dict[str, 
 
 
 def _save_last(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            # every device's generator: dropout and sampling on a GPU draw from its own
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "state": state,
-        },
-        partial,
-    )
-    partial.replace(path)
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    save_progress(path, {**payload, **random_states(), "state": state})
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
 
-from models.device import bf16_weights
+from models.device import bf16_weights, describe_failure
 from models.timellm.bundled import DEFAULT_BACKBONE, bundled_minilm_path
 
 if TYPE_CHECKING:
@@ -148,19 +148,12 @@ def bert_block_for_last(block: BertLayer, hidden: torch.Tensor, mask: torch.Tens
 FALLBACK_SETTING = "timellm.forecast_backbone: float"
 
 
-def describe(error: BaseException, limit: int = 200) -> str:
-    """`Type: message` on one line, cut to `limit` characters."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
 def warn_float_fallback(what: str, error: BaseException) -> None:
     log.warning(
         "Time-LLM: %s failed (%s); forecasting with the float backbone instead (the float model's forecasts, "
         "slower). To skip the attempt: %s",
         what,
-        describe(error),
+        describe_failure(error),
         FALLBACK_SETTING,
     )
 
@@ -171,9 +164,7 @@ def cheaper_copy(kind: str, backbone: Backbone) -> Backbone:
     make = {"int8": _int8_model, "bf16": _bf16_model}[kind]
     try:
         model = make(backbone.model)
-    except torch.OutOfMemoryError:  # the float backbone is larger still
-        raise
-    except Exception as error:
+    except Exception as error:  # out of memory too: the float backbone is loaded already and needs no more
         warn_float_fallback(f"making the {kind} copy of the backbone", error)
         return backbone
     return replace(backbone, model=model, original=backbone)  # a copy of the same class

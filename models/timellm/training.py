@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.errors import CheckpointError
 from data_prep.windows import WindowSet
+from models.checkpoint import load_progress, random_states, restore_random_states, save_progress
 from models.device import autocast
 from models.timellm.layers import revin
 from models.timellm.model import TimeLLM
@@ -144,10 +143,10 @@ def fit(
     )
     progress_state: dict[str, Any] = {
         "epoch": 0, "step": 0, "best": {"mse": float("inf")}, "best_state": None, "stale": 0, "history": [],
-        "finished": False,
+        "finished": False, "seconds": 0.0,
     }  # fmt: skip
     if checkpoint is not None and checkpoint.is_file():
-        progress_state = load_progress(checkpoint, model, optimizer, schedule, rng, device)
+        progress_state = load_state(checkpoint, model, optimizer, schedule, rng, device)
         log.info("%s: resuming from epoch %d of %d (%s)", label, progress_state["epoch"], settings.epochs, checkpoint)
     history: list[dict[str, float]] = progress_state["history"]
     best, best_state, stale = progress_state["best"], progress_state["best_state"], progress_state["stale"]
@@ -190,14 +189,15 @@ def fit(
         stopping = stale >= settings.patience
         if checkpoint is not None:
             state = {"epoch": epoch + 1, "step": step, "best": best, "best_state": best_state, "stale": stale,
-                     "history": history, "finished": stopping or epoch + 1 == settings.epochs}  # fmt: skip
-            save_progress(checkpoint, model, optimizer, schedule, rng, state)
+                     "history": history, "finished": stopping or epoch + 1 == settings.epochs,
+                     "seconds": progress_state["seconds"] + time.perf_counter() - started}  # fmt: skip
+            save_state(checkpoint, model, optimizer, schedule, rng, state)
         if stopping:
             log.info("%s: no validation improvement for %d epochs, stopping", label, stale)
             break
     assert best_state is not None, "no epoch improved on an infinite validation MSE (NaN losses?)"
     model.load_state_dict(best_state, strict=False)
-    seconds = time.perf_counter() - started
+    seconds = progress_state["seconds"] + time.perf_counter() - started  # an earlier attempt's epochs too
     report = {
         "epochs_run": epoch + 1,
         "steps": step,
@@ -208,41 +208,23 @@ def fit(
     return history, report
 
 
-def save_progress(path: Path, model: TimeLLM, optimizer, schedule, rng: np.random.Generator, state: dict) -> None:
-    """The trainable weights, optimiser, schedule and every random state, written atomically."""
-    partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "model": model.trainable_state(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "progress": state,
-        },
-        partial,
+def save_state(path: Path, model: TimeLLM, optimizer, schedule, rng: np.random.Generator, state: dict) -> None:
+    """The trainable weights, optimiser, schedule and every random state (numpy's batches too)."""
+    payload = {"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+    save_progress(
+        path, {**payload, **random_states(), "numpy_rng": json.dumps(rng.bit_generator.state), "progress": state}
     )
-    partial.replace(path)
 
 
-def load_progress(
+def load_state(
     path: Path, model: TimeLLM, optimizer, schedule, rng: np.random.Generator, device: torch.device
 ) -> dict[str, Any]:
-    try:  # never unpickle code from a cache folder someone may have handed over
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values, so this pipeline did not write it; "
-            f"it is not loaded. Delete {path} to train from scratch"
-        ) from exc
+    saved = load_progress(path, device)
     model.load_state_dict(saved["model"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     rng.bit_generator.state = json.loads(saved["numpy_rng"])
-    torch.set_rng_state(saved["torch_rng"].cpu())
-    if saved["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    restore_random_states(saved)
     return saved["progress"]
 
 
@@ -259,7 +241,7 @@ def forecast(
     model = model.forecaster()
     try:
         return _forecast(model, inputs, device, bf16, batch_size, label)
-    except Exception as error:
+    except (RuntimeError, NotImplementedError, TypeError) as error:  # the copy's operators; not bad inputs
         on_original = model.fall_back_to_original(error)
         if on_original is None:
             raise

@@ -134,7 +134,7 @@ STAGES = (
         reads=("kronos.tokenizer", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
-        resumable=True,
+        progress_files=("last.pt",),
         description="fine-tune or train the Kronos tokenizer (BSQ) on the train windows",
     ),
     StageSpec(
@@ -144,7 +144,7 @@ STAGES = (
         reads=("kronos.predictor", *TRAINING_READS),
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
-        resumable=True,
+        progress_files=("last.pt",),
         version=2,  # 2: s2 is conditioned on s1 codes drawn by inverse CDF instead of torch.multinomial (other draws)
         description="fine-tune or train the Kronos predictor on the tokenizer's tokens",
     ),

@@ -97,6 +97,10 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         seconds = time.perf_counter() - started
         assert variant_forecast.point is not None
         predicted = variant_forecast.point  # (N, H, C)
+        # a copy that failed to build or to run fell back to the float backbone (with a warning)
+        cheaper_forecasts = cheaper_forecasts and forecaster.forecaster().original_backbone is not None
+        if variant == "llm" and cheaper:
+            metrics[f"backbone_{cheaper}"] = float(cheaper_forecasts)
         if cheaper_forecasts:
             change = forecast_change(
                 model, predicted[..., close_channel], series, channels, close_channel, section.batch_size, device
@@ -205,7 +209,7 @@ STAGES = (
         reads=("timellm", "split.test", "seed"),
         outputs=timellm_outputs,
         models=timellm_models,
-        resumable=True,
+        progress_files=("*.last.pt",),
         signal_sources=tuple(timellm_source(variant) for variant in VARIANTS),
         # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws);
         # 3: the backbone's last block runs for the patch positions only (int8 forecasts move)
