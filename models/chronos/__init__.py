@@ -8,8 +8,9 @@ need it; the functions that load or build models say how to install it when it i
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from models.chronos.api import fit, forecast
@@ -19,8 +20,4 @@ SIZE_KEYS = ("num_layers", "d_model", "d_ff", "num_heads", "d_kv", "dropout_rate
 
 __all__ = ["SIZE_KEYS", "fit", "forecast"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in ("fit", "forecast"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module("models.chronos.api"), name)
+__getattr__ = lazy_attributes(__name__, {"fit": "models.chronos.api", "forecast": "models.chronos.api"})

@@ -9,8 +9,9 @@ The names load their modules (and torch) on first use, so importing the package 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from models.kronos.api import fit, forecast
@@ -27,8 +28,4 @@ _EXPORTS = {
 }
 __all__ = ["Kronos", "KronosPredictor", "KronosTokenizer", "fit", "forecast"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
