@@ -36,6 +36,21 @@ def _portfolio(close: pd.DataFrame, orders: pd.DataFrame, settings: TopkSettings
     )
 
 
+def unmodelled(settings: TopkSettings) -> str:
+    """The settings this engine does not follow, in words ("" when it follows them all): it trades
+    at the close, sells any name the rule drops, charges no minimum fee and knows no price limits."""
+    missing = []
+    if settings.deal_price != "close":
+        missing.append(f"deal_price {settings.deal_price} (it trades at the close)")
+    if settings.hold_thresh > 1:
+        missing.append(f"hold_thresh {settings.hold_thresh} (it may sell a name the day after buying it)")
+    if settings.costs.min_cost > 0:
+        missing.append(f"min_cost {settings.costs.min_cost:g}")
+    if settings.limit_threshold is not None:
+        missing.append(f"limit_threshold {settings.limit_threshold:g} (it trades at limit prices)")
+    return ", ".join(missing)
+
+
 def _daily(portfolio) -> pd.DataFrame:
     value = portfolio.value()
     traded = portfolio.orders.records_readable

@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from data_prep.errors import ConfigError
 from models.kronos import configs as kronos_sizes
+from models.kronos.scores import KronosScore
 from models.timellm.variants import VARIANTS, Variant, timellm_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +293,25 @@ class KronosInferenceConfig(StrictModel):
     # torch.compile each decoding step (fused kernels, fewer operator calls). Off: each batch shape
     # pays a compile first, which only a GPU can earn back (docs/performance.md).
     compile_decoding: bool = False
+    # Scores from the same sampled paths, each its own source: expected_return is `kronos` (and
+    # `kronos_zeroshot`); last, mean, max and min are upstream's signals (the mean path's last, mean,
+    # max or min close minus the last close), written as `kronos:mean` and so on.
+    scores: tuple[KronosScore, ...] = ("expected_return",)
+
+    @field_validator("scores")
+    @classmethod
+    def _expected_return_first(cls, scores: tuple[str, ...]) -> tuple[str, ...]:
+        if not scores or scores[0] != "expected_return" or len(set(scores)) != len(scores):
+            raise ValueError(f"must start with expected_return and name each score once, got {list(scores)}")
+        return scores
+
+
+class KronosZeroShotConfig(StrictModel):
+    """The published checkpoints (hub ids or local folders) that the kronos_zeroshot source forecasts
+    with, untrained; the defaults are the paper profile's."""
+
+    tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
+    predictor: str = "NeoQuasar/Kronos-small"
 
 
 class KronosPartConfig(StrictModel):
@@ -313,6 +333,7 @@ class KronosConfig(StrictModel):
     tokenizer: KronosPartConfig = KronosPartConfig()
     predictor: KronosPartConfig = KronosPartConfig()
     inference: KronosInferenceConfig = KronosInferenceConfig()
+    zeroshot: KronosZeroShotConfig = KronosZeroShotConfig()
     device: str = "auto"  # cuda, then mps, then cpu
     bf16: bool = True  # on CUDA: autocast for training, bf16 weights for forecasting
     nproc: Annotated[int, Field(ge=1)] = 1  # >1: train under torchrun with DistributedDataParallel
@@ -644,6 +665,17 @@ class PipelineConfig(StrictModel):
             raise ValueError(
                 f"signals.sources lists {missing} but timellm.variants {list(self.timellm.variants)} "
                 "does not train them: add the variant or drop the source"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kronos_scores_are_written(self) -> PipelineConfig:
+        scores = self.kronos.inference.scores
+        missing = [name for name in self.signals.sources if ":" in name and name.split(":", 1)[1] not in scores]
+        if missing:
+            raise ValueError(
+                f"signals.sources lists {missing} but kronos.inference.scores {list(scores)} does not write them: "
+                "add the score (e.g. --set 'kronos.inference.scores=[expected_return, mean]') or drop the source"
             )
         return self
 

@@ -36,8 +36,8 @@ FORECASTS = "forecasts.npz"  # paths or quantiles behind a source's scores
 
 
 def signal_path(source: str) -> str:
-    """Where the stage that produces `source` writes its signal table."""
-    return f"signals/{source}.parquet"
+    """Where the stage that produces `source` writes its signal table (`kronos:mean` -> kronos.mean)."""
+    return f"signals/{source.replace(':', '.')}.parquet"
 
 
 def quantile_path(source: str) -> str:

@@ -87,6 +87,9 @@ EXTERNAL_INPUTS: dict[str, Callable[[PipelineConfig], str | None]] = {
     "chronos2_student": teacher_fingerprint,
     "kronos_tokenizer": lambda config: model_fingerprint(config.kronos.tokenizer.pretrained),
     "kronos_predictor": lambda config: model_fingerprint(config.kronos.predictor.pretrained),
+    "kronos_zeroshot": lambda config: (
+        f"{model_fingerprint(config.kronos.zeroshot.tokenizer)}|{model_fingerprint(config.kronos.zeroshot.predictor)}"
+    ),
     "timellm": backbone_fingerprint,
 }
 

@@ -340,3 +340,14 @@ def test_score_matrix_round_trip(panel):
     )
     matrix = score_matrix(table)
     assert matrix.loc[close.index[5], "S001"] == 2.0 and np.isnan(matrix.loc[close.index[6], "S001"])
+
+
+def test_the_vectorbt_engine_names_the_settings_it_does_not_model():
+    from evaluation.vbt_backtest import unmodelled
+
+    assert unmodelled(BacktestConfig(min_cost=0.0).topk_settings()) == ""
+    upstream = BacktestConfig(deal_price="open", hold_thresh=5, min_cost=5, limit_threshold=0.095).topk_settings()
+    assert unmodelled(upstream) == (
+        "deal_price open (it trades at the close), hold_thresh 5 (it may sell a name the day after buying it), "
+        "min_cost 5, limit_threshold 0.095 (it trades at limit prices)"
+    )

@@ -22,6 +22,7 @@ from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
 from evaluation.evaluate import Evaluation, evaluate, run_in_processes
+from evaluation.vbt_backtest import unmodelled as vbt_unmodelled
 from evaluation.vbt_backtest import vbt_sweep
 from pipeline.config import check_topk
 from pipeline.contract import ChildRun, ConfigView, StageInputs, StageResult, StageSpec, signal_path
@@ -161,6 +162,9 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         )
     check_topk(config.backtest, len(split.panel.instruments))  # the engines disagree on a portfolio they cannot fill
     settings = config.backtest.topk_settings()
+    unmodelled = vbt_unmodelled(settings)
+    if unmodelled:
+        log.warning("the vectorbt engine does not model %s: its rows differ from Qlib's by design", unmodelled)
 
     strategies, jobs = [], []
     grid = (config.backtest.sweep_topk, config.backtest.sweep_n_drop, config.backtest.sweep_cost)

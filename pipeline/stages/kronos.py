@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from models.interface import Fitted
+from models.kronos.scores import KronosScore, source_name  # no torch: the graph names the sources
 from pipeline.contract import (
     CHECKPOINT,
     FORECASTS,
@@ -63,9 +66,9 @@ def kronos_tokenizer(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
 
 
 def kronos_predictor(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    spec = {**_spec(config, "predictor"), "tokenizer": str(inputs.checkpoint("kronos_tokenizer"))}
     from models.kronos import fit
 
+    spec = {**_spec(config, "predictor"), "tokenizer": str(inputs.checkpoint("kronos_tokenizer"))}
     fitted = fit("predictor", inputs.folder("split"), out, spec, config.kronos.nproc)
     report = fitted.report
     tokenizer_config = json.loads((inputs.checkpoint("kronos_tokenizer") / "config.json").read_text())
@@ -81,21 +84,38 @@ def kronos_predictor(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
 
 
 def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    """Forecast every test day and instrument with Kronos; score = expected horizon return."""
+    """Forecast every test day and instrument with the fine-tuned Kronos: the `kronos` source."""
+    predictor, tokenizer = str(inputs.checkpoint("kronos_predictor")), str(inputs.checkpoint("kronos_tokenizer"))
+    return forecast_and_score(config, inputs, predictor, tokenizer, config.seed, "kronos", out)
+
+
+def kronos_zeroshot(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
+    """The published checkpoints, untrained, through the same sampler and scores: `kronos_zeroshot`.
+    It reads no seed, so with walk-forward folds it runs once per fold."""
+    zeroshot = config.kronos.zeroshot
+    return forecast_and_score(config, inputs, zeroshot.predictor, zeroshot.tokenizer, 0, "kronos_zeroshot", out)
+
+
+def forecast_and_score(
+    config: ConfigView, inputs: StageInputs, predictor: str, tokenizer: str, seed: int, source: str, out: Path
+) -> StageResult:
+    """Sample paths for every test (day, instrument) and write each score of kronos.inference.scores
+    as its own source: `source` for the expected return, `source:mean` and so on for upstream's."""
     from models.kronos import forecast
     from models.kronos.generation import Sampling
+    from models.kronos.scores import upstream_score
 
     split = inputs.split()
     settings = config.kronos.inference
     series = split.forecast_inputs(*config.split.test)
     # One seed per (instrument, day): a series' paths do not depend on how series are batched.
     seeds = [
-        config.seed * 1_000_003 + int(i) * 10_007 + int(day)
+        seed * 1_000_003 + int(i) * 10_007 + int(day)
         for i, day in zip(series.windows.index[:, 0], series.windows.end_days(), strict=True)
     ]
     spec = {
-        "predictor": str(inputs.checkpoint("kronos_predictor")),
-        "tokenizer": str(inputs.checkpoint("kronos_tokenizer")),
+        "predictor": predictor,
+        "tokenizer": tokenizer,
         "device": config.kronos.device,
         "bf16": None if config.kronos.bf16 else False,  # None: bf16 weights on a CUDA GPU that has bf16
         "max_context": settings.max_context,
@@ -109,7 +129,9 @@ def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageR
     started = time.perf_counter()
     kronos_forecast = forecast(series, np.array(seeds), spec, settings.nproc, out / "shards")
     seconds = time.perf_counter() - started
-    table = write_forecast(kronos_forecast, "kronos", out)
+    table = write_forecast(kronos_forecast, source, out)
+    for score in settings.scores[1:]:  # from the same paths: no second forecast
+        write_forecast(upstream_score(kronos_forecast, score), source_name(source, score), out)
     metrics = {
         "series": len(table),
         "series_per_second": len(table) / seconds,
@@ -118,11 +140,21 @@ def kronos_signals(config: ConfigView, inputs: StageInputs, out: Path) -> StageR
         "mean_score_std": float(table["score_std"].mean()),
     }
     summary = [
-        f"kronos signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
+        f"{source} signals: {len(table):,} (day, instrument) scores over {table['datetime'].nunique()} test days, "
         f"{settings.sample_count} paths each, {metrics['series_per_second']:.0f} series/s "
         f"in {settings.nproc} process(es)",
     ]
-    return StageResult(metrics=metrics, summary=summary, artifacts=[out / signal_path("kronos"), out / FORECASTS])
+    return StageResult(metrics=metrics, summary=summary, artifacts=[out / signal_path(source), out / FORECASTS])
+
+
+def signal_outputs(source: str) -> Callable[[ConfigView], tuple[str, ...]]:
+    """A Kronos signals stage's outputs: every score's table, the quantiles and the paths behind them."""
+
+    def outputs(config: ConfigView) -> tuple[str, ...]:
+        scores = (signal_path(source_name(source, score)) for score in config.kronos.inference.scores)
+        return (*scores, FORECASTS, quantile_path(source))
+
+    return outputs
 
 
 TRAINING_READS = ("kronos.nproc", "kronos.device", "kronos.bf16", "split.clip", "seed")
@@ -153,12 +185,21 @@ STAGES = (
         kronos_signals,
         needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
-        outputs=(signal_path("kronos"), FORECASTS, quantile_path("kronos")),
+        outputs=signal_outputs("kronos"),
         # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;
         # 5: the tokenizer decodes each context once for all its paths (rounding-level changes);
         # 6: counter-based uniforms in (0, 1) for every path (generation.seeded_uniforms): other paths
         version=6,
-        signal_sources=("kronos",),
+        signal_sources=tuple(source_name("kronos", score) for score in get_args(KronosScore)),
         description="sample Kronos paths for every test day and instrument -> kronos scores",
+    ),
+    StageSpec(
+        "kronos_zeroshot",
+        kronos_zeroshot,
+        needs=("split",),
+        reads=("kronos.zeroshot", "kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip"),
+        outputs=signal_outputs("kronos_zeroshot"),
+        signal_sources=tuple(source_name("kronos_zeroshot", score) for score in get_args(KronosScore)),
+        description="the published Kronos checkpoints forecast the test segment untrained -> kronos_zeroshot",
     ),
 )
