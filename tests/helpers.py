@@ -87,3 +87,24 @@ def cache_entries(config_path):
     return (
         sorted(p.relative_to(cache) for p in cache.glob("*/*") if p.parent.name != ".locks") if cache.exists() else []
     )
+
+
+def tiny_config(backbone: str, variant: str = "llm", **overrides):
+    """A Time-LLM small enough to train in a test, on the backbone folder `backbone`."""
+    from models.timellm import TimeLLMConfig
+
+    options = dict(
+        seq_len=24,
+        pred_len=4,
+        variant=variant,
+        backbone=backbone,
+        llm_layers=2,
+        patch_len=8,
+        stride=4,
+        d_model=8,
+        d_ff=16,
+        n_heads=2,
+        num_tokens=32,
+        dropout=0.0,
+    )
+    return TimeLLMConfig(**{**options, **overrides})

@@ -19,7 +19,7 @@ from models.kronos.generation import CachedSampler, Sampling, generate_reference
 from models.kronos.model import Kronos
 from models.kronos.predictor import KronosPredictor
 from models.kronos.tokenizer import KronosTokenizer
-from tests.helpers import TINY_PREDICTOR, TINY_TOKENIZER, make_bars
+from tests.helpers import TINY_PREDICTOR, TINY_TOKENIZER, make_bars, tiny_config
 
 GREEDY = Sampling(top_k=1)
 
@@ -226,25 +226,12 @@ def test_predictor_tries_a_failed_compile_once_for_all_its_samplings(monkeypatch
 
 @pytest.fixture(scope="module")
 def timellm_parts(backbone_dirs):
-    from models.timellm import TimeLLM, TimeLLMConfig
+    from models.timellm import TimeLLM
     from models.timellm.backbone import load_backbone
 
     backbone = load_backbone(backbone_dirs["bert"], 2)
     torch.manual_seed(0)
-    config = TimeLLMConfig(
-        seq_len=24,
-        pred_len=4,
-        backbone=backbone_dirs["bert"],
-        llm_layers=2,
-        patch_len=8,
-        stride=4,
-        d_model=8,
-        d_ff=16,
-        n_heads=2,
-        num_tokens=32,
-        dropout=0.0,
-    )
-    model = TimeLLM(config, backbone).eval()
+    model = TimeLLM(tiny_config(backbone_dirs["bert"]), backbone).eval()
     inputs = (np.random.default_rng(0).random((10, 24, 1)).cumsum(1) + 10).astype(np.float32)
     return model, backbone, inputs
 

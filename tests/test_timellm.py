@@ -14,26 +14,9 @@ from models.timellm.backbone import int8_backbone, load_backbone
 from models.timellm.prompt import PROMPT_STYLES, LoopPromptBuilder, PromptBuilder, input_statistics
 from models.timellm.training import accumulate_gradients, evaluate, fit, forecast
 from pipeline.config import TimeLLMTrainConfig
+from tests.helpers import tiny_config
 
 DEVICE = torch.device("cpu")
-
-
-def tiny_config(backbone: str, variant: str = "llm", **overrides) -> TimeLLMConfig:
-    options = dict(
-        seq_len=24,
-        pred_len=4,
-        variant=variant,
-        backbone=backbone,
-        llm_layers=2,
-        patch_len=8,
-        stride=4,
-        d_model=8,
-        d_ff=16,
-        n_heads=2,
-        num_tokens=32,
-        dropout=0.0,
-    )
-    return TimeLLMConfig(**{**options, **overrides})
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
