@@ -595,11 +595,27 @@ class BacktestConfig(StrictModel):
         )
 
 
+class RayConfig(StrictModel):
+    """Where `executor: ray` runs the stage instances (see README "Scaling out")."""
+
+    # "": start a Ray instance on this machine with its cores and GPUs; "auto" or "ray://host:10001": join a cluster
+    address: str = ""
+    # CPUs Ray reserves for each stage instance; None: `threads`, which decides torch's threads too
+    cpus_per_task: Annotated[float | None, Field(gt=0, le=1024)] = None
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3  # re-runs of an instance whose worker or node died
+
+
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
     # numpy's default_rng refuses negative seeds, and LightGBM's `seed` is a C int
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     cache_dir: Path = Path(".cache/pipeline")
+    # local: every stage instance in this process, one after another; ray: instances as Ray tasks
+    executor: Literal["local", "ray"] = "local"
+    # torch's threads in every stage instance, on every executor: training results depend on it in their last
+    # bits, so equal outputs across executors and machines need it equal. None: the driver machine's cores.
+    threads: Annotated[int | None, Field(ge=1, le=1024)] = None
+    ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -98,8 +98,13 @@ class StageInputs:
     """
 
     def __init__(self, stage: str, instances: list[InstanceOutputs], producers: dict[str, str], tracking_uri: str):
+        from evaluation.evaluate import run_in_processes
+
         self._stage, self.instances, self._producers = stage, instances, producers
         self.tracking_uri = tracking_uri  # the store the invocation tracks to (Qlib's recorder writes there too)
+        # Runs independent pieces of a stage (the backtest's strategies) in parallel; the executor sets it
+        # (processes on this machine, or Ray tasks), with the signature of run_in_processes.
+        self.fan_out: Callable[..., list[Any]] = run_in_processes
 
     def folder(self, stage: str, instance: InstanceOutputs | None = None) -> Path:
         folders = (instance or self.instances[0]).folders
@@ -209,6 +214,8 @@ class StageSpec:
     # resumable, its partial output waits for the next attempt however this one ends, and these
     # files are dropped once it succeeds.
     progress_files: tuple[str, ...] = ()
+    # The config key of the stage's torch device: a stage whose device resolves to CUDA gets a GPU from Ray.
+    device_key: str = ""
     description: str = ""
 
     @property

@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "'split.test=[2022-01-01,2022-12-30]'"
         ),
     )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where stage instances run: local (one after another here) or ray (Ray tasks; see ray.address)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
     parser.add_argument(
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    config = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"executor={args.executor}"] if args.executor else [])]
+    config = load_config(args.config, overrides)
     if args.list:
         print_graph(console, config)
         return 0

@@ -26,6 +26,7 @@ from pipeline.graph import (
     data_fingerprint,
     data_location,
     instances,
+    needs,
     plan,
     upstream_keys,
 )
@@ -46,77 +47,122 @@ class StageOutcome:
     produced_by: str  # the nested MLflow run that produced the output (run_id unless reused)
     seconds: float
     summary: list[str]
+    node: str = ""  # the machine (Ray node) that ran or reused it
 
 
-def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
-    """Run `target` and the stages it needs, once per (fold, seed) where they differ; `force` reruns the
-    target even if cached.
+@dataclass(frozen=True)
+class Job:
+    """One stage instance to run or reuse: everything a process needs to do it, on any executor."""
+
+    stage: str
+    key: str
+    config: PipelineConfig
+    inputs: StageInputs
+    tags: dict[str, str]  # the fold and seed it stands for
+    needs: tuple[tuple[str, str], ...]  # (stage, key) of the instances whose outputs it reads
+    label: str  # e.g. "kronos_predictor [fold 1, seed 2]"
+    force: bool  # rerun even when cached
+
+    @property
+    def id(self) -> tuple[str, str]:
+        return (self.stage, self.key)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every instance of one invocation shares: where it tracks to and where the cache is."""
+
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    dataset: Dataset
+    cache_root: Path  # absolute: workers may start elsewhere
+    cwd: Path  # the driver's working directory, against which relative data paths resolve
+    threads: int | None  # torch's threads in every instance (PipelineConfig.threads); None: this process's default
+
+
+def plan_jobs(config: PipelineConfig, target: str, force: bool, cache_root: Path, tracking_uri: str) -> list[Job]:
+    """Every stage instance `target` needs, each after the instances it reads, without duplicates.
 
     A stage instance is identified by its cache key, so a stage that reads no seed runs once per
     fold, ingest once in all, and the backtest once over the outputs of every instance.
     """
+    cache = StageCache(cache_root)
+    runs = instances(config)
+    jobs: dict[tuple[str, str], Job] = {}
+    per_instance: list[dict[str, str]] = [{} for _ in runs]  # stage -> key, per (fold, seed)
+    for stage in plan(target, config):
+        # A consumer of every instance's signals runs once on the run's config; any other stage once per instance.
+        groups = (
+            [(runs, per_instance)]
+            if stage.consumes_signals
+            else [([run], [keys]) for run, keys in zip(runs, per_instance, strict=True)]
+        )
+        for group, group_keys in groups:
+            stage_config = config if stage.consumes_signals else group[0].config
+            key = cache_key(stage, stage_config, upstream_keys(stage, group, group_keys))
+            for keys in group_keys:
+                keys[stage.name] = key
+            if (stage.name, key) in jobs:
+                continue
+            reads = [
+                {name: keys[name] for name in needs(stage, run.config)}
+                for run, keys in zip(group, group_keys, strict=True)
+            ]
+            inputs = StageInputs(
+                stage.name,
+                [
+                    InstanceOutputs(
+                        run.fold, run.seed, run.dates, {name: cache.path(name, k) for name, k in instance_reads.items()}
+                    )
+                    for run, instance_reads in zip(group, reads, strict=True)
+                ],
+                SIGNAL_PRODUCERS,
+                tracking_uri,
+            )
+            tags = instance_tags(stage, group[0]) if len(runs) > 1 and not stage.consumes_signals else {}
+            label = stage.name + (f" [{', '.join(f'{k} {v}' for k, v in tags.items())}]" if tags else "")
+            upstream = tuple(dict.fromkeys(item for instance_reads in reads for item in instance_reads.items()))
+            jobs[(stage.name, key)] = Job(
+                stage.name, key, stage_config, inputs, tags, upstream, label, force and stage.name == target
+            )
+    return list(jobs.values())
+
+
+def run_pipeline(config: PipelineConfig, target: str, force: bool = False, config_file: str = "") -> list[StageOutcome]:
+    """Run `target` and the stages it needs, once per (fold, seed) where they differ, on the
+    configured executor; `force` reruns the target even if cached."""
+    from pipeline.executors import open_executor
+
     stages = plan(target, config)
     target = stages[-1].name  # an old alias resolved
-    cache = StageCache(config.cache_dir)
+    cache = StageCache(config.cache_dir.resolve())
     cache.ensure_writable()
     uri = tracking.setup(config)
     log.info("tracking to %s (experiment %r)", uri, config.tracking.experiment)
-    runs = instances(config)
-    dataset = tracking.data_set(config, data_location(config), data_fingerprint(config))
-    if len(runs) > 1:
+    jobs = plan_jobs(config, target, force, cache.root, uri)
+    if len(instances(config)) > 1:
         log.info(
             "%d folds x %d seeds: learned stages run per (fold, seed), each cached on its own",
             len(config.folds()),
             len(config.seeds()),
         )
-    done: dict[tuple[str, str], StageOutcome] = {}  # (stage, key) -> outcome, in run order
-    per_instance: list[dict[str, StageOutcome]] = [{} for _ in runs]
-    with tracking.parent_run(config, target, config_file, dataset) as parent:
-        log.info("MLflow parent run %s", parent.info.run_id)
-        for stage in stages:
-            # A consumer of every instance's signals runs once on the run's config; any other stage once per instance.
-            groups = (
-                [(runs, per_instance)]
-                if stage.consumes_signals
-                else [([run], [outcomes]) for run, outcomes in zip(runs, per_instance, strict=True)]
+    dataset = tracking.data_set(config, data_location(config), data_fingerprint(config))
+    with open_executor(config, cache.root, uri) as executor:
+        with tracking.parent_run(config, target, config_file, dataset) as parent:
+            log.info("MLflow parent run %s", parent.info.run_id)
+            context = RunContext(
+                parent.info.run_id,
+                parent.info.experiment_id,
+                uri,
+                dataset,
+                cache.root,
+                Path.cwd().resolve(),
+                executor.threads,
             )
-            for group, group_outcomes in groups:
-                stage_config = config if stage.consumes_signals else group[0].config
-                upstream = upstream_keys(
-                    stage, group, [{name: o.key for name, o in outcomes.items()} for outcomes in group_outcomes]
-                )
-                key = cache_key(stage, stage_config, upstream)
-                if (stage.name, key) not in done:
-                    tags = instance_tags(stage, group[0]) if len(runs) > 1 and not stage.consumes_signals else {}
-                    inputs = StageInputs(
-                        stage.name,
-                        [
-                            InstanceOutputs(
-                                run.fold, run.seed, run.dates, {name: o.output for name, o in outcomes.items()}
-                            )
-                            for run, outcomes in zip(group, group_outcomes, strict=True)
-                        ],
-                        SIGNAL_PRODUCERS,
-                        uri,
-                    )
-                    try:
-                        done[(stage.name, key)] = _run_or_reuse(
-                            stage,
-                            key,
-                            stage_config,
-                            cache,
-                            inputs,
-                            RunContext(parent.info.run_id, dataset, tags),
-                            force and stage.name == target,
-                        )
-                    except KeyboardInterrupt:
-                        raise Interrupted(signal.SIGINT, stage.name) from None
-                    except Interrupted as exc:
-                        raise Interrupted(exc.signum, exc.stage or stage.name) from None
-                for outcomes in group_outcomes:
-                    outcomes[stage.name] = done[(stage.name, key)]
-        mlflow.log_metric("stages_run", sum(not o.reused for o in done.values()))
-    return list(done.values())
+            outcomes = executor.run(jobs, context)
+            mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes))
+    return outcomes
 
 
 def instance_tags(stage: StageSpec, instance: Instance) -> dict[str, str]:
@@ -129,32 +175,25 @@ def instance_tags(stage: StageSpec, instance: Instance) -> dict[str, str]:
     return tags
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """Where a stage's run goes in MLflow: under the invocation's run, with its data set and the instance's tags."""
-
-    parent_run_id: str
-    dataset: Dataset
-    tags: dict[str, str]
-
-
-def _run_or_reuse(
-    stage: StageSpec,
-    key: str,
-    config: PipelineConfig,
-    cache: StageCache,
-    inputs: StageInputs,
-    context: RunContext,
-    force: bool,
-) -> StageOutcome:
-    with cache.lock(stage.name, key):
-        manifest = cache.lookup(stage.name, key)
-        if manifest is None or force:
-            return _execute(stage, key, config, cache, inputs, context)
-        outcome = _reuse(stage, key, cache.path(stage.name, key), manifest, context, config)
-        if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
-            cache.update(stage.name, key, run_id=outcome.produced_by)
-        return outcome
+def run_job(job: Job, run_id: str, context: RunContext, node: str) -> StageOutcome:
+    """Run or reuse one stage instance, logging into its run `run_id`: in the driver's process
+    (local executor) or in a Ray worker on any node. Ends with Interrupted on Ctrl-C or SIGTERM."""
+    stage = STAGES[job.stage]
+    cache = StageCache(context.cache_root)
+    try:
+        with cache.lock(stage.name, job.key):
+            manifest = cache.lookup(stage.name, job.key)
+            if manifest is None or job.force:
+                outcome = _execute(stage, job, cache, run_id, context, node)
+            else:
+                outcome = _reuse(stage, job, cache.path(stage.name, job.key), manifest, run_id, context, node)
+                if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
+                    cache.update(stage.name, job.key, run_id=outcome.produced_by)
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT, stage.name) from None
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, exc.stage or stage.name) from None
+    return outcome
 
 
 def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
@@ -203,7 +242,7 @@ def stage_status(config: PipelineConfig) -> list[dict[str, str]]:
 
 
 def _reuse(
-    stage: StageSpec, key: str, output: Path, manifest: dict, context: RunContext, config: PipelineConfig
+    stage: StageSpec, job: Job, output: Path, manifest: dict, run_id: str, context: RunContext, node: str
 ) -> StageOutcome:
     """Log the cached output as a run of this invocation.
 
@@ -219,42 +258,42 @@ def _reuse(
         manifest["run_id"],
         "" if produced_in_store else ", which this tracking store does not have: logging its artifacts again",
     )
-    tags = {"cache_key": key, "reused": "true", **context.tags}
+    tags = {"cache_key": job.key, "reused": "true", "node": node}
     tags["produced_by_run_id" if produced_in_store else "first_produced_by_run_id"] = manifest["run_id"]
-    with tracking.stage_run(stage.name, manifest["params"], tags, context.dataset) as run:
+    with tracking.stage_run(run_id, manifest["params"], tags, context.dataset):
         linked: set[str] = set()
         if not produced_in_store:  # the new store's Models page lists this run's checkpoints too
-            models = {name: output / path for name, path in stage.models_for(config).items()}
-            linked = tracking.log_models(run.info.run_id, models, manifest["params"], manifest["metrics"])
+            models = {name: output / path for name, path in stage.models_for(job.config).items()}
+            linked = tracking.log_models(run_id, models, manifest["params"], manifest["metrics"])
         tracking.log_metrics({name: value for name, value in manifest["metrics"].items() if name not in linked})
         tracking.log_children(manifest.get("children", []))
         tracking.log_to_run(context.parent_run_id, [output / name for name in manifest.get("parent_artifacts", [])])
         if not produced_in_store:
             tracking.log_artifacts([output / name for name in manifest.get("artifacts", [])])
-    producer = manifest["run_id"] if produced_in_store else run.info.run_id
-    return StageOutcome(stage.name, key, output, True, run.info.run_id, producer, 0.0, manifest["summary"])
+    producer = manifest["run_id"] if produced_in_store else run_id
+    return StageOutcome(stage.name, job.key, output, True, run_id, producer, 0.0, manifest["summary"], node)
 
 
 def _execute(
-    stage: StageSpec, key: str, config: PipelineConfig, cache: StageCache, inputs: StageInputs, context: RunContext
+    stage: StageSpec, job: Job, cache: StageCache, run_id: str, context: RunContext, node: str
 ) -> StageOutcome:
-    log.info("stage %s: running (cache key %s)", stage.name, key)
+    log.info("stage %s: running (cache key %s)", job.label, job.key)
+    config, key = job.config, job.key
     params = {name: config.section(name) for name in stage.reads}
-    seed_everything(config.seed)
+    seed_everything(config.seed, context.threads)
     models = stage.models_for(config)
     heavy = bool(models or stage.signal_sources)  # training and forecasting stages: sample CPU, memory and GPU use
-    with tracking.stage_run(
-        stage.name, params, {"cache_key": key, "reused": "false", **context.tags}, context.dataset, heavy
-    ) as run:
+    tags = {"cache_key": key, "reused": "false", "node": node}
+    with tracking.stage_run(run_id, params, tags, context.dataset, heavy):
         try:
             with cache.writing(stage.name, key, stage.progress_files) as (folder, manifest):
                 started = time.perf_counter()
-                result = stage.run(stage.view(config), inputs, folder)
+                result = stage.run(stage.view(config), job.inputs, folder)
                 seconds = time.perf_counter() - started
                 check_outputs(stage, config, folder)
                 metrics = {**result.metrics, "seconds": seconds}
                 linked = tracking.log_models(
-                    run.info.run_id, {name: folder / path for name, path in models.items()}, params, metrics
+                    run_id, {name: folder / path for name, path in models.items()}, params, metrics
                 )
                 tracking.log_metrics({name: value for name, value in metrics.items() if name not in linked})
                 tracking.log_history(result.history)
@@ -263,7 +302,7 @@ def _execute(
                 tracking.log_children(children)
                 tracking.log_to_run(context.parent_run_id, result.parent_artifacts)
                 manifest.update(
-                    run_id=run.info.run_id,
+                    run_id=run_id,
                     params=params,
                     metrics=metrics,
                     summary=result.summary,
@@ -285,9 +324,9 @@ def _execute(
             ) from exc
     for line in result.summary:
         log.info("stage %s: %s", stage.name, line)
-    log.info("stage %s: done in %.1fs", stage.name, seconds)
-    run_id = run.info.run_id
-    return StageOutcome(stage.name, key, cache.path(stage.name, key), False, run_id, run_id, seconds, result.summary)
+    log.info("stage %s: done in %.1fs", job.label, seconds)
+    output = cache.path(stage.name, key)
+    return StageOutcome(stage.name, key, output, False, run_id, run_id, seconds, result.summary, node)
 
 
 class StageContractError(RuntimeError):
@@ -300,9 +339,12 @@ def check_outputs(stage: StageSpec, config: PipelineConfig, folder: Path) -> Non
         raise StageContractError(f"stage {stage.name!r} returned without writing its declared output(s) {missing}")
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed every generator; with `threads`, fix torch's thread count, which decides a training's last bits."""
     import torch  # only stages that run need it; a cached rerun does not
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

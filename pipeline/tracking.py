@@ -115,6 +115,12 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def use_store(uri: str, experiment_id: str) -> None:
+    """Point this process (a Ray worker) at the driver's store and experiment."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+
+
 def run_exists(run_id: str) -> bool:
     """Whether the current tracking store holds this run."""
     try:
@@ -209,20 +215,30 @@ def _inherited_tags() -> dict[str, str]:
     return {key: tags[key] for key in RUN_IDENTITY_TAGS if key in tags}
 
 
+def create_stage_run(parent_run_id: str, stage: str, tags: dict[str, str]) -> str:
+    """A run for one stage instance, nested in the invocation's run and carrying its commit, config
+    hash and data identity. The driver creates it; whichever process runs the stage logs into it."""
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    identity = {key: parent.data.tags[key] for key in RUN_IDENTITY_TAGS if key in parent.data.tags}
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=stage,
+        tags={"mlflow.parentRunId": parent_run_id, "stage": stage, **identity, **tags},
+    )
+    return run.info.run_id
+
+
 @contextmanager
 def stage_run(
-    stage: str, params: dict[str, Any], tags: dict[str, str], dataset: Dataset, system_metrics: bool = False
+    run_id: str, params: dict[str, Any], tags: dict[str, str], dataset: Dataset, system_metrics: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """A run nested in the active (parent) run, which also carries the parent's commit, config hash and data set.
+    """Log into the stage run `run_id` (see create_stage_run), in this process or a Ray worker.
 
     With `system_metrics`, MLflow samples CPU, memory and (where present) GPU use while the stage runs.
     """
-    with mlflow.start_run(
-        run_name=stage,
-        nested=True,
-        tags={"stage": stage, **_inherited_tags(), **tags},
-        log_system_metrics=system_metrics,
-    ) as run:
+    with mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=system_metrics) as run:
+        mlflow.set_tags(tags)
         mlflow.log_params({key: _param_text(value) for key, value in flatten(params).items()})
         mlflow.log_input(dataset, context="data")
         yield run

@@ -21,7 +21,7 @@ import pandas as pd
 from data_prep.errors import DataError
 from data_prep.qlib_format import init_qlib
 from data_prep.windows import Split
-from evaluation.evaluate import Evaluation, evaluate, run_in_processes
+from evaluation.evaluate import Evaluation, evaluate
 from evaluation.vbt_backtest import unmodelled as vbt_unmodelled
 from evaluation.vbt_backtest import vbt_sweep
 from pipeline.config import check_topk
@@ -124,7 +124,7 @@ def evaluate_strategy(
     grid: tuple,
 ) -> tuple[Evaluation, pd.DataFrame, pd.DataFrame]:
     """One strategy through IC analysis, both engines and the vectorbt sweep (in a worker process of
-    run_in_processes)."""
+    the stage's fan-out)."""
     evaluation = evaluate(table, name, close, horizon, settings, benchmark, last_day)
     summary, returns = vbt_sweep(evaluation.scores, close, settings, *grid)
     return evaluation, summary, returns
@@ -177,7 +177,7 @@ def backtest(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         strategies.append(strategy)
         jobs.append((table, strategy.name, close, split.horizon, settings, benchmark, last_day, grid))
     # One Qlib process inside each worker: the workers already share out the CPUs.
-    results = run_in_processes(
+    results = inputs.fan_out(
         jobs,
         evaluate_strategy,
         init_qlib,

@@ -188,6 +188,7 @@ STAGES = (
         chronos2,
         needs=("split",),
         reads=("chronos.teacher", "chronos.covariates", "chronos.device", "chronos.batch_size", "split.test"),
+        device_key="chronos.device",
         outputs=(signal_path("chronos2"), FORECASTS, REPORT, quantile_path("chronos2")),
         version=3,  # 2: horizon-return quantiles; 3: forecasts.npz names its rows and last closes
         signal_sources=("chronos2",),
@@ -198,6 +199,7 @@ STAGES = (
         chronos2_student,
         needs=("chronos2", "split"),
         reads=("chronos", "split.test", "seed"),
+        device_key="chronos.device",
         outputs=(signal_path("chronos2_student"), FORECASTS, REPORT, CHECKPOINT, quantile_path("chronos2_student")),
         models=(CHECKPOINT,),
         progress_files=("last.pt",),

@@ -164,6 +164,7 @@ STAGES = (
         kronos_tokenizer,
         needs=("split",),
         reads=("kronos.tokenizer", *TRAINING_READS),
+        device_key="kronos.device",
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
         progress_files=("last.pt",),
@@ -174,6 +175,7 @@ STAGES = (
         kronos_predictor,
         needs=("kronos_tokenizer", "split"),
         reads=("kronos.predictor", *TRAINING_READS),
+        device_key="kronos.device",
         outputs=(CHECKPOINT, REPORT),
         models=(CHECKPOINT,),
         progress_files=("last.pt",),
@@ -185,6 +187,7 @@ STAGES = (
         kronos_signals,
         needs=("kronos_predictor", "kronos_tokenizer", "split"),
         reads=("kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip", "seed"),
+        device_key="kronos.device",
         outputs=signal_outputs("kronos"),
         # 2: forecasts.npz logged for the notebook; 3: horizon-return quantiles; 4: DecodeStep, bf16 weights;
         # 5: the tokenizer decodes each context once for all its paths (rounding-level changes);
@@ -198,6 +201,7 @@ STAGES = (
         kronos_zeroshot,
         needs=("split",),
         reads=("kronos.zeroshot", "kronos.inference", "kronos.device", "kronos.bf16", "split.test", "split.clip"),
+        device_key="kronos.device",
         outputs=signal_outputs("kronos_zeroshot"),
         signal_sources=tuple(source_name("kronos_zeroshot", score) for score in get_args(KronosScore)),
         description="the published Kronos checkpoints forecast the test segment untrained -> kronos_zeroshot",

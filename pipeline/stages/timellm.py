@@ -207,6 +207,7 @@ STAGES = (
         timellm,
         needs=("split",),
         reads=("timellm", "split.test", "seed"),
+        device_key="timellm.device",
         outputs=timellm_outputs,
         models=timellm_models,
         progress_files=("*.last.pt",),
