@@ -48,6 +48,28 @@ def require_shared_data() -> Path:
     return SHARED_CSI300
 
 
+def csi300_slice(folder: Path, count: int = 30, benchmark: str = "SH000300") -> Path:
+    """A Qlib folder of `count` CSI300 members listed over the whole shared period (and the index),
+    linked to the shared files: the real A-share data at a size a test can run."""
+    source = require_shared_data()
+    full_period = [
+        line
+        for line in (source / "instruments" / "csi300.txt").read_text().splitlines()
+        if line.split("\t")[1:] == ["2018-01-02", "2022-12-30"]
+        and (source / "features" / line.split("\t")[0].lower()).is_dir()
+    ][:count]
+    for name in ("instruments", "features"):
+        (folder / name).mkdir(parents=True)
+    (folder / "calendars").symlink_to(source / "calendars")
+    (folder / "instruments" / "csi300.txt").write_text("\n".join(full_period) + "\n")
+    # Qlib's exchange loads the market `all`: the members and the index
+    index_line = f"{benchmark}\t2018-01-02\t2022-12-30"
+    (folder / "instruments" / "all.txt").write_text("\n".join([*full_period, index_line]) + "\n")
+    for code in [line.split("\t")[0] for line in full_period] + [benchmark]:
+        (folder / "features" / code.lower()).symlink_to(source / "features" / code.lower())
+    return folder
+
+
 # Kronos training overrides that keep a pipeline test to seconds.
 QUICK_KRONOS = [
     f"kronos.{part}.training.{key}={value}"
