@@ -605,6 +605,24 @@ class RayConfig(StrictModel):
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3  # re-runs of an instance whose worker or node died
 
 
+class LiveConfig(StrictModel):
+    """`--stage positions`: the next bar's orders from a pinned model, which new data never retrains
+    (docs/live.md)."""
+
+    # models:/<name>@<alias>, models:/<name>/<version>, a bundle folder (with source.json), or a learned
+    # source's name (kronos, lgbm_alpha158): this experiment's registered model of it at alias champion.
+    model: str = "kronos"
+    # The decision day: latest (the data's last bar up to today) or a date (the last bar on or before it).
+    as_of: Literal["latest"] | dt.date = "latest"
+    # Current positions: a CSV with an `instrument` column (rows whose `action` is sell are not held).
+    # None: the newest positions file before the decision day in output_dir (none: start from cash).
+    holdings: Path | None = None
+    output_dir: Path = Path("live")  # positions/<day>.csv are written here
+    # Refuse data whose last bar lies more than this many trading days (weekdays) before the decision
+    # day asked for (latest: today); 1 lets a market holiday pass.
+    max_staleness_days: Annotated[int, Field(ge=0)] = 1
+
+
 class PipelineConfig(StrictModel):
     profile: Literal["smoke", "cpu", "paper"] = "smoke"
     # numpy's default_rng refuses negative seeds, and LightGBM's `seed` is a C int
@@ -626,6 +644,7 @@ class PipelineConfig(StrictModel):
     lgbm: LGBMConfig = LGBMConfig()
     backtest: BacktestConfig = BacktestConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    live: LiveConfig = LiveConfig()
 
     def folds(self) -> list[FoldDates]:
         """The walk-forward folds; without any, one fold made of the split's segments."""

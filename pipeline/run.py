@@ -1,7 +1,9 @@
 """Command line: `python -m pipeline.run --stage NAME [--config FILE] [--set key=value ...]`.
 
 Runs NAME and every stage it needs, reusing the cached outputs of stages whose inputs did not
-change. Every failure a user can cause or meet ends with one line saying what to fix (the
+change. `--stage positions` writes the next bar's orders from a registered model and
+`--promote SOURCE [--run RUN_ID]` makes a registered version the one it reads (docs/live.md).
+Every failure a user can cause or meet ends with one line saying what to fix (the
 traceback only with --debug) and an exit code:
 
     0    done
@@ -65,7 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where stage instances run: local (one after another here) or ray (Ray tasks; see ray.address)",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser.add_argument("--force", action="store_true", help="rerun the requested stage even when its output is cached")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun the requested stage even when its output is cached; with --promote, promote a version whose "
+        "backtest is not significant",
+    )
     parser.add_argument(
         "--list",
         action="store_true",
@@ -74,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--status", action="store_true", help="show which stages are cached for this config, by which run, and where"
     )
+    parser.add_argument(
+        "--promote",
+        metavar="SOURCE",
+        help="make SOURCE's registered version (from the newest backtest, or --run) the champion that "
+        "--stage positions reads; refused when its backtest is not significant, unless --force",
+    )
+    parser.add_argument("--run", metavar="RUN_ID", help="with --promote: the backtest run (or its invocation's run)")
     return parser.parse_args(argv)
 
 
@@ -116,6 +130,23 @@ def print_outcomes(console: Console, outcomes) -> None:
     report = outcomes[-1].output / "report.html"
     if report.is_file():
         console.print(f"report: {report}", soft_wrap=True, highlight=False)
+
+
+def print_positions(console: Console, result) -> None:
+    for line in result.summary():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    table = Table()
+    for column in result.orders.columns:
+        table.add_column(column, justify="left" if column in ("instrument", "action") else "right")
+    for row in result.orders.itertuples(index=False):
+        table.add_row(
+            row.instrument,
+            f"{row.score:.5f}",
+            "" if row.target_weight != row.target_weight else f"{row.target_weight:.4f}",
+            row.action,
+        )
+    console.print(table)
+    console.print(f"written: {result.path} (MLflow run {result.run_id})", soft_wrap=True, highlight=False)
 
 
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -164,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, console: Console) -> int:
     overrides = [*args.overrides, *([f"executor={args.executor}"] if args.executor else [])]
     config = load_config(args.config, overrides)
+    if args.run and not args.promote:
+        raise ConfigError("--run names the backtest to promote from: use it with --promote SOURCE")
+    if args.promote:
+        from pipeline.registry import promote
+
+        console.print(
+            promote(config, args.promote, args.run, args.force), soft_wrap=True, highlight=False, markup=False
+        )
+        return 0
     if args.list:
         print_graph(console, config)
         return 0
@@ -171,6 +211,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if args.status:
         print_status(console, stage_status(config))
+        return 0
+    if args.stage == "positions":
+        from pipeline.live import positions
+
+        print_positions(console, positions(config))
         return 0
     outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     print_outcomes(console, outcomes)

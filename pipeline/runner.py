@@ -162,6 +162,10 @@ def run_pipeline(config: PipelineConfig, target: str, force: bool = False, confi
             )
             outcomes = executor.run(jobs, context)
             mlflow.log_metric("stages_run", sum(not o.reused for o in outcomes))
+    if target == "backtest":  # each learned source's model becomes a registered version (docs/live.md)
+        from pipeline.registry import register_backtest
+
+        register_backtest(config, outcomes[-1].produced_by)
     return outcomes
 
 

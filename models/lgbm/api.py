@@ -29,14 +29,15 @@ def fit_forecast(
     work: Path,
 ) -> Forecast:
     """Train on the train segment, early-stop on valid, score every test (day, instrument); `work`
-    keeps the segments and parameters the child process read."""
+    keeps the segments and parameters the child process read, and the booster with its feature list
+    (models.lgbm.alpha158.BOOSTER, FEATURES) for the live positions."""
     (work / "segments.json").write_text(json.dumps(segments))
     (work / "lgbm_params.json").write_text(json.dumps(params))
     predictions = work / "predictions.parquet"
     command = [
         sys.executable, "-m", "models.lgbm.alpha158", "--qlib-dir", str(qlib_dir), "--region", region,
         "--universe", universe, "--segments", str(work / "segments.json"), "--params", str(work / "lgbm_params.json"),
-        "--mlflow-uri", tracking_uri, "--out", str(predictions),
+        "--mlflow-uri", tracking_uri, "--out", str(predictions), "--save-model", str(work),
     ]  # fmt: skip
     subprocess.run(command, check=True)
     scores = pd.read_parquet(predictions)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from pipeline.contract import (
     signal_path,
 )
 from pipeline.signals import write_forecast
+
+if TYPE_CHECKING:
+    from data_prep.windows import ForecastInputs
+    from pipeline.config import KronosInferenceConfig
 
 
 def _result(fitted: Fitted, out: Path, extra: dict[str, float], summary: list[str]) -> StageResult:
@@ -102,32 +106,16 @@ def forecast_and_score(
     """Sample paths for every test (day, instrument) and write each score of kronos.inference.scores
     as its own source: `source` for the expected return, `source:mean` and so on for upstream's."""
     from models.kronos import forecast
-    from models.kronos.generation import Sampling
     from models.kronos.scores import upstream_score
 
     split = inputs.split()
     settings = config.kronos.inference
     series = split.forecast_inputs(*config.split.test)
-    # One seed per (instrument, day): a series' paths do not depend on how series are batched.
-    seeds = [
-        seed * 1_000_003 + int(i) * 10_007 + int(day)
-        for i, day in zip(series.windows.index[:, 0], series.windows.end_days(), strict=True)
-    ]
-    spec = {
-        "predictor": predictor,
-        "tokenizer": tokenizer,
-        "device": config.kronos.device,
-        "bf16": None if config.kronos.bf16 else False,  # None: bf16 weights on a CUDA GPU that has bf16
-        "max_context": settings.max_context,
-        "clip": config.split.clip,
-        "pred_len": split.horizon,
-        "sampling": asdict(Sampling(settings.temperature, settings.top_k, settings.top_p)),
-        "sample_count": settings.sample_count,
-        "batch_size": settings.batch_size,
-        "compile_decoding": settings.compile_decoding,
-    }
+    spec = forecast_spec(
+        predictor, tokenizer, settings, config.kronos.device, config.kronos.bf16, config.split.clip, split.horizon
+    )
     started = time.perf_counter()
-    kronos_forecast = forecast(series, np.array(seeds), spec, settings.nproc, out / "shards")
+    kronos_forecast = forecast(series, series_seeds(seed, series), spec, settings.nproc, out / "shards")
     seconds = time.perf_counter() - started
     table = write_forecast(kronos_forecast, source, out)
     for score in settings.scores[1:]:  # from the same paths: no second forecast
@@ -145,6 +133,40 @@ def forecast_and_score(
         f"in {settings.nproc} process(es)",
     ]
     return StageResult(metrics=metrics, summary=summary, artifacts=[out / signal_path(source), out / FORECASTS])
+
+
+def series_seeds(seed: int, series: ForecastInputs) -> np.ndarray:
+    """One sampling seed per (instrument, day): a series' paths do not depend on how series are batched,
+    so the live positions (pipeline/live.py) repeat a test day's scores."""
+    instruments, days = series.windows.index[:, 0], series.windows.end_days()
+    return np.array([seed * 1_000_003 + int(i) * 10_007 + int(day) for i, day in zip(instruments, days, strict=True)])
+
+
+def forecast_spec(
+    predictor: str,
+    tokenizer: str,
+    settings: KronosInferenceConfig | ConfigView,
+    device: str,
+    bf16: bool,
+    clip: float,
+    horizon: int,
+) -> dict:
+    """What models.kronos.forecast needs, from the signal stage's settings (also the live positions')."""
+    from models.kronos.generation import Sampling
+
+    return {
+        "predictor": predictor,
+        "tokenizer": tokenizer,
+        "device": device,
+        "bf16": None if bf16 else False,  # None: bf16 weights on a CUDA GPU that has bf16
+        "max_context": settings.max_context,
+        "clip": clip,
+        "pred_len": horizon,
+        "sampling": asdict(Sampling(settings.temperature, settings.top_k, settings.top_p)),
+        "sample_count": settings.sample_count,
+        "batch_size": settings.batch_size,
+        "compile_decoding": settings.compile_decoding,
+    }
 
 
 def signal_outputs(source: str) -> Callable[[ConfigView], tuple[str, ...]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.lgbm.alpha158 import BOOSTER, FEATURES
 from pipeline.contract import ConfigView, StageInputs, StageResult, StageSpec, signal_path
 from pipeline.signals import write_forecast
 
@@ -32,8 +33,9 @@ STAGES = (
         lgbm_alpha158,
         needs=("ingest", "split"),
         reads=("lgbm", "split.train", "split.valid", "split.test", "data.instruments", "data.region", "seed"),
-        outputs=(signal_path(SOURCE), "lgbm_params.json"),
+        outputs=(signal_path(SOURCE), "lgbm_params.json", BOOSTER, FEATURES),
         signal_sources=(SOURCE,),
+        version=2,  # 2: the booster and its feature list are kept for the registry
         description="LightGBM on Qlib's Alpha158 features (Qlib's handler, dataset and model)",
     ),
 )

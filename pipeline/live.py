@@ -1,0 +1,304 @@
+"""`--stage positions`: the next bar's orders from a pinned model; no training stage ever runs.
+
+The model live.model names (a registered version, or a bundle folder: pipeline/registry.py) scores
+the decision day with the code and settings of its signal stage, on bars the ingest stage reads
+anew (cached by their fingerprint). The backtest's TopkDropout rule (strategies/topk.py) turns the
+scores and the current holdings into orders, written to `<live.output_dir>/positions/<day>.csv`
+(rerunning a day replaces its file whole) and logged as an MLflow run naming the model version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from data_prep.errors import ConfigError, DataError
+from pipeline import registry, tracking
+from pipeline.config import PipelineConfig
+from pipeline.contract import QLIB_FOLDER
+
+log = logging.getLogger(__name__)
+
+POSITIONS = "positions"  # folder of one CSV per decision day inside live.output_dir
+COLUMNS = ("instrument", "score", "target_weight", "action")
+
+
+@dataclass(frozen=True)
+class Positions:
+    """What one positions run decided, and from what."""
+
+    day: pd.Timestamp  # the decision day: orders trade on the next bar
+    path: Path  # the positions file written
+    orders: pd.DataFrame  # COLUMNS: kept names, then buys, then sells (the holding order)
+    scores: pd.Series  # every instrument's score that day
+    model: registry.ModelRef
+    meta: dict[str, Any]  # the bundle's source.json
+    holdings_from: str  # the holdings file read, or why none
+    topk: int
+    n_drop: int
+    stages: list[str]  # the pipeline stages run or reused on the way (ingest only)
+    run_id: str
+
+    def summary(self) -> list[str]:
+        counts = self.orders["action"].value_counts()
+        backtest = self.meta["runs"].get("backtest", "-")
+        return [
+            f"positions for {self.day.date()} (decided at its close, traded on the next bar) from {self.model.label} "
+            f"({self.meta['source']}, fold {self.meta['fold']}, seed {self.meta['seed']}, backtest run {backtest})",
+            f"holdings: {counts.get('hold', 0) + counts.get('sell', 0)} names from {self.holdings_from}",
+            f"orders: buy {counts.get('buy', 0)}, sell {counts.get('sell', 0)}, hold {counts.get('hold', 0)} "
+            f"(topk {self.topk}, n_drop {self.n_drop}); {self.scores.notna().sum()} instruments scored",
+        ]
+
+
+def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions:
+    """Score the decision day with live.model, apply the backtest's rule to the holdings, write the orders."""
+    from pipeline.runner import run_pipeline
+    from strategies.topk import topk_dropout_day
+
+    live = config.live
+    folder = live.output_dir / POSITIONS
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = tracking.setup(config)
+    model = registry.resolve(config, mlflow.MlflowClient(uri))
+    with tempfile.TemporaryDirectory(prefix=".model-", dir=live.output_dir) as work:
+        bundle, meta = registry.fetch_bundle(model, Path(work), uri)
+        check_training_data(meta, config, model)
+        # the new bars, cached by their fingerprint; one small stage needs no Ray cluster
+        outcomes = run_pipeline(config.model_copy(update={"executor": "local"}), "ingest")
+        qlib_dir = outcomes[-1].output / QLIB_FOLDER
+        panel = load_checked_panel(qlib_dir, meta, model)
+        day = decision_day(panel.calendar, live.as_of, today or dt.date.today(), live.max_staleness_days)
+        held, holdings_from = current_holdings(live.holdings, folder, day, panel.instruments)
+        scores = score_day(meta, bundle, panel, qlib_dir, day, Path(work))
+    settings = config.backtest.topk_settings()
+    backtested = {key: meta["strategy"][key] for key in ("topk", "n_drop")}
+    if backtested != {"topk": settings.topk, "n_drop": settings.n_drop}:
+        log.warning("backtest.topk / n_drop differ from those the model was backtested with (%s)", backtested)
+    if settings.hold_thresh > 1:
+        log.warning(
+            "backtest.hold_thresh %d is not applied to live orders (nor by the vectorbt engine)", settings.hold_thresh
+        )
+    kept, bought, sold = topk_dropout_day(scores, held, settings.topk, settings.n_drop)
+    orders = pd.DataFrame(
+        [(name, "hold", np.nan) for name in kept]
+        + [(name, "buy", 1.0 / settings.topk) for name in bought]
+        + [(name, "sell", 0.0) for name in sold],
+        columns=["instrument", "action", "target_weight"],
+    )
+    orders["score"] = scores.reindex(orders["instrument"]).to_numpy()
+    orders = orders[list(COLUMNS)]
+    path = folder / f"{day.date()}.csv"
+    partial = path.with_name(f".{path.name}.partial")
+    orders.to_csv(partial, index=False)
+    partial.replace(path)  # a rerun of the day replaces the file whole
+    run_id = log_positions(config, model, meta, day, path, orders, scores, holdings_from)
+    stages = [outcome.stage for outcome in outcomes]
+    return Positions(
+        day, path, orders, scores, model, meta, holdings_from, settings.topk, settings.n_drop, stages, run_id
+    )
+
+
+def check_training_data(meta: dict[str, Any], config: PipelineConfig, model: registry.ModelRef) -> None:
+    """Refuse a config whose data is not the kind the model was trained on (universe, region, fields)."""
+    trained = meta["data"]
+    differ = [
+        f"{key} {current!r} (the model's: {trained[name]!r})"
+        for key, name, current in (
+            ("data.instruments", "universe", config.data.instruments),
+            ("data.region", "region", config.data.region),
+            ("data.fields", "fields", list(config.data.fields)),
+        )
+        if current != trained[name]
+    ]
+    if differ:
+        raise ConfigError(
+            f"live.model {model.label} was trained on other data than this config reads: {'; '.join(differ)}; point "
+            "data.* at the model's data, or backtest (and register) a model on this data"
+        )
+
+
+def load_checked_panel(qlib_dir: Path, meta: dict[str, Any], model: registry.ModelRef):
+    """The universe's bars in the model's field order, refused when its instruments are not the ones the
+    model was trained on (the forecasts' seeds and the comparison with the backtest rest on them)."""
+    from data_prep.panel import load_panel
+
+    trained = meta["data"]
+    panel = load_panel(qlib_dir, trained["universe"], tuple(trained["fields"]))
+    added = sorted(set(panel.instruments) - set(trained["instruments"]))
+    removed = sorted(set(trained["instruments"]) - set(panel.instruments))
+    if added or removed:
+        raise DataError(
+            f"universe {trained['universe']!r} in {qlib_dir} is not the one {model.label} was trained on: "
+            f"{len(added)} new instrument(s) {added[:10]}, {len(removed)} missing {removed[:10]}; restore the data, "
+            "or backtest (and register) a model on this universe"
+        )
+    if meta["family"] == "kronos" and str(panel.calendar[0].date()) != trained["first_day"]:
+        log.warning(
+            "the data now starts on %s, not on %s as when %s was trained: Kronos seeds its paths by calendar "
+            "position, so a day of the backtest will not repeat its scores exactly",
+            panel.calendar[0].date(),
+            trained["first_day"],
+            model.label,
+        )
+    return panel
+
+
+def decision_day(
+    calendar: pd.DatetimeIndex, as_of: str | dt.date, today: dt.date, max_staleness_days: int
+) -> pd.Timestamp:
+    """The last bar on or before as_of (latest: today), refused when more than `max_staleness_days`
+    weekdays lie between it and that day: the data has not been brought up to date."""
+    wanted = pd.Timestamp(today if as_of == "latest" else as_of)
+    bars = calendar[calendar <= wanted]
+    if not len(bars):
+        raise DataError(f"live.as_of {as_of}: the data starts on {calendar[0].date()}; choose a day it covers")
+    day = bars[-1]
+    stale = len(pd.bdate_range(day + pd.Timedelta(days=1), wanted))
+    if stale > max_staleness_days:
+        raise DataError(
+            f"the data's last bar up to {wanted.date()} is {day.date()}, {stale} trading days earlier "
+            f"(live.max_staleness_days {max_staleness_days}): bring the data up to date, or set live.as_of to a day "
+            "it covers"
+        )
+    return day
+
+
+def current_holdings(
+    holdings: Path | None, folder: Path, day: pd.Timestamp, instruments: list[str]
+) -> tuple[list[str], str]:
+    """The held names in holding order and where they come from: live.holdings, else the newest
+    positions file before `day` (its kept and bought names), else none."""
+    if holdings is None:
+        earlier = sorted(path for path in folder.glob("*.csv") if _file_day(path) is not None and _file_day(path) < day)
+        if not earlier:
+            return [], f"nowhere (no positions file before {day.date()} in {folder}): starting from cash"
+        holdings = earlier[-1]
+    return read_holdings(holdings, instruments), str(holdings)
+
+
+def _file_day(path: Path) -> pd.Timestamp | None:
+    try:
+        return pd.Timestamp(dt.date.fromisoformat(path.stem))
+    except ValueError:
+        return None
+
+
+def read_holdings(path: Path, instruments: list[str]) -> list[str]:
+    """The instruments of a holdings CSV in row order; rows whose `action` is sell are not held. Refused,
+    naming the rows, when it names an instrument the data does not hold or names one twice."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise DataError(f"live.holdings {path} cannot be read ({exc}): a CSV with an 'instrument' column") from exc
+    if "instrument" not in table.columns:
+        raise DataError(
+            f"live.holdings {path}: no 'instrument' column (columns {list(table.columns)}); write one held "
+            "instrument per row under an 'instrument' header, as the positions files do"
+        )
+    table.index = table.index + 2  # the file's line numbers (line 1 is the header)
+    if "action" in table.columns:
+        table = table[table["action"].str.strip().str.lower() != "sell"]
+    names = table["instrument"].str.strip()
+    unknown = names[~names.isin(set(instruments))]
+    if len(unknown):
+        named = ", ".join(f"line {line}: {name!r}" for line, name in unknown.head(10).items())
+        raise DataError(
+            f"live.holdings {path} names {len(unknown)} instrument(s) the data does not hold ({named}); use the "
+            f"data's instrument codes (e.g. {', '.join(instruments[:3])}) or drop the rows"
+        )
+    repeated = names[names.duplicated()]
+    if len(repeated):
+        raise DataError(
+            f"live.holdings {path}: line {repeated.index[0]} names {repeated.iloc[0]!r} again; list each held "
+            "instrument once"
+        )
+    return list(names)
+
+
+def score_day(meta: dict[str, Any], bundle: Path, panel, qlib_dir: Path, day: pd.Timestamp, work: Path) -> pd.Series:
+    """Every instrument's score on `day` from the bundle, as its signal stage scores a test day."""
+    if meta["family"] == "lgbm":
+        from models.lgbm.alpha158 import alpha158_day_scores
+
+        return alpha158_day_scores(qlib_dir, meta["data"]["region"], meta["data"]["universe"], day, bundle)
+    return kronos_day_scores(meta, bundle, panel, day, work)
+
+
+def kronos_day_scores(meta: dict[str, Any], bundle: Path, panel, day: pd.Timestamp, work: Path) -> pd.Series:
+    """Kronos paths from every instrument's window ending on `day`, seeded per (instrument, day) and
+    sampled with the settings of the signal stage (pipeline/stages/kronos.py), so a test day of the
+    backtest gets the same scores again."""
+    from data_prep.windows import Split
+    from models.kronos import forecast
+    from pipeline.config import KronosInferenceConfig
+    from pipeline.stages.kronos import forecast_spec, series_seeds
+
+    split = meta["split"]
+    settings = KronosInferenceConfig.model_validate(
+        {key: value for key, value in meta["inference"].items() if key not in ("device", "bf16")}
+    )
+    try:
+        series = Split(panel, {}, split["lookback"], split["horizon"]).forecast_inputs(day.date(), day.date())
+    except DataError as exc:
+        raise DataError(
+            f"no instrument has {split['lookback']} clean bars up to {day.date()} to forecast from ({exc})"
+        ) from exc
+    predictor, tokenizer = str(bundle / "predictor"), str(bundle / "tokenizer")
+    device, bf16 = meta["inference"]["device"], meta["inference"]["bf16"]
+    spec = forecast_spec(predictor, tokenizer, settings, device, bf16, split["clip"], split["horizon"])
+    result = forecast(series, series_seeds(meta["seed"], series), spec, settings.nproc, work / "shards")
+    return pd.Series(result.score, index=pd.Index(result.instruments, name="instrument"), name="score")
+
+
+def log_positions(
+    config: PipelineConfig,
+    model: registry.ModelRef,
+    meta: dict[str, Any],
+    day: pd.Timestamp,
+    path: Path,
+    orders: pd.DataFrame,
+    scores: pd.Series,
+    holdings_from: str,
+) -> str:
+    """One MLflow run per positions file: the model version it used, the orders and every score."""
+    from pipeline.graph import data_fingerprint, data_location
+
+    tags = {
+        "stage": "positions",
+        "decision_day": str(day.date()),
+        "model_uri": model.uri,
+        "model_name": model.name,
+        "model_version": model.version,
+        "logged_model_id": model.model_id,
+        "source": meta["source"],
+        "backtest_run_id": meta["runs"].get("backtest", ""),
+    }
+    with mlflow.start_run(run_name=f"positions {day.date()} [{model.label}]", tags=tags) as run:
+        mlflow.log_input(tracking.data_set(config, data_location(config), data_fingerprint(config)), context="data")
+        mlflow.log_params(
+            {
+                "as_of": str(config.live.as_of),
+                "holdings": holdings_from,
+                "topk": config.backtest.topk,
+                "n_drop": config.backtest.n_drop,
+            }
+        )
+        counts = orders["action"].value_counts()
+        mlflow.log_metrics(
+            {
+                "scored": float(scores.notna().sum()),
+                **{f"{action}s": float(counts.get(action, 0)) for action in ("buy", "sell", "hold")},
+            }
+        )
+        mlflow.log_artifact(str(path))
+        mlflow.log_text(scores.rename("score").to_csv(), "scores.csv")
+    return run.info.run_id
