@@ -610,7 +610,8 @@ class LiveConfig(StrictModel):
     (docs/live.md)."""
 
     # models:/<name>@<alias>, models:/<name>/<version>, a bundle folder (with source.json), or a learned
-    # source's name (kronos, lgbm_alpha158): this experiment's registered model of it at alias champion.
+    # source's name (kronos, lgbm_alpha158, a Time-LLM variant, chronos2_student): this experiment's
+    # registered model of it at alias champion.
     model: str = "kronos"
     # The decision day: latest (the data's last bar up to today) or a date (the last bar on or before it).
     as_of: Literal["latest"] | dt.date = "latest"
@@ -731,7 +732,8 @@ class PipelineConfig(StrictModel):
         return value
 
     def config_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"))
+        """What the run computes: where it runs (executor, ray) is left out."""
+        return stable_hash(self.model_dump(mode="json", exclude={"executor", "ray"}))
 
 
 def stable_hash(payload: Any) -> str:

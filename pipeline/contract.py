@@ -216,6 +216,8 @@ class StageSpec:
     progress_files: tuple[str, ...] = ()
     # The config key of the stage's torch device: a stage whose device resolves to CUDA gets a GPU from Ray.
     device_key: str = ""
+    # The config key of how many processes the stage runs (torchrun), each with `threads` CPUs and a GPU on CUDA.
+    processes_key: str = ""
     description: str = ""
 
     @property

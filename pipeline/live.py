@@ -14,16 +14,20 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from data_prep.errors import ConfigError, DataError
+from data_prep.errors import CheckpointError, ConfigError, DataError
 from pipeline import registry, tracking
 from pipeline.config import PipelineConfig
 from pipeline.contract import QLIB_FOLDER
+
+if TYPE_CHECKING:
+    from data_prep.windows import ForecastInputs
+    from models.interface import Forecast
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions
         panel = load_checked_panel(qlib_dir, meta, model)
         day = decision_day(panel.calendar, live.as_of, today or dt.date.today(), live.max_staleness_days)
         held, holdings_from = current_holdings(live.holdings, folder, day, panel.instruments)
-        scores = score_day(meta, bundle, panel, qlib_dir, day, Path(work))
+        scores = score_day(meta, bundle, panel, qlib_dir, day, Path(work), model)
     settings = config.backtest.topk_settings()
     backtested = {key: meta["strategy"][key] for key in ("topk", "n_drop")}
     if backtested != {"topk": settings.topk, "n_drop": settings.n_drop}:
@@ -224,20 +228,42 @@ def read_holdings(path: Path, instruments: list[str]) -> list[str]:
     return list(names)
 
 
-def score_day(meta: dict[str, Any], bundle: Path, panel, qlib_dir: Path, day: pd.Timestamp, work: Path) -> pd.Series:
+def score_day(
+    meta: dict[str, Any], bundle: Path, panel, qlib_dir: Path, day: pd.Timestamp, work: Path, model: registry.ModelRef
+) -> pd.Series:
     """Every instrument's score on `day` from the bundle, as its signal stage scores a test day."""
-    if meta["family"] == "lgbm":
+    family = meta["family"]
+    if family == "lgbm":
         from models.lgbm.alpha158 import alpha158_day_scores
 
         return alpha158_day_scores(qlib_dir, meta["data"]["region"], meta["data"]["universe"], day, bundle)
-    return kronos_day_scores(meta, bundle, panel, day, work)
+    series = day_series(meta, panel, day)
+    if family == "kronos":
+        result = kronos_day_forecast(meta, bundle, series, work)
+    elif family == "timellm":
+        result = timellm_day_forecast(meta, bundle, series, model)
+    else:
+        result = chronos_day_forecast(meta, bundle, series, model)
+    return pd.Series(result.score, index=pd.Index(result.instruments, name="instrument"), name="score")
 
 
-def kronos_day_scores(meta: dict[str, Any], bundle: Path, panel, day: pd.Timestamp, work: Path) -> pd.Series:
-    """Kronos paths from every instrument's window ending on `day`, seeded per (instrument, day) and
-    sampled with the settings of the signal stage (pipeline/stages/kronos.py), so a test day of the
-    backtest gets the same scores again."""
+def day_series(meta: dict[str, Any], panel, day: pd.Timestamp) -> ForecastInputs:
+    """Every instrument's window ending on `day`: what the signal stages forecast a test day from."""
     from data_prep.windows import Split
+
+    split = meta["split"]
+    try:
+        return Split(panel, {}, split["lookback"], split["horizon"]).forecast_inputs(day.date(), day.date())
+    except DataError as exc:
+        raise DataError(
+            f"no instrument has {split['lookback']} clean bars up to {day.date()} to forecast from ({exc})"
+        ) from exc
+
+
+def kronos_day_forecast(meta: dict[str, Any], bundle: Path, series: ForecastInputs, work: Path) -> Forecast:
+    """Kronos paths from the day's windows, seeded per (instrument, day) and sampled with the settings
+    of the signal stage (pipeline/stages/kronos.py), so a test day of the backtest gets the same scores
+    again."""
     from models.kronos import forecast
     from pipeline.config import KronosInferenceConfig
     from pipeline.stages.kronos import forecast_spec, series_seeds
@@ -246,17 +272,60 @@ def kronos_day_scores(meta: dict[str, Any], bundle: Path, panel, day: pd.Timesta
     settings = KronosInferenceConfig.model_validate(
         {key: value for key, value in meta["inference"].items() if key not in ("device", "bf16")}
     )
-    try:
-        series = Split(panel, {}, split["lookback"], split["horizon"]).forecast_inputs(day.date(), day.date())
-    except DataError as exc:
-        raise DataError(
-            f"no instrument has {split['lookback']} clean bars up to {day.date()} to forecast from ({exc})"
-        ) from exc
     predictor, tokenizer = str(bundle / "predictor"), str(bundle / "tokenizer")
     device, bf16 = meta["inference"]["device"], meta["inference"]["bf16"]
     spec = forecast_spec(predictor, tokenizer, settings, device, bf16, split["clip"], split["horizon"])
-    result = forecast(series, series_seeds(meta["seed"], series), spec, settings.nproc, work / "shards")
-    return pd.Series(result.score, index=pd.Index(result.instruments, name="instrument"), name="score")
+    return forecast(series, series_seeds(meta["seed"], series), spec, settings.nproc, work / "shards")
+
+
+def timellm_day_forecast(
+    meta: dict[str, Any], bundle: Path, series: ForecastInputs, model: registry.ModelRef
+) -> Forecast:
+    """The Time-LLM variant's forecasts of the day's windows on the backbone its config names, with the
+    timellm stage's forecast settings and batching (pipeline/stages/timellm.py `Forecasting`), so a test
+    day of the backtest gets the same scores again."""
+    from models.timellm import TimeLLM
+    from models.timellm.backbone import resolve
+    from models.timellm.model import CONFIG_NAME, read_config
+    from pipeline.graph import model_fingerprint
+    from pipeline.stages.timellm import Forecasting
+
+    folder = bundle / registry.TIMELLM_MODEL
+    saved = read_config(folder / CONFIG_NAME)
+    settings = meta["inference"]
+    forecasting = Forecasting.resolve(settings, series.fields, saved.load_in_4bit)
+    try:
+        backbone = forecasting.backbone(saved)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"live.model {model.label}: cannot load its Time-LLM backbone {saved.backbone!r} ({exc}); the bundle holds "
+            "the trained layers only: restore the backbone there, or register a model trained on one that exists"
+        ) from exc
+    if model_fingerprint(resolve(saved.backbone)) != settings["backbone_fingerprint"]:
+        log.warning(
+            "the Time-LLM backbone %s is not the one %s was trained on (its files' sizes or times changed): the "
+            "scores of a backtest day will not repeat exactly",
+            saved.backbone,
+            model.label,
+        )
+    trained = TimeLLM.from_pretrained(folder, backbone).to(forecasting.device)
+    return forecasting.forecast(forecasting.forecaster(trained, backbone), series, f"{meta['source']} forecast")
+
+
+def chronos_day_forecast(
+    meta: dict[str, Any], bundle: Path, series: ForecastInputs, model: registry.ModelRef
+) -> Forecast:
+    """The Chronos-2 student's quantile forecasts of the day's windows, loaded and run as the
+    chronos2_student stage does (pipeline/stages/chronos.py `forecast_with_student`)."""
+    from models.chronos.forecasting import require_chronos
+    from pipeline.stages.chronos import forecast_with_student
+
+    try:
+        require_chronos()
+    except ImportError as exc:
+        raise ConfigError(f"live.model {model.label} is a Chronos-2 student: {exc}") from exc
+    _, result = forecast_with_student(bundle / registry.CHRONOS_STUDENT, series, meta["inference"])
+    return result
 
 
 def log_positions(

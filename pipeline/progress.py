@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class InstanceBoard:
 
     def started(self, label: str, node: str) -> None:
         row = self.rows[label]
-        row.state, row.node, row.started = "running", node, time.time()
+        if row.state in ("waiting", "running"):  # a worker's report may arrive after the driver's final one
+            row.state, row.node, row.started = "running", node, time.time()
 
     def finished(self, label: str, state: str, node: str = "") -> None:
         row = self.rows[label]
@@ -52,15 +54,20 @@ class ProgressView:
         self.console = Console(stderr=True)
         self.live: Live | None = None
         self.seen: dict[str, tuple[str, str]] = {}
+        self.handlers: list[logging.Handler] = []
 
     def __enter__(self) -> ProgressView:
         if self.console.is_terminal:
             self.live = Live(console=self.console, refresh_per_second=2, transient=False)
             self.live.__enter__()
+            # log lines go above the table instead of through it
+            root = logging.getLogger()
+            self.handlers, root.handlers = root.handlers, [RichHandler(console=self.console, show_path=False)]
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
+            logging.getLogger().handlers = self.handlers
             self.live.__exit__(None, None, None)
 
     def update(self, rows: list[Row]) -> None:

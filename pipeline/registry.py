@@ -9,7 +9,8 @@ logged as an MLflow LoggedModel of the run that trained it and registered as a v
 are also linked to the LoggedModel and its data set. Registering the same backtest again returns
 the versions it registered before.
 
-Kronos and LightGBM/Alpha158 are bundled; the Time-LLM and Chronos-2 sources are not yet.
+Every learned source is bundled: Kronos, LightGBM/Alpha158, each Time-LLM variant and the Chronos-2
+student. The zero-shot sources (kronos_zeroshot, chronos2) learn nothing of the backtest and are not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from data_prep.errors import CheckpointError, ConfigError
+from models.timellm.variants import VARIANTS, timellm_source
 from pipeline import tracking
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig, stable_hash
@@ -37,6 +39,7 @@ from pipeline.contract import CHECKPOINT
 from pipeline.graph import (
     SIGNAL_PRODUCERS,
     Instance,
+    backbone_fingerprint,
     cache_key,
     data_fingerprint,
     data_location,
@@ -53,10 +56,13 @@ log = logging.getLogger(__name__)
 BUNDLE_META = "source.json"
 BUNDLE_FORMAT = 1
 CHAMPION = "champion"
+TIMELLM_MODEL, CHRONOS_STUDENT = "model", "student"  # the saved model's folder in a Time-LLM / Chronos-2 bundle
 # Learned source -> (family, the stages that trained it, the stage whose settings scored it).
 BUNDLED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "kronos": ("kronos", ("kronos_tokenizer", "kronos_predictor"), "kronos_signals"),
     "lgbm_alpha158": ("lgbm", ("lgbm_alpha158",), "lgbm_alpha158"),
+    **{timellm_source(variant): ("timellm", ("timellm",), "timellm") for variant in VARIANTS},
+    "chronos2_student": ("chronos2", ("chronos2_student",), "chronos2_student"),
 }
 # Figures of the comparison tagged on a version, per engine (`qlib.rank_ic_t`, ...).
 TAGGED_FIGURES = (
@@ -248,10 +254,13 @@ def write_bundle(source: str, instance: Instance, outputs: dict[str, Path], fold
     source.json says of them (the caller adds the runs)."""
     from data_prep.windows import Split
     from models.lgbm.alpha158 import BOOSTER, FEATURES
+    from pipeline.stages.chronos import student_settings
+    from pipeline.stages.timellm import forecast_settings
 
     config = instance.config
     family = BUNDLED[source][0]
     folder.mkdir(parents=True)
+    inference: dict[str, Any]
     if family == "kronos":
         shutil.copytree(outputs["kronos_tokenizer"] / CHECKPOINT, folder / "tokenizer")
         shutil.copytree(outputs["kronos_predictor"] / CHECKPOINT, folder / "predictor")
@@ -260,10 +269,18 @@ def write_bundle(source: str, instance: Instance, outputs: dict[str, Path], fold
             "device": config.kronos.device,
             "bf16": config.kronos.bf16,
         }
-    else:
+    elif family == "lgbm":
         for name in (BOOSTER, FEATURES):
             shutil.copy2(outputs["lgbm_alpha158"] / name, folder / name)
         inference = {"params": {"seed": config.seed, **config.lgbm.params}}
+    elif family == "timellm":
+        # the trained layers and their config.json; the frozen backbone it names is not copied (it may be
+        # gigabytes): its fingerprint tells the live positions when it is no longer the one trained on
+        shutil.copytree(outputs["timellm"] / "models" / source, folder / TIMELLM_MODEL)
+        inference = {**forecast_settings(config.timellm), "backbone_fingerprint": backbone_fingerprint(config)}
+    else:
+        shutil.copytree(outputs["chronos2_student"] / CHECKPOINT, folder / CHRONOS_STUDENT)
+        inference = student_settings(config.chronos)
     panel = Split.load(outputs["split"]).panel
     return {
         "format": BUNDLE_FORMAT,

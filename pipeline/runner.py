@@ -189,6 +189,9 @@ def run_job(job: Job, run_id: str, context: RunContext, node: str) -> StageOutco
             manifest = cache.lookup(stage.name, job.key)
             if manifest is None or job.force:
                 outcome = _execute(stage, job, cache, run_id, context, node)
+            elif manifest["run_id"] == run_id:  # this run produced it: a retried task whose worker died after that
+                output, seconds = cache.path(stage.name, job.key), manifest["metrics"]["seconds"]
+                outcome = StageOutcome(stage.name, job.key, output, False, run_id, run_id, seconds, manifest["summary"])
             else:
                 outcome = _reuse(stage, job, cache.path(stage.name, job.key), manifest, run_id, context, node)
                 if outcome.produced_by != manifest["run_id"]:  # artifacts logged again into this store
@@ -284,10 +287,10 @@ def _execute(
     log.info("stage %s: running (cache key %s)", job.label, job.key)
     config, key = job.config, job.key
     params = {name: config.section(name) for name in stage.reads}
-    seed_everything(config.seed, context.threads)
+    threads = seed_everything(config.seed, context.threads)
     models = stage.models_for(config)
     heavy = bool(models or stage.signal_sources)  # training and forecasting stages: sample CPU, memory and GPU use
-    tags = {"cache_key": key, "reused": "false", "node": node}
+    tags = {"cache_key": key, "reused": "false", "node": node, "torch_threads": str(threads)}
     with tracking.stage_run(run_id, params, tags, context.dataset, heavy):
         try:
             with cache.writing(stage.name, key, stage.progress_files) as (folder, manifest):
@@ -343,8 +346,9 @@ def check_outputs(stage: StageSpec, config: PipelineConfig, folder: Path) -> Non
         raise StageContractError(f"stage {stage.name!r} returned without writing its declared output(s) {missing}")
 
 
-def seed_everything(seed: int, threads: int | None = None) -> None:
-    """Seed every generator; with `threads`, fix torch's thread count, which decides a training's last bits."""
+def seed_everything(seed: int, threads: int | None = None) -> int:
+    """Seed every generator; with `threads`, fix torch's thread count, which decides a training's last
+    bits. Returns the thread count the stage runs with."""
     import torch  # only stages that run need it; a cached rerun does not
 
     if threads is not None:
@@ -352,3 +356,4 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    return torch.get_num_threads()

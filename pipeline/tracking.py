@@ -218,13 +218,16 @@ def _inherited_tags() -> dict[str, str]:
 def create_stage_run(parent_run_id: str, stage: str, tags: dict[str, str]) -> str:
     """A run for one stage instance, nested in the invocation's run and carrying its commit, config
     hash and data identity. The driver creates it; whichever process runs the stage logs into it."""
+    from mlflow.tracking.context.registry import resolve_tags
+
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     identity = {key: parent.data.tags[key] for key in RUN_IDENTITY_TAGS if key in parent.data.tags}
     run = client.create_run(
         parent.info.experiment_id,
         run_name=stage,
-        tags={"mlflow.parentRunId": parent_run_id, "stage": stage, **identity, **tags},
+        # user, source and commit as mlflow.start_run records them
+        tags=resolve_tags({"mlflow.parentRunId": parent_run_id, "stage": stage, **identity, **tags}),
     )
     return run.info.run_id
 

@@ -1,5 +1,7 @@
 """Every kind of bad input: one clear message naming the place, exit code 2, nothing half-written."""
 
+import sys
+
 import pandas as pd
 import pytest
 
@@ -106,3 +108,9 @@ def test_parquet_rows_are_named_as_rows(tmp_path, write_config, capsys):
     assert run_split(write_config(tmp_path / "bad.parquet")) == 2
     assert f"{tmp_path / 'bad.parquet'} row 1" in " ".join(capsys.readouterr().out.split())
     pd.read_parquet(tmp_path / "bad.parquet")  # the input itself is untouched
+
+
+def test_asking_for_ray_without_it_names_the_install_command(monkeypatch, bars_csv, write_config, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as when the extra is not installed
+    assert run_split(write_config(bars_csv), "executor=ray") == 2
+    assert 'executor: ray needs Ray, which is not installed: pip install -e ".[ray]"' in capsys.readouterr().out

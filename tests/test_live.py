@@ -4,6 +4,8 @@ backtest's scores and orders, and the guards of the positions command."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +19,13 @@ from data_prep.errors import CheckpointError, ConfigError, DataError
 from data_prep.sources import sample_bars_path
 from evaluation.metrics import score_matrix
 from pipeline import registry, tracking
-from pipeline.config import load_config
+from pipeline.config import LGBMConfig, load_config
 from pipeline.graph import data_fingerprint
-from pipeline.live import decision_day, positions, read_holdings
+from pipeline.live import Positions, decision_day, positions, read_holdings
 from pipeline.run import main
 from pipeline.runner import run_pipeline
 from strategies.topk import topk_dropout_day, topk_dropout_orders, topk_dropout_step
-from tests.helpers import QUICK_KRONOS, TINY_PREDICTOR, TINY_TOKENIZER
+from tests.helpers import QUICK_KRONOS, TINY_PREDICTOR, TINY_TOKENIZER, csi300_slice
 
 TOPK, N_DROP = 4, 1
 
@@ -37,9 +39,15 @@ class Backtested:
     backtest_run_id: str
     versions: dict[str, str]
     training_runs: dict[str, str]  # stage -> the run that produced it
+    topk: int = TOPK
+    n_drop: int = N_DROP
 
     def config(self, *more: str):
         return load_config(self.path, [*self.overrides, *more])
+
+    def matrix(self, source: str) -> pd.DataFrame:
+        """The backtest's (day x instrument) scores of `source`."""
+        return score_matrix(pd.read_parquet(self.backtest / "signals" / f"{source}.parquet"))
 
 
 def sample_subset(path: Path, symbols: int) -> Path:
@@ -50,11 +58,9 @@ def sample_subset(path: Path, symbols: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def backtested(tmp_path_factory) -> Backtested:
-    """A real backtest of Kronos and LightGBM/Alpha158 on 16 instruments of the embedded sample, registered."""
-    root = tmp_path_factory.mktemp("live")
-    config = {
+def sample_config(root: Path, sources: list[str], **sections) -> dict:
+    """A backtest of `sources` on 16 instruments of the embedded sample, in `root`; `sections` add to it."""
+    return {
         "cache_dir": str(root / "cache"),
         "data": {"source": "csv", "path": str(sample_subset(root / "bars.csv", 16)), "instruments": "sample16"},
         "split": {
@@ -65,23 +71,7 @@ def backtested(tmp_path_factory) -> Backtested:
             "test": ["2010-06-16", "2010-08-20"],
         },
         "tracking": {"uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "experiment": "live-tests"},
-        "signals": {"sources": ["kronos", "lgbm_alpha158"]},
-        "kronos": {
-            "tokenizer": {"architecture": TINY_TOKENIZER},
-            "predictor": {"architecture": TINY_PREDICTOR},
-            "inference": {"sample_count": 2},
-        },
-        "lgbm": {
-            "params": {
-                "loss": "mse",
-                "num_boost_round": 30,
-                "early_stopping_rounds": 5,
-                "num_leaves": 8,
-                "min_data_in_leaf": 5,
-                "num_threads": 2,
-                "verbosity": -1,
-            }
-        },
+        "signals": {"sources": sources},
         "backtest": {
             "workers": 1,
             "topk": TOPK,
@@ -92,21 +82,109 @@ def backtested(tmp_path_factory) -> Backtested:
         },
         "evaluation": {"bootstrap_reps": 200},
         "live": {"output_dir": str(root / "live")},
+        **sections,
     }
+
+
+@pytest.fixture(scope="module")
+def backtested(tmp_path_factory) -> Backtested:
+    """A real backtest of Kronos and LightGBM/Alpha158 on 16 instruments of the embedded sample, registered."""
+    root = tmp_path_factory.mktemp("live")
+    kronos = {
+        "tokenizer": {"architecture": TINY_TOKENIZER},
+        "predictor": {"architecture": TINY_PREDICTOR},
+        "inference": {"sample_count": 2},
+    }
+    lgbm = {
+        "params": {
+            "loss": "mse",
+            "num_boost_round": 30,
+            "early_stopping_rounds": 5,
+            "num_leaves": 8,
+            "min_data_in_leaf": 5,
+            "num_threads": 2,
+            "verbosity": -1,
+        }
+    }
+    config = sample_config(root, ["kronos", "lgbm_alpha158"], kronos=kronos, lgbm=lgbm)
+    return backtest_and_register(root, config, QUICK_KRONOS)
+
+
+@pytest.fixture(scope="module")
+def timellm_backtested(tmp_path_factory, backbone_dirs) -> Backtested:
+    """The same for every Time-LLM variant, tiny, on a tiny BERT; the full model forecasts on its int8 copy, in
+    two batches a day."""
+    root = tmp_path_factory.mktemp("live-timellm")
+    timellm = {
+        "model": {
+            "backbone": backbone_dirs["bert"],
+            "llm_layers": 2,
+            "patch_len": 4,
+            "stride": 2,
+            "d_model": 8,
+            "d_ff": 16,
+            "n_heads": 2,
+            "num_tokens": 32,
+        },
+        "device": "cpu",  # int8 copies run on the CPU
+        "precision": "fp32",
+        "forecast_backbone": "int8",
+        "batch_size": 8,
+        "training": {"epochs": 1, "steps_per_epoch": 5, "batch_size": 8, "val_windows": 32},
+    }
+    config = sample_config(root, ["timellm", "timellm_no_llm", "timellm_llm_to_attn"], timellm=timellm)
+    return backtest_and_register(root, config, [])
+
+
+@pytest.fixture(scope="module")
+def chronos_backtested(tmp_path_factory, teacher_dir) -> Backtested:
+    """The same for a Chronos-2 student distilled from a tiny random teacher, with covariates."""
+    root = tmp_path_factory.mktemp("live-chronos")
+    chronos = {
+        "teacher": str(teacher_dir),
+        "covariates": True,
+        "batch_size": 16,
+        "student": {
+            "architecture": {"num_layers": 1, "d_model": 16, "d_ff": 32, "num_heads": 2},
+            "steps": 10,
+            "batch_size": 8,
+            "train_windows": 64,
+            "val_windows": 16,
+            "eval_every": 5,
+        },
+    }
+    return backtest_and_register(root, sample_config(root, ["chronos2_student"], chronos=chronos), [])
+
+
+# Learned source -> the fixture that backtests and registers it, the stage that trains it, its bundle's files.
+LEARNED = {
+    "kronos": ("backtested", "kronos_predictor", {"tokenizer", "predictor"}),
+    "lgbm_alpha158": ("backtested", "lgbm_alpha158", {"booster.txt", "alpha158.json"}),
+    "timellm": ("timellm_backtested", "timellm", {"model"}),
+    "timellm_no_llm": ("timellm_backtested", "timellm", {"model"}),
+    "timellm_llm_to_attn": ("timellm_backtested", "timellm", {"model"}),
+    "chronos2_student": ("chronos_backtested", "chronos2_student", {"student"}),
+}
+
+
+def backtest_and_register(root: Path, config: dict, overrides: list[str]) -> Backtested:
+    """Write `config` into `root`, run its backtest and register its learned sources."""
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    loaded = load_config(path, QUICK_KRONOS)
+    loaded = load_config(path, overrides)
     outcomes = {outcome.stage: outcome for outcome in run_pipeline(loaded, "backtest")}
     backtest = outcomes["backtest"]
     versions = registry.register_backtest(loaded, backtest.produced_by)
     return Backtested(
         path,
-        list(QUICK_KRONOS),
+        list(overrides),
         root,
         backtest.output,
         backtest.produced_by,
         versions,
         {stage: outcome.produced_by for stage, outcome in outcomes.items()},
+        loaded.backtest.topk,
+        loaded.backtest.n_drop,
     )
 
 
@@ -119,12 +197,15 @@ def error_line(capsys) -> str:
 
 
 @pytest.mark.slow
-def test_a_backtest_registers_each_learned_source_once_linked_to_its_runs(backtested, tmp_path):
+@pytest.mark.parametrize("fixture", sorted({fixture for fixture, _, _ in LEARNED.values()}))
+def test_a_backtest_registers_each_learned_source_once_linked_to_its_runs(fixture, request, tmp_path):
+    backtested: Backtested = request.getfixturevalue(fixture)
     config = backtested.config()
-    client = mlflow.MlflowClient(config.tracking.uri)
-    assert set(backtested.versions) == {"kronos", "lgbm_alpha158"}
+    client = mlflow.MlflowClient(tracking.setup(config))  # models:/ URIs download from the current store
+    assert set(backtested.versions) == {source for source, (where, _, _) in LEARNED.items() if where == fixture}
     comparison = pd.read_csv(backtested.backtest / "comparison.csv")
-    for source, trained_by in (("kronos", "kronos_predictor"), ("lgbm_alpha158", "lgbm_alpha158")):
+    for source in backtested.versions:
+        _, trained_by, files = LEARNED[source]
         name = registry.registered_name(config, source)
         version = client.get_model_version(name, backtested.versions[source])
         assert version.run_id == backtested.training_runs[trained_by]
@@ -148,9 +229,7 @@ def test_a_backtest_registers_each_learned_source_once_linked_to_its_runs(backte
         )
         assert meta["data"]["universe"] == "sample16" and len(meta["data"]["instruments"]) == 16
         assert meta["runs"][trained_by] == backtested.training_runs[trained_by]
-        assert {"kronos": {"tokenizer", "predictor"}, "lgbm_alpha158": {"booster.txt", "alpha158.json"}}[source] <= {
-            path.name for path in folder.iterdir()
-        }
+        assert files <= {path.name for path in folder.iterdir()}
     assert registry.register_backtest(config, backtested.backtest_run_id) == backtested.versions  # not twice
 
 
@@ -183,13 +262,38 @@ def test_promotion_refuses_an_insignificant_backtest_unless_forced(backtested, c
 # --- positions ---
 
 
-def backtest_holdings(matrix: pd.DataFrame, day: pd.Timestamp) -> list[str]:
+def backtest_holdings(matrix: pd.DataFrame, day: pd.Timestamp, topk: int, n_drop: int) -> list[str]:
     """The names the backtest held after the day before `day`, in holding order: its own rule, replayed."""
     held = np.empty(0, dtype=np.int64)
     for row in matrix.loc[: day - pd.Timedelta(days=1)].to_numpy(dtype=float):
-        sell, buy = topk_dropout_step(row, held, TOPK, N_DROP)
+        sell, buy = topk_dropout_step(row, held, topk, n_drop)
         held = np.concatenate([held[~np.isin(held, sell)], buy])
     return [matrix.columns[i] for i in held]
+
+
+def positions_from_backtest_holdings(backtested: Backtested, source: str, day: pd.Timestamp, folder: Path, *settings):
+    """`--stage positions` as of `day` from the holdings the backtest had after the day before."""
+    held = backtest_holdings(backtested.matrix(source), day, backtested.topk, backtested.n_drop)
+    assert len(held) == backtested.topk
+    holdings = folder / "holdings.csv"
+    pd.DataFrame({"instrument": held}).to_csv(holdings, index=False)
+    return positions(backtested.config(*settings, f"live.as_of={day.date()}", f"live.holdings={holdings}"))
+
+
+def assert_backtest_day(backtested: Backtested, source: str, day: Positions) -> None:
+    """The positions' scores are the backtest's of that day, and its orders the ones its rule made there."""
+    matrix, topk, n_drop = backtested.matrix(source), backtested.topk, backtested.n_drop
+    expected = matrix.loc[day.day].dropna()
+    assert expected.nunique() > 1  # the model tells the instruments apart: the comparison means something
+    scores = day.scores.sort_index()
+    assert list(scores.index) == list(expected.index)
+    np.testing.assert_allclose(scores.to_numpy(), expected.to_numpy(), rtol=1e-9)
+    orders = topk_dropout_orders(matrix.loc[: day.day], topk, n_drop).loc[day.day]
+    by_action = day.orders.groupby("action")["instrument"].apply(set).to_dict()
+    assert by_action.get("buy", set()) == set(orders.index[orders == 1 / topk])
+    assert by_action.get("sell", set()) == set(orders.index[orders == 0])
+    held = set(backtest_holdings(matrix, day.day, topk, n_drop))
+    assert by_action.get("hold", set()) == held - by_action.get("sell", set())
 
 
 def cache_entries(root: Path) -> set[str]:
@@ -197,15 +301,13 @@ def cache_entries(root: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["kronos", "lgbm_alpha158"])
-def test_positions_repeat_the_backtests_scores_and_orders_without_training(backtested, source, tmp_path):
-    matrix = score_matrix(pd.read_parquet(backtested.backtest / "signals" / f"{source}.parquet"))
+@pytest.mark.parametrize("source", ["kronos", "lgbm_alpha158", "timellm", "timellm_llm_to_attn", "chronos2_student"])
+def test_positions_repeat_the_backtests_scores_and_orders_without_training(source, request, tmp_path):
+    backtested: Backtested = request.getfixturevalue(LEARNED[source][0])
+    matrix = backtested.matrix(source)
     first, second = matrix.index[10], matrix.index[11]
     orders = topk_dropout_orders(matrix.loc[:second], TOPK, N_DROP)
     assert orders.loc[[first, second]].notna().any(axis=None)  # the backtest traded on those days
-    holdings = tmp_path / "holdings.csv"
-    assert len(backtest_holdings(matrix, first)) == TOPK
-    pd.DataFrame({"instrument": backtest_holdings(matrix, first)}).to_csv(holdings, index=False)
     before = cache_entries(backtested.root / "cache")
     settings = [f"live.model={source}", f"live.output_dir={tmp_path / 'out'}"]
     if source == "kronos":  # promoted here; lgbm_alpha158 by the promotion test, or here when run alone
@@ -213,15 +315,9 @@ def test_positions_repeat_the_backtests_scores_and_orders_without_training(backt
     else:
         registry.promote(backtested.config(), source, force=True)
 
-    day = positions(backtested.config(*settings, f"live.as_of={first.date()}", f"live.holdings={holdings}"))
+    day = positions_from_backtest_holdings(backtested, source, first, tmp_path, *settings)
     assert day.day == first and day.stages == ["ingest"]  # the model is read, never trained
-    expected = matrix.loc[first].dropna()
-    np.testing.assert_allclose(day.scores.sort_index().to_numpy(), expected.to_numpy(), rtol=1e-9)
-    assert list(day.scores.sort_index().index) == list(expected.index)
-    by_action = day.orders.groupby("action")["instrument"].apply(set).to_dict()
-    assert by_action.get("buy", set()) == set(orders.columns[orders.loc[first] == 1 / TOPK])
-    assert by_action.get("sell", set()) == set(orders.columns[orders.loc[first] == 0])
-    assert by_action.get("hold", set()) == set(backtest_holdings(matrix, first)) - by_action.get("sell", set())
+    assert_backtest_day(backtested, source, day)
     written = pd.read_csv(day.path)
     assert day.path == tmp_path / "out" / "positions" / f"{first.date()}.csv"
     assert list(written.columns) == ["instrument", "score", "target_weight", "action"]
@@ -230,14 +326,9 @@ def test_positions_repeat_the_backtests_scores_and_orders_without_training(backt
     # the next day starts from the positions just written, as the backtest started from its own holdings
     following = positions(backtested.config(*settings, f"live.as_of={second.date()}"))
     assert following.holdings_from == str(day.path)
-    assert set(following.orders.loc[following.orders["action"] == "buy", "instrument"]) == set(
-        orders.columns[orders.loc[second] == 1 / TOPK]
-    )
-    assert set(following.orders.loc[following.orders["action"] == "sell", "instrument"]) == set(
-        orders.columns[orders.loc[second] == 0]
-    )
+    assert_backtest_day(backtested, source, following)
 
-    again = positions(backtested.config(*settings, f"live.as_of={first.date()}", f"live.holdings={holdings}"))
+    again = positions_from_backtest_holdings(backtested, source, first, tmp_path, *settings)
     assert again.path == day.path and pd.read_csv(again.path).equals(written)  # a rerun replaces the day's file
     assert sorted(path.name for path in (tmp_path / "out" / "positions").iterdir()) == [
         f"{first.date()}.csv",
@@ -248,6 +339,64 @@ def test_positions_repeat_the_backtests_scores_and_orders_without_training(backt
     name = registry.registered_name(backtested.config(), source)
     assert (run.data.tags["model_name"], run.data.tags["model_version"]) == (name, backtested.versions[source])
     assert run.data.tags["decision_day"] == str(first.date())
+
+
+@pytest.fixture(scope="module")
+def csi300_backtested(tmp_path_factory) -> Backtested:
+    """A real backtest of Kronos and LightGBM/Alpha158 on 20 CSI300 members of the shared A-share data, registered."""
+    root = tmp_path_factory.mktemp("live-csi300")
+    data = csi300_slice(root / "qlib", 20)
+    config = {
+        "cache_dir": str(root / "cache"),
+        "data": {
+            "source": "qlib",
+            "provider_uri": str(data),
+            "region": "cn",
+            "instruments": "csi300",
+            "benchmark": "SH000300",
+        },
+        "split": {
+            "lookback": 30,
+            "horizon": 5,
+            "train": ["2020-01-01", "2020-12-31"],
+            "valid": ["2021-01-01", "2021-03-31"],
+            "test": ["2021-04-01", "2021-05-31"],
+        },
+        "tracking": {"uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "experiment": "live-csi300"},
+        "signals": {"sources": ["kronos", "lgbm_alpha158"]},
+        "kronos": {"inference": {"sample_count": 2}},
+        # Qlib's CSI300 settings regularise 20 names' trees away (one score for all): lighter penalties
+        "lgbm": {"params": {**LGBMConfig().params, "lambda_l1": 1.0, "lambda_l2": 1.0, "min_data_in_leaf": 50}},
+        "backtest": {
+            "limit_threshold": 0.095,
+            "min_cost": 5,
+            "workers": 1,
+            "topk": 5,
+            "n_drop": 1,
+            "sweep_topk": [5],
+            "sweep_n_drop": [1],
+            "sweep_cost": [1.0],
+        },
+        "evaluation": {"bootstrap_reps": 200},
+        "live": {"output_dir": str(root / "live")},
+    }
+    return backtest_and_register(root, config, QUICK_KRONOS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["kronos", "lgbm_alpha158"])
+def test_positions_repeat_a_csi300_backtest(csi300_backtested, source, tmp_path):
+    matrix = csi300_backtested.matrix(source)
+    day = matrix.index[10]
+    orders = topk_dropout_orders(matrix.loc[:day], csi300_backtested.topk, csi300_backtested.n_drop)
+    assert orders.loc[day].notna().any()  # the backtest traded that day
+    model = (
+        f"models:/{registry.registered_name(csi300_backtested.config(), source)}/{csi300_backtested.versions[source]}"
+    )
+    settings = [f"live.model={model}", f"live.output_dir={tmp_path / 'out'}"]
+    assert_backtest_day(
+        csi300_backtested, source, positions_from_backtest_holdings(csi300_backtested, source, day, tmp_path, *settings)
+    )
 
 
 # --- the guards: one line, exit code 2 ---
@@ -281,6 +430,28 @@ def test_positions_refuse_what_the_model_was_not_trained_on(backtested, tmp_path
     assert main([*command, out, "live.model=models:/live-tests.nope@champion"]) == 2
     line = error_line(capsys)
     assert "models:/live-tests.nope@champion" in line and "live-tests.kronos (versions [" in line
+
+
+@pytest.mark.slow
+def test_positions_name_a_time_llm_backbone_that_changed_or_is_gone(timellm_backtested, tmp_path, capsys, caplog):
+    config = timellm_backtested.config()
+    model = f"models:/{registry.registered_name(config, 'timellm')}/{timellm_backtested.versions['timellm']}"
+    client = mlflow.MlflowClient(tracking.setup(config))  # models:/ URIs download from the current store
+    ref = registry.resolve(timellm_backtested.config(f"live.model={model}"), client)
+    bundle, _ = registry.fetch_bundle(ref, tmp_path / "bundle", config.tracking.uri)
+    saved = bundle / "model" / "config.json"
+    trained = json.loads(saved.read_text())
+    command = ["--config", str(timellm_backtested.path), "--stage", "positions", "--set", f"live.model={bundle}"]
+    command += [f"live.output_dir={tmp_path / 'out'}", "live.as_of=2010-07-15"]
+
+    moved = shutil.copytree(trained["backbone"], tmp_path / "backbone", copy_function=shutil.copy)  # new file times
+    saved.write_text(json.dumps({**trained, "backbone": str(moved)}))
+    assert main(command) == 0
+    assert f"backbone {moved} is not the one" in caplog.text
+
+    saved.write_text(json.dumps({**trained, "backbone": str(tmp_path / "gone")}))
+    assert main(command) == 2
+    assert f"cannot load its Time-LLM backbone '{tmp_path / 'gone'}'" in error_line(capsys)
 
 
 def test_topk_dropout_day_is_the_backtests_rule_from_live_holdings():

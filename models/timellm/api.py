@@ -48,9 +48,11 @@ def forecast(
     label: str = "forecast",
 ) -> Forecast:
     """The model's point forecast of every series (kept in `Forecast.point`, (N, horizon, channels)),
-    scored by the expected return of its close."""
+    scored by the expected return of its close. Series are batched day by day, so forecasting one
+    decision day (the live positions) gives the forecasts of that day among a whole test segment."""
     from models.timellm import training
 
-    predicted = training.forecast(model, series.values[..., channels], device, bf16, batch_size, label=label)
+    values = series.values[..., channels]
+    predicted = training.forecast(model, values, device, bf16, batch_size, label=label, groups=series.days)
     close = channels.index(series.fields.index("close"))
     return Forecast.from_point(series.days, series.instruments, predicted, close, series.last("close"))

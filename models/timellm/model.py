@@ -71,6 +71,12 @@ class TimeLLMConfig:
             )
 
 
+def read_config(path: Path | str) -> TimeLLMConfig:
+    """The config.json of a saved model (save_pretrained)."""
+    # Checkpoints saved before the prompt style existed were trained on upstream's wording.
+    return TimeLLMConfig(**{"prompt": "upstream", **json.loads(Path(path).read_text())})
+
+
 class TimeLLM(nn.Module):
     def __init__(self, config: TimeLLMConfig, backbone: Backbone | None = None):
         super().__init__()
@@ -216,8 +222,7 @@ class TimeLLM(nn.Module):
 
             config_file = hf_hub_download(str(name_or_path), CONFIG_NAME)
             weights_file = hf_hub_download(str(name_or_path), WEIGHTS_NAME)
-        # Checkpoints saved before the prompt style existed were trained on upstream's wording.
-        model = cls(TimeLLMConfig(**{"prompt": "upstream", **json.loads(Path(config_file).read_text())}), backbone)
+        model = cls(read_config(config_file), backbone)
         state = safetensors.torch.load_file(str(weights_file))
         expected = set(model.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -230,32 +230,59 @@ def load_state(
 
 @torch.no_grad()
 def forecast(
-    model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int = 256, label: str = "forecast"
+    model: TimeLLM,
+    inputs: np.ndarray,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int = 256,
+    label: str = "forecast",
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units.
+    """inputs (N, L, C) -> forecasts (N, H, C) in the inputs' units, `batch_size` rows per forward
+    pass; with `groups` (N,), no pass mixes two groups (forecast_batches).
 
     A model on a cheaper copy of its backbone (int8_backbone, bf16_backbone) whose forecast fails
     forecasts again, this call and later ones, on the float backbone, with one warning
     (TimeLLM.fall_back_to_original): the same forecasts as the float model.
     """
     model = model.forecaster()
+    batches = forecast_batches(len(inputs), batch_size, groups)
     try:
-        return _forecast(model, inputs, device, bf16, batch_size, label)
+        return _forecast(model, inputs, device, bf16, batches, label)
     except (RuntimeError, NotImplementedError, TypeError) as error:  # the copy's operators; not bad inputs
         on_original = model.fall_back_to_original(error)
         if on_original is None:
             raise
-    return _forecast(on_original, inputs, device, bf16, batch_size, label)
+    return _forecast(on_original, inputs, device, bf16, batches, label)
+
+
+def forecast_batches(count: int, batch_size: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """The rows of each forward pass: `batch_size` at a time in row order; with `groups`, each group's
+    rows (in row order) apart from the others'. A row's forecast may depend on the rows it is batched
+    with (an int8 backbone quantises each pass's activations together), so a group forecast alone
+    gets the forecasts it gets among all groups."""
+    if groups is None:
+        return [np.arange(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    order = np.argsort(groups, kind="stable")
+    changes = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
+    return [
+        block[start : start + batch_size]
+        for block in np.split(order, changes)
+        for start in range(0, len(block), batch_size)
+    ]
 
 
 def _forecast(
-    model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batch_size: int, label: str
+    model: TimeLLM, inputs: np.ndarray, device: torch.device, bf16: bool, batches: list[np.ndarray], label: str
 ) -> np.ndarray:
     model.eval()
     memory = inference_memory(model, device, bf16)
     outputs = []  # kept on the device and copied back once, so the batches do not wait for each other
-    for start in tqdm(range(0, len(inputs), batch_size), desc=label, leave=False):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)).to(device)
+    for rows in tqdm(batches, desc=label, leave=False):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[rows], dtype=np.float32)).to(device)
         with autocast(device, bf16):
             outputs.append(model(x, memory).float())
-    return torch.cat(outputs).cpu().numpy()
+    forecasts = torch.cat(outputs).cpu().numpy()
+    placed = np.empty_like(forecasts)
+    placed[np.concatenate(batches)] = forecasts  # back in row order
+    return placed

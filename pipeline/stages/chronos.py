@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -86,8 +87,8 @@ def chronos2(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 
 
 def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
-    from models.chronos import fit, forecast
-    from models.chronos.forecasting import load_pipeline, prediction_length
+    from models.chronos import fit
+    from models.chronos.forecasting import prediction_length
     from models.chronos.student import parameter_count
     from models.device import pick_device
 
@@ -114,8 +115,7 @@ def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
         out / "last.pt",
     )
     report, history = fitted.report, fitted.history
-    student = load_pipeline(str(fitted.checkpoint), device)
-    student_forecast = forecast(student, series, section.covariates, section.batch_size, "Chronos-2 student forecast")
+    student, student_forecast = forecast_with_student(fitted.checkpoint, series, student_settings(section))
     write_forecast(student_forecast, "chronos2_student", out)
     with np.load(inputs.forecasts("chronos2")) as saved:
         teacher_quantiles = saved["quantiles"]
@@ -144,6 +144,29 @@ def chronos2_student(config: ConfigView, inputs: StageInputs, out: Path) -> Stag
     return StageResult(
         metrics=metrics, summary=summary, artifacts=[out / REPORT, out / CHECKPOINT / "config.json"], history=history
     )
+
+
+# The chronos keys the student's forecasts follow besides its saved model: a registered student keeps them.
+STUDENT_SETTINGS = ("covariates", "batch_size", "device")
+
+
+def student_settings(section: Any) -> dict[str, Any]:
+    """The STUDENT_SETTINGS values of a chronos config section (what pipeline/registry.py bundles)."""
+    return section.model_dump(mode="json", include=set(STUDENT_SETTINGS))
+
+
+def forecast_with_student(
+    checkpoint: Path, series: ForecastInputs, settings: Mapping[str, Any]
+) -> tuple[Any, Forecast]:
+    """The student saved at `checkpoint`, loaded, and its forecasts of `series` with `settings`
+    (student_settings): the stage's, or a registered student's for the live positions (pipeline/live.py)."""
+    from models.chronos import forecast
+    from models.chronos.forecasting import load_pipeline
+    from models.device import pick_device
+
+    student = load_pipeline(str(checkpoint), pick_device(settings["device"]))
+    covariates, batch_size = settings["covariates"], settings["batch_size"]
+    return student, forecast(student, series, covariates, batch_size, "Chronos-2 student forecast")
 
 
 def forecast_agreement(series: ForecastInputs, student: Forecast, teacher_quantiles: np.ndarray) -> dict[str, float]:

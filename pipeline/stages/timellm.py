@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,28 +23,32 @@ from models.timellm.variants import VARIANTS, timellm_source
 from pipeline.contract import REPORT, ConfigView, StageInputs, StageResult, StageSpec, signal_path
 from pipeline.signals import write_forecast
 
+if TYPE_CHECKING:
+    import torch
+
+    from data_prep.windows import ForecastInputs
+    from models.interface import Forecast
+    from models.timellm import TimeLLM, TimeLLMConfig
+    from models.timellm.backbone import Backbone
+
 
 def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
     import torch  # model code loads when the stage runs, not when the graph is planned
 
-    from models.device import bf16_is_fast, pick_device
-    from models.timellm import TimeLLM, TimeLLMConfig, fit, forecast
-    from models.timellm.backbone import DEFAULT_BACKBONE, bf16_backbone, int8_backbone, load_backbone
+    from models.timellm import TimeLLM, TimeLLMConfig, fit
+    from models.timellm.backbone import DEFAULT_BACKBONE
     from models.timellm.training import normalised_errors
 
     section = config.timellm
     split = inputs.split()
     fields = list(split.panel.fields)
-    channels = [fields.index("close")] if section.channels == "close" else list(range(len(fields)))
-    close_channel = channels.index(fields.index("close"))
-    device = pick_device(section.device)
-    bf16 = section.precision == "bf16" or (section.precision == "auto" and bf16_is_fast(device))
     settings = section.training.settings(config.seed)
     model_options = {"backbone": DEFAULT_BACKBONE, **section.model}
     base = TimeLLMConfig(seq_len=split.lookback, pred_len=split.horizon, **model_options)
-    backbone = load_backbone(base.backbone, base.llm_layers, base.trust_remote_code, base.load_in_4bit, device)
-    cheaper = forecast_backbone(section.forecast_backbone, device, bf16, base.load_in_4bit)
-    make_cheaper = {"int8": int8_backbone, "bf16": bf16_backbone}[cheaper] if cheaper else None
+    forecasting = Forecasting.resolve(forecast_settings(section), fields, base.load_in_4bit)
+    device, bf16, cheaper, channels = forecasting.device, forecasting.bf16, forecasting.cheaper, forecasting.channels
+    close_channel = channels.index(fields.index("close"))
+    backbone = forecasting.backbone(base)
 
     series = split.forecast_inputs(*config.split.test)
     known = series.segment_rows("test")
@@ -88,17 +95,14 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
         )
         history += fitted.history
         report = fitted.report
-        cheaper_forecasts = make_cheaper is not None and variant == "llm"  # the only variant running the backbone
-        forecaster = model.with_backbone(make_cheaper(backbone)) if make_cheaper and cheaper_forecasts else model
+        forecaster = forecasting.forecaster(model, backbone)
         started = time.perf_counter()
-        variant_forecast = forecast(
-            forecaster, series, channels, device, bf16, section.batch_size, label=f"{name} forecast"
-        )
+        variant_forecast = forecasting.forecast(forecaster, series, f"{name} forecast")
         seconds = time.perf_counter() - started
         assert variant_forecast.point is not None
         predicted = variant_forecast.point  # (N, H, C)
-        # a copy that failed to build or to run fell back to the float backbone (with a warning)
-        cheaper_forecasts = cheaper_forecasts and forecaster.forecaster().original_backbone is not None
+        # on the cheaper copy, unless it failed to build or to run and fell back to the float backbone (with a warning)
+        cheaper_forecasts = forecaster.forecaster().original_backbone is not None
         if variant == "llm" and cheaper:
             metrics[f"backbone_{cheaper}"] = float(cheaper_forecasts)
         if cheaper_forecasts:
@@ -142,6 +146,55 @@ def timellm(config: ConfigView, inputs: StageInputs, out: Path) -> StageResult:
 
 
 CHANGE_CHECK_SERIES = 512  # test series forecast with both backbones to report what the cheaper one changes
+# The timellm keys its forecasts follow besides the saved model's config: a registered variant keeps them.
+FORECAST_SETTINGS = ("channels", "device", "precision", "forecast_backbone", "batch_size")
+
+
+def forecast_settings(section: Any) -> dict[str, Any]:
+    """The FORECAST_SETTINGS values of a timellm config section (what pipeline/registry.py bundles)."""
+    return section.model_dump(mode="json", include=set(FORECAST_SETTINGS))
+
+
+@dataclass(frozen=True)
+class Forecasting:
+    """How the variants forecast on this machine, resolved from forecast_settings: the stage's, or a
+    registered variant's, so the live positions (pipeline/live.py) forecast a day as the stage did."""
+
+    device: torch.device
+    bf16: bool  # autocast: where asked, or on auto where the hardware is fast at it
+    cheaper: str | None  # the backbone copy the full model forecasts on (forecast_backbone): int8, bf16 or none
+    channels: list[int]  # the fields forecast, each as its own series
+    batch_size: int
+
+    @classmethod
+    def resolve(cls, settings: Mapping[str, Any], fields: Sequence[str], load_in_4bit: bool) -> Forecasting:
+        from models.device import bf16_is_fast, pick_device
+
+        device = pick_device(settings["device"])
+        bf16 = settings["precision"] == "bf16" or (settings["precision"] == "auto" and bf16_is_fast(device))
+        channels = [fields.index("close")] if settings["channels"] == "close" else list(range(len(fields)))
+        cheaper = forecast_backbone(settings["forecast_backbone"], device, bf16, load_in_4bit)
+        return cls(device, bf16, cheaper, channels, settings["batch_size"])
+
+    def backbone(self, model: TimeLLMConfig) -> Backbone:
+        """The frozen backbone `model` runs on, loaded for this device."""
+        from models.timellm.backbone import load_backbone
+
+        return load_backbone(model.backbone, model.llm_layers, model.trust_remote_code, model.load_in_4bit, self.device)
+
+    def forecaster(self, model: TimeLLM, backbone: Backbone) -> TimeLLM:
+        """The model a variant forecasts with: the full model (the only variant running the backbone) on
+        the cheaper copy of `backbone`, any other as trained."""
+        from models.timellm.backbone import bf16_backbone, int8_backbone
+
+        if self.cheaper is None or model.config.variant != "llm":
+            return model
+        return model.with_backbone({"int8": int8_backbone, "bf16": bf16_backbone}[self.cheaper](backbone))
+
+    def forecast(self, model: TimeLLM, series: ForecastInputs, label: str) -> Forecast:
+        from models.timellm import forecast
+
+        return forecast(model, series, self.channels, self.device, self.bf16, self.batch_size, label=label)
 
 
 def forecast_backbone(choice: str, device, bf16: bool, load_in_4bit: bool) -> str | None:
@@ -213,8 +266,9 @@ STAGES = (
         progress_files=("*.last.pt",),
         signal_sources=tuple(timellm_source(variant) for variant in VARIANTS),
         # 2: the llm_to_attn layer attends from the patch positions only (other dropout draws);
-        # 3: the backbone's last block runs for the patch positions only (int8 forecasts move)
-        version=3,
+        # 3: the backbone's last block runs for the patch positions only (int8 forecasts move);
+        # 4: forecasts batched day by day, as the live positions forecast a day (int8 forecasts move)
+        version=4,
         description="Time-LLM and its ablations on the same windows, seed and budget",
     ),
 )
