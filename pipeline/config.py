@@ -622,6 +622,8 @@ class LiveConfig(StrictModel):
     # Refuse data whose last bar lies more than this many trading days (weekdays) before the decision
     # day asked for (latest: today); 1 lets a market holiday pass.
     max_staleness_days: Annotated[int, Field(ge=0)] = 1
+    # Refuse a decision day on which fewer of the instruments trading lately (last 20 bars) have a bar.
+    min_coverage: Annotated[float, Field(gt=0, le=1)] = 0.9
 
 
 class PipelineConfig(StrictModel):

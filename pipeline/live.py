@@ -10,7 +10,9 @@ scores and the current holdings into orders, written to `<live.output_dir>/posit
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +65,9 @@ class Positions:
         ]
 
 
-def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions:
-    """Score the decision day with live.model, apply the backtest's rule to the holdings, write the orders."""
+def positions(config: PipelineConfig, today: dt.date | None = None, force: bool = False) -> Positions:
+    """Score the decision day with live.model, apply the backtest's rule to the holdings, write the orders.
+    A day already decided with other orders is kept unless `force` (its record may have been traded)."""
     from pipeline.runner import run_pipeline
     from strategies.topk import topk_dropout_day
 
@@ -81,8 +84,11 @@ def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions
         qlib_dir = outcomes[-1].output / QLIB_FOLDER
         panel = load_checked_panel(qlib_dir, meta, model)
         day = decision_day(panel.calendar, live.as_of, today or dt.date.today(), live.max_staleness_days)
+        check_coverage(panel, day, live.min_coverage)
         held, holdings_from = current_holdings(live.holdings, folder, day, panel.instruments)
+        # as the backtest cleans a signal table: the panel's instruments, finite scores
         scores = score_day(meta, bundle, panel, qlib_dir, day, Path(work), model)
+        scores = scores[scores.index.isin(panel.instruments) & np.isfinite(scores)]
     settings = config.backtest.topk_settings()
     backtested = {key: meta["strategy"][key] for key in ("topk", "n_drop")}
     if backtested != {"topk": settings.topk, "n_drop": settings.n_drop}:
@@ -90,6 +96,13 @@ def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions
     if settings.hold_thresh > 1:
         log.warning(
             "backtest.hold_thresh %d is not applied to live orders (nor by the vectorbt engine)", settings.hold_thresh
+        )
+    if len(held) > settings.topk:
+        log.warning(
+            "the holdings name %d instruments, more than backtest.topk %d: the rule sells at most n_drop a day "
+            "and buys none until they are down to topk",
+            len(held),
+            settings.topk,
         )
     kept, bought, sold = topk_dropout_day(scores, held, settings.topk, settings.n_drop)
     orders = pd.DataFrame(
@@ -101,14 +114,51 @@ def positions(config: PipelineConfig, today: dt.date | None = None) -> Positions
     orders["score"] = scores.reindex(orders["instrument"]).to_numpy()
     orders = orders[list(COLUMNS)]
     path = folder / f"{day.date()}.csv"
-    partial = path.with_name(f".{path.name}.partial")
-    orders.to_csv(partial, index=False)
-    partial.replace(path)  # a rerun of the day replaces the file whole
+    write_orders(orders, path, force)
     run_id = log_positions(config, model, meta, day, path, orders, scores, holdings_from)
     stages = [outcome.stage for outcome in outcomes]
     return Positions(
         day, path, orders, scores, model, meta, holdings_from, settings.topk, settings.n_drop, stages, run_id
     )
+
+
+def write_orders(orders: pd.DataFrame, path: Path, force: bool) -> None:
+    """Write the day's orders whole (a temporary file renamed); the same orders again are a no-op, other
+    orders for a day already decided are refused unless `force`: that day's file is a record."""
+    if path.exists() and not force:
+        try:
+            same = pd.read_csv(path).equals(pd.read_csv(io.StringIO(orders.to_csv(index=False))))
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            raise DataError(
+                f"{path} already holds other orders for that day (made from other data, holdings or model); keep "
+                "it as the record of what was traded, or pass --force to replace it"
+            )
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    partial = Path(name)
+    try:
+        with os.fdopen(handle, "w") as file:
+            orders.to_csv(file, index=False)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def check_coverage(panel, day: pd.Timestamp, min_coverage: float) -> None:
+    """Refuse a decision day on which too few instruments have a bar (a partial download): the missing
+    names would go unscored, and held ones would be sold for it."""
+    close = panel.field_frame("close")
+    recent = close.loc[:day].tail(20)
+    active = recent.columns[recent.notna().any()]  # instruments trading lately
+    present = close.loc[day, active].notna()
+    if len(active) and present.mean() < min_coverage:
+        missing = sorted(active[~present.to_numpy()])
+        raise DataError(
+            f"only {present.sum()} of {len(active)} instruments trading lately have a bar on {day.date()} "
+            f"({present.mean():.0%}, live.min_coverage {min_coverage:.0%}; missing e.g. {missing[:10]}): finish "
+            "bringing the data up to date, or set live.as_of to the day before"
+        )
 
 
 def check_training_data(meta: dict[str, Any], config: PipelineConfig, model: registry.ModelRef) -> None:
@@ -200,7 +250,8 @@ def read_holdings(path: Path, instruments: list[str]) -> list[str]:
     """The instruments of a holdings CSV in row order; rows whose `action` is sell are not held. Refused,
     naming the rows, when it names an instrument the data does not hold or names one twice."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: brokers' and spreadsheets' exports often start with a byte-order mark
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
         raise DataError(f"live.holdings {path} cannot be read ({exc}): a CSV with an 'instrument' column") from exc
     if "instrument" not in table.columns:
@@ -292,6 +343,11 @@ def timellm_day_forecast(
 
     folder = bundle / registry.TIMELLM_MODEL
     saved = read_config(folder / CONFIG_NAME)
+    if saved.trust_remote_code:  # a registry or a folder handed over must not run code of its choosing here
+        raise CheckpointError(
+            f"live.model {model.label}: {folder / CONFIG_NAME} asks to run its backbone's own code "
+            "(trust_remote_code); the positions load only backbones transformers implements itself"
+        )
     settings = meta["inference"]
     forecasting = Forecasting.resolve(settings, series.fields, saved.load_in_4bit)
     try:

@@ -319,7 +319,7 @@ def _figure_tags(figures: dict[str, pd.Series]) -> dict[str, str]:
     }
     if PROMOTION_ENGINE in figures:
         row = figures[PROMOTION_ENGINE]
-        tags["significant"] = str(bool(row["significant"]))
+        tags["significant"] = str(row["significant"] is True or str(row["significant"]) == "True")
         tags["rank_ic_p"] = f"{rank_ic_p(float(row['rank_ic_t'])):.6g}"
     return tags
 
@@ -409,7 +409,7 @@ def resolve(config: PipelineConfig, client: mlflow.MlflowClient) -> ModelRef:
     """live.model as a registered version (a source's name stands for this experiment's champion of it)
     or a bundle folder; an unknown one is named with what the registry holds."""
     given = config.live.model
-    if not given.startswith("models:/") and Path(given).is_dir():
+    if given not in BUNDLED and not given.startswith("models:/") and Path(given).is_dir():
         return ModelRef(str(Path(given).resolve()))
     uri = f"models:/{registered_name(config, given)}@{CHAMPION}" if given in BUNDLED else given
     if not uri.startswith("models:/"):

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--force",
         action="store_true",
         help="rerun the requested stage even when its output is cached; with --promote, promote a version whose "
-        "backtest is not significant",
+        "backtest is not significant; with --stage positions, replace a day's orders",
     )
     parser.add_argument(
         "--list",
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.stage == "positions":
         from pipeline.live import positions
 
-        print_positions(console, positions(config))
+        print_positions(console, positions(config, force=args.force))
         return 0
     outcomes = run_pipeline(config, args.stage, force=args.force, config_file=args.config)
     print_outcomes(console, outcomes)

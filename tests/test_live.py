@@ -242,15 +242,20 @@ def test_promotion_refuses_an_insignificant_backtest_unless_forced(backtested, c
     if registry.CHAMPION in client.get_registered_model(name).aliases:  # promoted by a test that ran before
         client.delete_registered_model_alias(name, registry.CHAMPION)
     args = ["--config", str(backtested.path), "--set", *backtested.overrides, "--promote", "lgbm_alpha158"]
-    if version.tags["significant"] == "True":
-        assert main(args) == 0
-    else:
+    significant = version.tags["significant"]
+    try:  # both answers, whichever this tiny backtest gave
+        client.set_model_version_tag(name, version.version, "significant", "False")
         assert main(args) == 2
         line = error_line(capsys)
         assert f"t-stat {float(version.tags['qlib.rank_ic_t']):.2f}" in line and backtested.backtest_run_id in line
         assert "pass --force" in line
         with pytest.raises(mlflow.exceptions.MlflowException):
             client.get_model_version_by_alias(name, registry.CHAMPION)
+        client.set_model_version_tag(name, version.version, "significant", "True")
+        assert main(args) == 0 and "is now champion" in capsys.readouterr().out
+        client.delete_registered_model_alias(name, registry.CHAMPION)
+    finally:
+        client.set_model_version_tag(name, version.version, "significant", significant)
     parent = client.get_run(backtested.backtest_run_id).data.tags["mlflow.parentRunId"]
     assert main([*args, "--run", parent, "--force"]) == 0  # the invocation's run stands for its backtest
     assert "is now champion" in capsys.readouterr().out
@@ -430,6 +435,18 @@ def test_positions_refuse_what_the_model_was_not_trained_on(backtested, tmp_path
     assert main([*command, out, "live.model=models:/live-tests.nope@champion"]) == 2
     line = error_line(capsys)
     assert "models:/live-tests.nope@champion" in line and "live-tests.kronos (versions [" in line
+
+    # a decided day is a record: the same orders again are fine, other orders need --force
+    day = [*command, out, "live.as_of=2010-07-15"]
+    assert main(day) == 0 and main(day) == 0
+    written = (tmp_path / "out" / "positions" / "2010-07-15.csv").read_text()
+    holdings.write_text("instrument\nA\n")
+    assert main([*day, f"live.holdings={holdings}"]) == 2
+    assert "already holds other orders for that day" in error_line(capsys)
+    assert (tmp_path / "out" / "positions" / "2010-07-15.csv").read_text() == written
+    assert main([*day, f"live.holdings={holdings}", "--force"]) == 0
+    assert (tmp_path / "out" / "positions" / "2010-07-15.csv").read_text() != written
+    assert [path.name for path in (tmp_path / "out" / "positions").iterdir()] == ["2010-07-15.csv"]
 
 
 @pytest.mark.slow
