@@ -70,6 +70,17 @@ def csi300_slice(folder: Path, count: int = 30, benchmark: str = "SH000300") -> 
     return folder
 
 
+def csi300_data(folder: Path) -> dict:
+    """The `data` section of a config on a csi300_slice folder."""
+    return {
+        "source": "qlib",
+        "provider_uri": str(folder),
+        "region": "cn",
+        "instruments": "csi300",
+        "benchmark": "SH000300",
+    }
+
+
 # Kronos training overrides that keep a pipeline test to seconds.
 QUICK_KRONOS = [
     f"kronos.{part}.training.{key}={value}"

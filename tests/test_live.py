@@ -25,7 +25,7 @@ from pipeline.live import Positions, decision_day, positions, read_holdings
 from pipeline.run import main
 from pipeline.runner import run_pipeline
 from strategies.topk import topk_dropout_day, topk_dropout_orders, topk_dropout_step
-from tests.helpers import QUICK_KRONOS, TINY_PREDICTOR, TINY_TOKENIZER, csi300_slice
+from tests.helpers import QUICK_KRONOS, TINY_PREDICTOR, TINY_TOKENIZER, csi300_data, csi300_slice
 
 TOPK, N_DROP = 4, 1
 
@@ -353,13 +353,7 @@ def csi300_backtested(tmp_path_factory) -> Backtested:
     data = csi300_slice(root / "qlib", 20)
     config = {
         "cache_dir": str(root / "cache"),
-        "data": {
-            "source": "qlib",
-            "provider_uri": str(data),
-            "region": "cn",
-            "instruments": "csi300",
-            "benchmark": "SH000300",
-        },
+        "data": csi300_data(data),
         "split": {
             "lookback": 30,
             "horizon": 5,

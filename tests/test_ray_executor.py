@@ -23,7 +23,7 @@ from data_prep.errors import ConfigError, DataError
 from pipeline.config import load_config
 from pipeline.executors import check_resources, check_tracking_store
 from pipeline.runner import run_pipeline
-from tests.helpers import QUICK_KRONOS, csi300_slice, make_bars
+from tests.helpers import QUICK_KRONOS, csi300_data, csi300_slice, make_bars
 
 ray = pytest.importorskip("ray", reason='the Ray executor needs the ray extra: pip install -e ".[ray]"')
 
@@ -53,13 +53,7 @@ WALK_FORWARD = [
 def write_slice_config(folder: Path, data: Path, tracking_uri: str) -> Path:
     config = {
         "cache_dir": str(folder / "cache"),
-        "data": {
-            "source": "qlib",
-            "provider_uri": str(data),
-            "region": "cn",
-            "instruments": "csi300",
-            "benchmark": "SH000300",
-        },
+        "data": csi300_data(data),
         "split": {"lookback": 30, "horizon": 5},
         "tracking": {"uri": tracking_uri, "experiment": "ray"},
         "backtest": {"limit_threshold": 0.095, "min_cost": 5, "workers": 1},
